@@ -1,0 +1,110 @@
+//! The admin listener, on its own address: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! It is a separate Pingora service so that probes and scrapes never queue behind proxy
+//! traffic and the admin port can stay on loopback or a private interface.
+
+use crate::config::RuntimeConfig;
+use crate::observe::metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The admin HTTP app.
+pub struct AdminApp {
+    config: Arc<ArcSwap<RuntimeConfig>>,
+}
+
+impl AdminApp {
+    /// An admin app reporting on the live config.
+    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
+        AdminApp { config }
+    }
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec(&body).expect("json");
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .expect("response")
+}
+
+/// Where to knock to see a listener accept: wildcard binds are reached over loopback.
+fn probe_addr(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Ready when every proxy listener accepts a TCP connection: config loaded *and* listeners bound.
+async fn listeners_accepting(listen: &[SocketAddr]) -> Result<(), String> {
+    for addr in listen {
+        let target = probe_addr(*addr);
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("listener {addr} not accepting: {e}")),
+            Err(_) => return Err(format!("listener {addr} not accepting: timed out")),
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        if method != http::Method::GET && method != http::Method::HEAD {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method_not_allowed", "message": "admin endpoints take GET"}),
+            );
+        }
+        match path.as_str() {
+            "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/readyz" => {
+                let config = self.config.load_full();
+                match listeners_accepting(&config.listen).await {
+                    Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
+                    Err(why) => json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"status": "not_ready", "reason": why}),
+                    ),
+                }
+            }
+            "/metrics" => {
+                let body = metrics::render();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                    .header(http::header::CONTENT_LENGTH, body.len())
+                    .body(body)
+                    .expect("response")
+            }
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /readyz, /metrics)")}),
+            ),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Configuration: read a YAML file, interpolate `${ENV}`, parse, validate (collecting every
+//! problem), compile into the [`RuntimeConfig`] the proxy serves from.
+//!
+//! `load(path)` is the one entry point; `tollgate check`, `tollgate run` and reloads all use it,
+//! so what `check` accepts is exactly what `run` serves.
+
+pub mod compile;
+pub mod error;
+pub mod interpolate;
+pub mod locate;
+pub mod model;
+pub mod parse;
+pub mod units;
+pub mod validate;
+
+pub use compile::{Route, RuntimeConfig};
+pub use error::{ConfigError, ConfigErrors};
+pub use model::Config;
+
+use std::path::Path;
+
+/// Read, interpolate from the process environment, parse, validate and compile a config file.
+pub fn load(path: &Path) -> Result<RuntimeConfig, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        ConfigErrors {
+            origin: origin.clone(),
+            errors: vec![ConfigError::file(format!("cannot read config file: {why}"))],
+        }
+    })?;
+    load_str(&text, &origin, |name| std::env::var(name).ok())
+}
+
+/// Like [`load`] on text already in memory; `env` looks variables up (tests pass their own).
+pub fn load_str(
+    text: &str,
+    origin: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<RuntimeConfig, ConfigErrors> {
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        origin: origin.to_string(),
+        errors,
+    };
+    let text = interpolate::interpolate(text, env).map_err(fail)?;
+    let mut errors = Vec::new();
+    let parsed = parse::parse(&text, &mut errors);
+    if let Some(p) = &parsed {
+        validate::validate(&p.config, &p.upstream_names, &mut errors);
+    }
+    if !errors.is_empty() {
+        let index = locate::LocationIndex::build(&text);
+        for e in &mut errors {
+            if e.line.is_none() && !e.path.is_empty() {
+                e.line = index.line_of(&e.path);
+            }
+        }
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        return Err(fail(errors));
+    }
+    let parsed = parsed.expect("no errors means parsed");
+    compile::compile(parsed.config).map_err(|mut errors| {
+        let index = locate::LocationIndex::build(&text);
+        for e in &mut errors {
+            e.line = index.line_of(&e.path);
+        }
+        fail(errors)
+    })
+}
+
+impl RuntimeConfig {
+    /// One line for logs and `tollgate check`: what this config serves.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} route{}, {} upstream group{}, listening on {}, admin on {}",
+            self.source.routes.len(),
+            if self.source.routes.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            self.upstreams.len(),
+            if self.upstreams.len() == 1 { "" } else { "s" },
+            self.listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.admin_listen
+        )
+    }
+}

@@ -1,0 +1,199 @@
+//! The YAML schema: serde structs that are tollgate's public config contract.
+//!
+//! Every struct denies unknown keys, so a typo (`path_prefx`) is an error instead of a silently
+//! ignored setting. Values are kept close to what the operator wrote (addresses as strings,
+//! durations as [`ConfigDuration`]); checking and indexing happen in `validate` and `compile`,
+//! which is what the proxy runs on (the River split: external schema outside, runtime shape inside).
+
+use super::units::ConfigDuration;
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole config file. Sections are deserialized one by one by `config::load`, so that one
+/// broken upstream or route does not hide the problems of the others.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Config {
+    /// Addresses the proxy listens on (`host:port`), one string or a list.
+    pub listen: Vec<String>,
+    /// The admin listener: health, readiness and metrics.
+    pub admin: AdminConfig,
+    /// Process-wide settings: threads, HTTP/2, shutdown.
+    pub server: ServerConfig,
+    /// Named upstream groups that routes forward to.
+    pub upstreams: IndexMap<String, UpstreamConfig>,
+    /// Routes, matched by host and longest path prefix.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `admin:` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Keep it on loopback or a private interface.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".into()
+}
+
+/// `server:` section: how the Pingora server runs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy service. Default: 1 (a sidecar shares the pod's CPU).
+    pub threads: usize,
+    /// Tokio work stealing between worker threads. Off by default: measured ~10% faster on
+    /// pass-through, and a sidecar usually runs one or two threads anyway.
+    pub work_stealing: bool,
+    /// Accept HTTP/2 over cleartext (prior knowledge) next to HTTP/1.1 on the proxy listener.
+    pub h2c: bool,
+    /// On SIGTERM, keep accepting this long before draining (lets endpoints controllers catch up).
+    pub grace_period: ConfigDuration,
+    /// After the grace period, how long in-flight requests get to finish before exit.
+    pub shutdown_timeout: ConfigDuration,
+    /// Size of the upstream keep-alive connection pool (connections kept idle, all groups).
+    pub upstream_keepalive_pool: usize,
+    /// How often the config file is checked for changes (reloaded when its content changes;
+    /// SIGHUP reloads at once). `0s` turns the polling off.
+    pub watch_interval: ConfigDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            threads: 1,
+            work_stealing: false,
+            h2c: true,
+            grace_period: ConfigDuration::from_secs(5),
+            shutdown_timeout: ConfigDuration::from_secs(10),
+            upstream_keepalive_pool: 128,
+            watch_interval: ConfigDuration::from_secs(2),
+        }
+    }
+}
+
+/// One upstream group under `upstreams:`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Endpoints as `host:port`. Hostnames are resolved when the config is loaded.
+    pub endpoints: Vec<String>,
+    /// TLS towards the endpoints. Absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Connect, read, write and idle timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+/// `tls:` of an upstream group.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server name sent in SNI and checked against the certificate. Default: the endpoint's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the upstream certificate chain and hostname. Default: true.
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `timeouts:` of an upstream group.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// TCP (and TLS) connect timeout. Exceeded: 504.
+    pub connect: ConfigDuration,
+    /// Longest wait for the next bytes of the upstream response. Exceeded: 504 (or a cut stream
+    /// when the response has begun).
+    pub read: ConfigDuration,
+    /// Longest wait for the upstream to accept request bytes.
+    pub write: ConfigDuration,
+    /// How long an idle keep-alive connection to this group is kept in the pool.
+    pub idle: ConfigDuration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: ConfigDuration::from_secs(5),
+            read: ConfigDuration::from_secs(60),
+            write: ConfigDuration::from_secs(60),
+            idle: ConfigDuration::from_secs(60),
+        }
+    }
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Route name: used in metrics labels and logs. Default: `route-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    /// The upstream group that serves it.
+    pub upstream: String,
+}
+
+/// `match:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Exact host (`api.example.com`) or wildcard (`*.example.com`). Absent: any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix, starting with `/`. The longest matching prefix wins.
+    #[serde(default = "root_prefix")]
+    pub path_prefix: String,
+}
+
+fn root_prefix() -> String {
+    "/".into()
+}
+
+/// `listen:` accepts one address or a list of them.
+pub(crate) fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an address `host:port` or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = a.next_element::<String>()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Wrapper so `listen` can be deserialized on its own with [`one_or_many`].
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub(crate) struct ListenField(#[serde(deserialize_with = "one_or_many")] pub Vec<String>);

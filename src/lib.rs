@@ -1,0 +1,17 @@
+//! tollgate: a sidecar reverse proxy on Pingora, driven by one validated YAML file.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library; tests and benches use the same
+//! entry points: [`config::load`] to read and validate a file, [`server::build_server`] to get a
+//! runnable Pingora server.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod observe;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+pub use server::build_server;

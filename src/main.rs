@@ -1,0 +1,112 @@
+//! The `tollgate` command: `run`, `check`, `demo-upstream`. Nothing else lives here.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A sidecar reverse proxy on Pingora: rate limits, caching, compression, failover and metrics from one YAML file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy on a config file (reloaded on SIGHUP and when the file changes).
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/tollgate.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every problem and exit 1, or a summary and exit 0.
+    Check {
+        /// Config file.
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        /// Config file (same as FILE).
+        #[arg(short, long, conflicts_with = "file")]
+        config: Option<PathBuf>,
+    },
+    /// Run the bundled demo upstream (something to put tollgate in front of and curl).
+    DemoUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    {
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file, config } => {
+            let path = file.or(config).expect("clap requires one");
+            match tollgate::config::load(&path) {
+                Ok(c) => {
+                    println!("{}: ok: {}", path.display(), c.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run { config } => {
+            init_logging();
+            let runtime = match tollgate::config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            tracing::info!(
+                "tollgate {} starting: {}",
+                env!("CARGO_PKG_VERSION"),
+                runtime.summary()
+            );
+            let mut server = tollgate::build_server(runtime, Some(config));
+            server.bootstrap();
+            server.run_forever()
+        }
+        Command::DemoUpstream { listen } => {
+            init_logging();
+            let mut server = pingora_core::server::Server::new_with_opt_and_conf(
+                pingora_core::server::configuration::Opt::default(),
+                pingora_core::server::configuration::ServerConf {
+                    threads: 1,
+                    grace_period_seconds: Some(0),
+                    graceful_shutdown_timeout_seconds: Some(1),
+                    ..Default::default()
+                },
+            );
+            let mut svc = pingora_core::services::listening::Service::new(
+                "demo upstream".to_string(),
+                tollgate::demo::DemoUpstream,
+            );
+            svc.add_tcp(&listen);
+            server.add_service(svc);
+            server.bootstrap();
+            tracing::info!("demo upstream listening on http://{listen}/");
+            server.run_forever()
+        }
+    }
+}

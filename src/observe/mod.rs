@@ -1,0 +1,4 @@
+//! Observability: the metrics registry and request ids.
+
+pub mod metrics;
+pub mod request_id;

@@ -1,0 +1,41 @@
+//! Per-request state shared by the proxy phases.
+
+use crate::config::{Route, RuntimeConfig};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What one request carries from phase to phase.
+pub struct RequestCtx {
+    /// The config snapshot this request runs on, taken once in `new_ctx`: a reload never
+    /// changes a request half way.
+    pub config: Arc<RuntimeConfig>,
+    /// The matched route, once `early_request_filter` has run (None: no route, 404).
+    pub route: Option<Arc<Route>>,
+    /// The request id sent upstream and back to the client.
+    pub request_id: String,
+    /// Label of the endpoint the last attempt went to.
+    pub endpoint: Option<String>,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// When the request started (ctx creation, right after the request header was read).
+    pub started: Instant,
+}
+
+impl RequestCtx {
+    /// A fresh context on a config snapshot.
+    pub fn new(config: Arc<RuntimeConfig>) -> Self {
+        RequestCtx {
+            config,
+            route: None,
+            request_id: String::new(),
+            endpoint: None,
+            attempts: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// The route name for labels and logs (`none` when no route matched).
+    pub fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| &r.name)
+    }
+}

@@ -1,0 +1,110 @@
+//! tollgate's own error responses: small JSON bodies that carry the request id, and the mapping
+//! from Pingora errors to 4xx/5xx statuses.
+
+use bytes::Bytes;
+use pingora_core::{Error, ErrorSource, ErrorType};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// The errors tollgate answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route matches the host and path: 404.
+    RouteNotFound,
+    /// The request is malformed or unsafe to route: 400.
+    BadRequest,
+    /// The upstream refused, reset or could not be reached: 502.
+    UpstreamUnreachable,
+    /// The upstream did not connect or answer in time: 504.
+    UpstreamTimeout,
+    /// A bug or an unexpected condition inside tollgate: 500.
+    Internal,
+}
+
+impl ProxyError {
+    /// HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            ProxyError::RouteNotFound => 404,
+            ProxyError::BadRequest => 400,
+            ProxyError::UpstreamUnreachable => 502,
+            ProxyError::UpstreamTimeout => 504,
+            ProxyError::Internal => 500,
+        }
+    }
+
+    /// Machine-readable code in the body's `error` field.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProxyError::RouteNotFound => "route_not_found",
+            ProxyError::BadRequest => "bad_request",
+            ProxyError::UpstreamUnreachable => "upstream_unreachable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::Internal => "internal_error",
+        }
+    }
+
+    /// Classify a Pingora error. `None`: the client is gone, nothing can be sent.
+    pub fn from_pingora(e: &Error) -> Option<ProxyError> {
+        use ErrorType::*;
+        match e.etype() {
+            HTTPStatus(400) => return Some(ProxyError::BadRequest),
+            ConnectTimedout | ReadTimedout | WriteTimedout => {
+                if *e.esource() == ErrorSource::Upstream || *e.esource() == ErrorSource::Unset {
+                    return Some(ProxyError::UpstreamTimeout);
+                }
+            }
+            _ => {}
+        }
+        match e.esource() {
+            ErrorSource::Upstream => Some(ProxyError::UpstreamUnreachable),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => None,
+                _ => Some(ProxyError::BadRequest),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                ConnectTimedout => Some(ProxyError::UpstreamTimeout),
+                ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure => {
+                    Some(ProxyError::UpstreamUnreachable)
+                }
+                _ => Some(ProxyError::Internal),
+            },
+        }
+    }
+}
+
+/// The JSON body: `{"error":..,"status":..,"message":..,"request_id":..}`.
+pub fn body(err: ProxyError, message: &str, request_id: &str) -> Bytes {
+    let v = serde_json::json!({
+        "error": err.code(),
+        "status": err.status(),
+        "message": message,
+        "request_id": request_id,
+    });
+    Bytes::from(serde_json::to_vec(&v).expect("json"))
+}
+
+/// Write an error response (header and body) to the client.
+pub async fn respond(
+    session: &mut Session,
+    err: ProxyError,
+    message: &str,
+    request_id: &str,
+) -> pingora_core::Result<()> {
+    let body = body(err, message, request_id);
+    let mut h = ResponseHeader::build(err.status(), Some(4))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if !request_id.is_empty() {
+        h.insert_header(crate::observe::request_id::HEADER, request_id)?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(h), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! The Pingora `ProxyHttp` implementation, kept thin: each phase calls into one feature module.
+//! Features never call each other; they meet in [`RequestCtx`] and the compiled config.
+//!
+//! Phase order for one request (see Pingora's `proxy_trait.rs`):
+//! `new_ctx` (config snapshot) -> `early_request_filter` (request id, route) -> `request_filter`
+//! (404 / 400 answered here) -> `upstream_peer` (endpoint) -> `upstream_request_filter`
+//! (forwarding headers) -> `response_filter` (request id back, hop-by-hop) -> `logging` (metrics).
+
+pub mod ctx;
+pub mod errors;
+pub mod headers;
+
+use crate::config::RuntimeConfig;
+use crate::observe::{metrics, request_id};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use ctx::RequestCtx;
+use errors::ProxyError;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+
+/// The proxy. Cheap to share: all state lives in the swappable config and per-request ctx.
+pub struct Tollgate {
+    config: Arc<ArcSwap<RuntimeConfig>>,
+}
+
+impl Tollgate {
+    /// A proxy serving whatever config is current in `config` (reloads swap it).
+    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
+        Tollgate { config }
+    }
+}
+
+/// The host the client asked for: `Host` (HTTP/1.1) or the URI authority (HTTP/2, absolute-form).
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Paths with dot segments would let `/api/../admin` match the `/api/` route while the upstream
+/// serves `/admin`: such requests are refused rather than guessed at.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg == ".." || seg == ".")
+        || path.contains("%2e%2e")
+        || path.contains("%2E%2E")
+        || path.contains("%2e.")
+        || path.contains(".%2e")
+}
+
+#[async_trait]
+impl ProxyHttp for Tollgate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.config.load_full())
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let req = session.req_header();
+        ctx.request_id = request_id::accept_or_generate(
+            req.headers.get(request_id::HEADER).map(|v| v.as_bytes()),
+        );
+        ctx.route = ctx
+            .config
+            .routes
+            .find(request_host(req), req.uri.path())
+            .cloned();
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        if has_dot_segment(path) {
+            let msg = "the request path contains `.` or `..` segments";
+            errors::respond(session, ProxyError::BadRequest, msg, &ctx.request_id).await?;
+            return Ok(true);
+        }
+        if ctx.route.is_none() {
+            let msg = format!("no route matches host and path `{path}`");
+            errors::respond(session, ProxyError::RouteNotFound, &msg, &ctx.request_id).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(pingora_core::ErrorType::InternalError, "no route"))?;
+        let endpoint = route.upstream.select();
+        ctx.attempts += 1;
+        ctx.endpoint = Some(endpoint.label.clone());
+        Ok(endpoint.peer())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let is_upgrade = session.is_upgrade_req();
+        headers::strip_request_hop_by_hop(upstream_request, is_upgrade);
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let host = request_host(session.req_header()).map(str::to_owned);
+        headers::set_forwarded(upstream_request, client_ip, host.as_deref());
+        upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        headers::strip_response_hop_by_hop(upstream_response);
+        upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let kind = ProxyError::from_pingora(e);
+        let code = match kind {
+            // The response has started (error mid-body): nothing more can be said to the client.
+            Some(k) if session.response_written().is_some() => k.status(),
+            Some(k) => {
+                if ctx.request_id.is_empty() {
+                    ctx.request_id = request_id::generate();
+                }
+                let msg = match k {
+                    ProxyError::UpstreamTimeout => format!(
+                        "upstream {} did not answer in time",
+                        ctx.endpoint.as_deref().unwrap_or("-")
+                    ),
+                    ProxyError::UpstreamUnreachable => format!(
+                        "upstream {} could not be reached or failed",
+                        ctx.endpoint.as_deref().unwrap_or("-")
+                    ),
+                    ProxyError::BadRequest => "malformed request".to_string(),
+                    _ => "internal error".to_string(),
+                };
+                if let Err(err) = errors::respond(session, k, &msg, &ctx.request_id).await {
+                    tracing::debug!("could not send error response: {err}");
+                }
+                k.status()
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        metrics::HTTP_REQUESTS_TOTAL
+            .with_label_values(&[
+                ctx.route_name(),
+                metrics::method_label(&session.req_header().method),
+                metrics::status_class(status),
+            ])
+            .inc();
+    }
+}

@@ -1,0 +1,71 @@
+//! Assemble the Pingora server: the proxy service, the admin service and the config reloader.
+
+use crate::admin::AdminApp;
+use crate::config::RuntimeConfig;
+use crate::proxy::Tollgate;
+use crate::reload::Reloader;
+use arc_swap::ArcSwap;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use pingora_proxy::ProxyServiceBuilder;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Build a ready-to-run server for `config`. With `watch = Some(path)`, the file is reloaded on
+/// SIGHUP and when its content changes.
+pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> Server {
+    crate::observe::metrics::init();
+    let s = &config.source.server;
+    let mut conf = ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        grace_period_seconds: Some(s.grace_period.get().as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.get().as_secs()),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool,
+        ..ServerConf::default()
+    };
+    // Each attempt to reach an upstream counts; the retry policy proper belongs to the
+    // upstream module, Pingora's own cap stays as the backstop.
+    conf.max_retries = 4;
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+
+    let listen = config.listen.clone();
+    let admin_listen = config.admin_listen;
+    let h2c = s.h2c;
+    let watch_interval = s.watch_interval.get();
+    let shared = Arc::new(ArcSwap::from_pointee(config));
+
+    let mut options = HttpServerOptions::default();
+    options.h2c = h2c;
+    let mut proxy = ProxyServiceBuilder::new(&server.configuration, Tollgate::new(shared.clone()))
+        .name("tollgate proxy")
+        .server_options(options)
+        .build();
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+
+    let mut admin = Service::new("tollgate admin".to_string(), AdminApp::new(shared.clone()));
+    admin.add_tcp(&admin_listen.to_string());
+    admin.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    if let Some(path) = watch {
+        let interval = if watch_interval.is_zero() {
+            std::time::Duration::from_secs(86400 * 365)
+        } else {
+            watch_interval
+        };
+        let mut reloader = background_service(
+            "tollgate config reloader",
+            Reloader::new(path, shared, interval),
+        );
+        reloader.threads = Some(1);
+        server.add_service(reloader);
+    }
+    server
+}
