@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// pass-through, and a sidecar usually runs one or two threads anyway.
     pub work_stealing: bool,
     /// Accept HTTP/2 over cleartext (prior knowledge) next to HTTP/1.1 on the proxy listener.
+    /// Off by default: to tell the protocols apart Pingora waits for the first 24 bytes of each
+    /// new connection with no timeout, so a client that sends a shorter request and then waits
+    /// (e.g. a bare `GET / HTTP/1.0` with no headers) would hang. Turn it on when the clients
+    /// are HTTP/2 (gRPC, service meshes) and known to send full requests.
     pub h2c: bool,
     /// On SIGTERM, keep accepting this long before draining (lets endpoints controllers catch up).
     pub grace_period: ConfigDuration,
@@ -73,7 +77,7 @@ impl Default for ServerConfig {
         ServerConfig {
             threads: 1,
             work_stealing: false,
-            h2c: true,
+            h2c: false,
             grace_period: ConfigDuration::from_secs(5),
             shutdown_timeout: ConfigDuration::from_secs(10),
             upstream_keepalive_pool: 128,

@@ -1,0 +1,264 @@
+//! Test harness: start tollgate (the real binary) from a YAML string on ephemeral ports, start
+//! in-process upstreams, wait for readiness, kill everything on drop.
+//!
+//! ```ignore
+//! let app = MockUpstream::start().await;
+//! let tg = Tollgate::start(&format!("upstreams: {{ app: {{ endpoints: [\"{}\"] }} }}\nroutes: [...]", app.addr())).await;
+//! let res = tg.get("/api/x").await;
+//! ```
+#![allow(dead_code)]
+
+pub mod upstream;
+
+#[allow(unused_imports)]
+pub use upstream::{MockUpstream, Recorded, Reply};
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the tollgate binary cargo built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// A port that was free a moment ago (the OS picked it for `127.0.0.1:0`).
+/// tollgate binds its own listeners, so there is a tiny window in which another process could
+/// take the port; [`Tollgate::start`] notices the bind failure and retries with new ports.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An address nothing listens on (bound, then closed): connecting to it is refused.
+pub fn closed_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A running tollgate process, killed when dropped.
+pub struct Tollgate {
+    child: Child,
+    /// Proxy listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// The config file it runs on (tests rewrite it to exercise reload).
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+    /// A client that keeps connections alive.
+    pub client: reqwest::Client,
+}
+
+/// Fill in `listen`, `admin` and (unless the YAML has its own) a test-friendly `server` section.
+fn full_config(body: &str, addr: SocketAddr, admin: SocketAddr) -> String {
+    let mut out = format!("listen: {addr}\nadmin:\n  listen: {admin}\n");
+    if !body.lines().any(|l| l.starts_with("server:")) {
+        out.push_str("server:\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 1s\n  watch_interval: 0s\n");
+    }
+    out.push_str(body);
+    out
+}
+
+impl Tollgate {
+    /// Start tollgate on `body` (a config without `listen`/`admin`), wait until `/readyz` says ready.
+    pub async fn start(body: &str) -> Tollgate {
+        Self::start_with_env(body, &[]).await
+    }
+
+    /// Like [`Tollgate::start`], with extra environment variables for `${VAR}` interpolation.
+    pub async fn start_with_env(body: &str, env: &[(&str, &str)]) -> Tollgate {
+        for attempt in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let config_path = dir.path().join("tollgate.yaml");
+            std::fs::write(&config_path, full_config(body, addr, admin)).unwrap();
+            let log_path = dir.path().join("tollgate.log");
+            let log = std::fs::File::create(&log_path).unwrap();
+            let child = Command::new(bin())
+                .args(["run", "-c"])
+                .arg(&config_path)
+                .envs(env.iter().copied())
+                .env("TOLLGATE_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("spawn tollgate");
+            let mut tg = Tollgate {
+                child,
+                addr,
+                admin,
+                config_path,
+                log_path,
+                _dir: dir,
+                client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            };
+            match tg.wait_ready(Duration::from_secs(30)).await {
+                Ok(()) => return tg,
+                Err(log) if log.contains("Address already in use") && attempt < 4 => continue,
+                Err(log) => panic!("tollgate did not become ready:\n{log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let url = format!("http://{}/readyz", self.admin);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("tollgate exited with {status}:\n{}", self.log()));
+            }
+            if let Ok(r) = self.client.get(&url).timeout(Duration::from_secs(1)).send().await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after {limit:?}:\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything tollgate wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the proxy listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// GET through the proxy.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request through tollgate")
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client.get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Wait until a counter in `/metrics` reaches `want` (the `logging` phase runs after the
+    /// response is sent, so a client can see its response before the count moves), and return
+    /// the value seen last.
+    pub async fn metric_reaches(&self, name: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let last = metric_value(&self.metrics().await, name, labels);
+            if last == Some(want) || Instant::now() > deadline {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Process id (to send signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig}) failed");
+    }
+
+    /// Peak resident memory of the process so far, in bytes (VmHWM).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        read_status_kib(self.child.id(), "VmHWM:") * 1024
+    }
+
+    /// Current resident memory, in bytes (VmRSS).
+    pub fn rss_bytes(&self) -> u64 {
+        read_status_kib(self.child.id(), "VmRSS:") * 1024
+    }
+
+    /// Overwrite the config file with a new body (same listen/admin), as an operator would.
+    pub fn write_config(&self, body: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, full_config(body, self.addr, self.admin)).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Poll `cond` until it holds or `limit` passes (a condition wait, not a fixed sleep).
+    pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + limit;
+        loop {
+            if cond().await {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn read_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Value of one sample line in Prometheus text (`name{labels} value`), matching all `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Run `tollgate check FILE`: (exit code, stdout, stderr).
+pub fn check_file(path: &Path) -> (i32, String, String) {
+    let out = Command::new(bin()).arg("check").arg(path).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Write `yaml` to a temp file and run `tollgate check` on it.
+pub fn check_yaml(yaml: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("broken.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    check_file(&p)
+}
