@@ -1,1 +1,72 @@
-fn main() {}
+//! Criterion micro-benchmarks of the per-request functions tollgate adds to Pingora's own work:
+//! route matching, request ids, forwarding-header rewriting. Run: `cargo bench --bench hot_path`.
+//! The end-to-end figure (rps against nginx) comes from `benches/load.sh`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use pingora_http::RequestHeader;
+use tollgate::observe::request_id;
+use tollgate::proxy::headers;
+use tollgate::route::{HostMatch, RouteTable};
+
+fn route_table(n: usize) -> RouteTable<usize> {
+    let mut routes: Vec<(HostMatch, String, usize)> = (0..n)
+        .map(|i| (HostMatch::Any, format!("/service-{i}/v1/"), i))
+        .collect();
+    routes.push((HostMatch::parse(Some("*.example.com")), "/api/".into(), n));
+    routes.push((HostMatch::Any, "/".into(), n + 1));
+    RouteTable::new(routes)
+}
+
+fn bench_routes(c: &mut Criterion) {
+    for n in [2usize, 20, 200] {
+        let t = route_table(n);
+        c.bench_function(&format!("route_find/{n}_routes/catch_all"), |b| {
+            b.iter(|| {
+                t.find(
+                    black_box(Some("shop.example.org:8080")),
+                    black_box("/checkout/cart"),
+                )
+            })
+        });
+        c.bench_function(&format!("route_find/{n}_routes/wildcard_host"), |b| {
+            b.iter(|| t.find(black_box(Some("a.example.com")), black_box("/api/users/7")))
+        });
+    }
+}
+
+fn bench_request_id(c: &mut Criterion) {
+    c.bench_function("request_id/generate", |b| b.iter(request_id::generate));
+    c.bench_function("request_id/accept_client", |b| {
+        b.iter(|| {
+            request_id::accept_or_generate(black_box(Some(b"3f6c1a2e-5b7d-4c8e-9a0b-1c2d3e4f5a6b")))
+        })
+    });
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let mut base = RequestHeader::build("GET", b"/api/users/7", None).unwrap();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "application/json"),
+        ("authorization", "Bearer abc"),
+        ("connection", "keep-alive"),
+    ] {
+        base.append_header(k, v).unwrap();
+    }
+    let ip = Some("10.1.2.3".parse().unwrap());
+    c.bench_function("headers/upstream_request_rewrite", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut r| {
+                headers::strip_request_hop_by_hop(&mut r, false);
+                headers::set_forwarded(&mut r, ip, Some("api.example.com"));
+                r
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench_routes, bench_request_id, bench_headers);
+criterion_main!(benches);

@@ -32,7 +32,11 @@ async fn the_minimal_config_works_as_written() {
     assert_eq!(seen[1].path, "/");
     for route in ["api", "default"] {
         let labels = [("route", route), ("method", "GET"), ("status_class", "2xx")];
-        assert_eq!(tg.metric_reaches("tollgate_http_requests_total", &labels, 1.0).await, Some(1.0));
+        assert_eq!(
+            tg.metric_reaches("tollgate_http_requests_total", &labels, 1.0)
+                .await,
+            Some(1.0)
+        );
     }
 }
 
@@ -52,20 +56,55 @@ async fn routes_by_host_and_longest_prefix_and_answers_404_json_otherwise() {
     let who = |host: &'static str, path: &'static str| {
         let tg = &tg;
         async move {
-            let r = tg.client.get(tg.url(path)).header("host", host).send().await.unwrap();
-            (r.status().as_u16(), r.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_string()))
+            let r = tg
+                .client
+                .get(tg.url(path))
+                .header("host", host)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.headers()
+                    .get("x-upstream")
+                    .map(|v| v.to_str().unwrap().to_string()),
+            )
         }
     };
     assert_eq!(who("plain.test", "/api/x").await, (200, Some("api".into())));
-    assert_eq!(who("plain.test", "/api/v2/x").await, (200, Some("api-v2".into())));
-    assert_eq!(who("a.example.com", "/api/x").await, (200, Some("wild".into())));
-    assert_eq!(who("deep.a.example.com:8080", "/api/x").await, (200, Some("wild".into())));
-    assert_eq!(who("ADMIN.example.com", "/api/x").await, (200, Some("exact".into())));
-    assert_eq!(who("example.com", "/api/x").await, (200, Some("api".into())));
+    assert_eq!(
+        who("plain.test", "/api/v2/x").await,
+        (200, Some("api-v2".into()))
+    );
+    assert_eq!(
+        who("a.example.com", "/api/x").await,
+        (200, Some("wild".into()))
+    );
+    assert_eq!(
+        who("deep.a.example.com:8080", "/api/x").await,
+        (200, Some("wild".into()))
+    );
+    assert_eq!(
+        who("ADMIN.example.com", "/api/x").await,
+        (200, Some("exact".into()))
+    );
+    assert_eq!(
+        who("example.com", "/api/x").await,
+        (200, Some("api".into()))
+    );
     // Longer prefix beats a more specific host.
-    assert_eq!(who("admin.example.com", "/api/v2/x").await, (200, Some("api-v2".into())));
+    assert_eq!(
+        who("admin.example.com", "/api/v2/x").await,
+        (200, Some("api-v2".into()))
+    );
 
-    let r = tg.client.get(tg.url("/nothing/here")).header("x-request-id", "rid-404").send().await.unwrap();
+    let r = tg
+        .client
+        .get(tg.url("/nothing/here"))
+        .header("x-request-id", "rid-404")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/json");
     assert_eq!(r.headers()["x-request-id"], "rid-404");
@@ -73,8 +112,16 @@ async fn routes_by_host_and_longest_prefix_and_answers_404_json_otherwise() {
     assert_eq!(body["error"], "route_not_found");
     assert_eq!(body["status"], 404);
     assert_eq!(body["request_id"], "rid-404");
-    let labels = [("route", "none"), ("method", "GET"), ("status_class", "4xx")];
-    assert_eq!(tg.metric_reaches("tollgate_http_requests_total", &labels, 1.0).await, Some(1.0));
+    let labels = [
+        ("route", "none"),
+        ("method", "GET"),
+        ("status_class", "4xx"),
+    ];
+    assert_eq!(
+        tg.metric_reaches("tollgate_http_requests_total", &labels, 1.0)
+            .await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -91,11 +138,19 @@ async fn upstream_connections_are_reused_and_endpoints_round_robin() {
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
-    assert_eq!(a.count(), 10, "round robin: half the requests on each endpoint");
+    assert_eq!(
+        a.count(),
+        10,
+        "round robin: half the requests on each endpoint"
+    );
     assert_eq!(b.count(), 10);
     for up in [&a, &b] {
         let peers: HashSet<_> = up.requests().iter().map(|r| r.peer).collect();
-        assert_eq!(peers.len(), 1, "10 sequential requests should share one upstream connection, saw {peers:?}");
+        assert_eq!(
+            peers.len(),
+            1,
+            "10 sequential requests should share one upstream connection, saw {peers:?}"
+        );
     }
 }
 
@@ -130,16 +185,26 @@ async fn forwarding_headers_request_ids_and_hop_by_hop() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "client-id-1");
     assert_eq!(r.headers()["x-end-to-end"], "kept");
-    assert!(r.headers().get("x-resp-hop").is_none(), "field named by upstream Connection must not reach the client");
+    assert!(
+        r.headers().get("x-resp-hop").is_none(),
+        "field named by upstream Connection must not reach the client"
+    );
     assert!(r.headers().get("keep-alive").is_none());
     let seen = &app.requests()[0];
     assert_eq!(seen.header("x-request-id"), "client-id-1");
     assert_eq!(seen.header("x-forwarded-for"), "203.0.113.9, 127.0.0.1");
     assert_eq!(seen.header("x-forwarded-proto"), "http");
     assert_eq!(seen.header("x-forwarded-host"), "shop.example.com");
-    assert_eq!(seen.header("host"), "shop.example.com", "Host passes through unchanged");
+    assert_eq!(
+        seen.header("host"),
+        "shop.example.com",
+        "Host passes through unchanged"
+    );
     for hop in ["x-hop", "proxy-connection", "te", "keep-alive"] {
-        assert!(seen.headers.get(hop).is_none(), "{hop} must not be forwarded");
+        assert!(
+            seen.headers.get(hop).is_none(),
+            "{hop} must not be forwarded"
+        );
     }
 
     // No id (or an unsafe one): a fresh id, the same upstream and back.
@@ -182,9 +247,18 @@ async fn slow_upstream_is_504_after_the_groups_read_timeout() {
     );
     let tg = Tollgate::start(&cfg).await;
     let started = std::time::Instant::now();
-    let r = tg.client.get(tg.url("/slow")).header("x-request-id", "slow-1").send().await.unwrap();
+    let r = tg
+        .client
+        .get(tg.url("/slow"))
+        .header("x-request-id", "slow-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
-    assert!(started.elapsed() < Duration::from_secs(4), "answered by the 200ms read timeout, not the upstream");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered by the 200ms read timeout, not the upstream"
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "upstream_timeout");
     assert_eq!(body["request_id"], "slow-1");
@@ -204,16 +278,33 @@ async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
     let app = MockUpstream::start().await;
     let tg = Tollgate::start(&one_route(app.addr())).await;
     let garbage = raw(tg.addr, b"GARBAGE\r\n\r\n").await;
-    assert!(garbage.starts_with("HTTP/1.1 400"), "garbage request: {garbage:?}");
-    let bad_header = raw(tg.addr, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n").await;
-    assert!(bad_header.starts_with("HTTP/1.1 400"), "invalid header name: {bad_header:?}");
-    let dots = raw(tg.addr, b"GET /api/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(
+        garbage.starts_with("HTTP/1.1 400"),
+        "garbage request: {garbage:?}"
+    );
+    let bad_header = raw(
+        tg.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+    )
+    .await;
+    assert!(
+        bad_header.starts_with("HTTP/1.1 400"),
+        "invalid header name: {bad_header:?}"
+    );
+    let dots = raw(
+        tg.addr,
+        b"GET /api/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(dots.starts_with("HTTP/1.1 400"), "dot segments: {dots:?}");
     assert!(dots.contains("\"error\":\"bad_request\""), "{dots}");
     assert_eq!(app.count(), 0, "nothing malformed reached the upstream");
     // A complete request shorter than the 24-byte HTTP/2 preface is answered, not left waiting.
     let short = raw(tg.addr, b"GET / HTTP/1.0\r\n\r\n").await;
-    assert!(short.starts_with("HTTP/1.1 200") || short.starts_with("HTTP/1.0 200"), "short request: {short:?}");
+    assert!(
+        short.starts_with("HTTP/1.1 200") || short.starts_with("HTTP/1.0 200"),
+        "short request: {short:?}"
+    );
     assert_eq!(tg.get("/fine").await.status(), 200);
 }
 
@@ -242,7 +333,9 @@ async fn server_sent_events_arrive_one_by_one_as_written() {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("event {i} did not arrive while the stream was open; got {seen:?}"));
+        .unwrap_or_else(|_| {
+            panic!("event {i} did not arrive while the stream was open; got {seen:?}")
+        });
     }
 }
 
@@ -250,15 +343,26 @@ async fn server_sent_events_arrive_one_by_one_as_written() {
 async fn websocket_upgrade_works_end_to_end() {
     let app = MockUpstream::start().await;
     let tg = Tollgate::start(&one_route(app.addr())).await;
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", tg.addr)).await.expect("ws handshake through tollgate");
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", tg.addr))
+        .await
+        .expect("ws handshake through tollgate");
     assert_eq!(resp.status(), 101);
     for text in ["hello", "second message"] {
-        ws.send(tokio_tungstenite::tungstenite::Message::Text(text.into())).await.unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(reply.into_text().unwrap(), format!("echo: {text}"));
     }
     ws.close(None).await.unwrap();
-    assert_eq!(app.requests()[0].header("upgrade").to_lowercase(), "websocket");
+    assert_eq!(
+        app.requests()[0].header("upgrade").to_lowercase(),
+        "websocket"
+    );
 }
 
 const GIB: u64 = 1 << 30;
@@ -279,7 +383,9 @@ async fn one_gib_download_and_upload_stream_in_bounded_memory() {
 
     const CHUNK: usize = 256 * 1024;
     let chunk = bytes::Bytes::from(vec![b'u'; CHUNK]);
-    let body = futures_util::stream::iter((0..GIB / CHUNK as u64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let body = futures_util::stream::iter(
+        (0..GIB / CHUNK as u64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
     let r = tg
         .client
         .post(tg.url("/upload"))
@@ -291,17 +397,35 @@ async fn one_gib_download_and_upload_stream_in_bounded_memory() {
     assert_eq!(r.text().await.unwrap(), GIB.to_string());
 
     let peak = tg.peak_rss_bytes();
-    println!("tollgate peak RSS after 1 GiB down + 1 GiB up: {} MiB", peak >> 20);
-    assert!(peak < 128 << 20, "peak RSS {} MiB: bodies must stream, not buffer", peak >> 20);
+    println!(
+        "tollgate peak RSS after 1 GiB down + 1 GiB up: {} MiB",
+        peak >> 20
+    );
+    assert!(
+        peak < 128 << 20,
+        "peak RSS {} MiB: bodies must stream, not buffer",
+        peak >> 20
+    );
 }
 
 #[tokio::test]
 async fn http2_cleartext_clients_are_served_when_h2c_is_on() {
     let app = MockUpstream::start().await;
-    let cfg = format!("server:\n  threads: 1\n  h2c: true\n  grace_period: 0s\n  shutdown_timeout: 1s\n{}", one_route(app.addr()));
+    let cfg = format!(
+        "server:\n  threads: 1\n  h2c: true\n  grace_period: 0s\n  shutdown_timeout: 1s\n{}",
+        one_route(app.addr())
+    );
     let tg = Tollgate::start(&cfg).await;
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let r = h2.get(tg.url("/over-h2")).header("x-request-id", "h2-id").send().await.unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(tg.url("/over-h2"))
+        .header("x-request-id", "h2-id")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "h2-id");
@@ -318,9 +442,17 @@ async fn tls_upstream_with_sni_and_verification_switch() {
     );
     let tg = Tollgate::start(&cfg).await;
     let r = tg.get("/insecure/x").await;
-    assert_eq!(r.status(), 200, "verify: false accepts the self-signed certificate");
+    assert_eq!(
+        r.status(),
+        200,
+        "verify: false accepts the self-signed certificate"
+    );
     assert_eq!(r.text().await.unwrap(), "hello from upstream");
-    assert_eq!(secure.last_sni().as_deref(), Some("localhost"), "SNI sent as configured");
+    assert_eq!(
+        secure.last_sni().as_deref(),
+        Some("localhost"),
+        "SNI sent as configured"
+    );
     assert_eq!(secure.count(), 1);
     // verify defaults to true: a self-signed certificate is refused, nothing reaches the app.
     assert_eq!(tg.get("/strict/x").await.status(), 502);
@@ -340,13 +472,43 @@ async fn admin_endpoints_health_ready_metrics() {
     for _ in 0..3 {
         tg.get("/a").await.bytes().await.unwrap();
     }
-    tg.client.post(tg.url("/b")).body("x").send().await.unwrap().bytes().await.unwrap();
+    tg.client
+        .post(tg.url("/b"))
+        .body("x")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let get_labels = [("route", "all"), ("method", "GET"), ("status_class", "2xx")];
-    assert_eq!(tg.metric_reaches("tollgate_http_requests_total", &get_labels, 3.0).await, Some(3.0));
-    let post_labels = [("route", "all"), ("method", "POST"), ("status_class", "2xx")];
-    assert_eq!(tg.metric_reaches("tollgate_http_requests_total", &post_labels, 1.0).await, Some(1.0));
+    assert_eq!(
+        tg.metric_reaches("tollgate_http_requests_total", &get_labels, 3.0)
+            .await,
+        Some(3.0)
+    );
+    let post_labels = [
+        ("route", "all"),
+        ("method", "POST"),
+        ("status_class", "2xx"),
+    ];
+    assert_eq!(
+        tg.metric_reaches("tollgate_http_requests_total", &post_labels, 1.0)
+            .await,
+        Some(1.0)
+    );
     let m = get("/metrics").await.unwrap();
-    assert!(m.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(m.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let m = m.text().await.unwrap();
-    assert_eq!(metric_value(&m, "tollgate_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    assert_eq!(
+        metric_value(
+            &m,
+            "tollgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
 }

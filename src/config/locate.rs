@@ -12,6 +12,18 @@ use yaml_rust2::scanner::Marker;
 #[derive(Debug, Default)]
 pub struct LocationIndex {
     lines: HashMap<String, usize>,
+    duplicates: Vec<Duplicate>,
+}
+
+/// A mapping key written twice under the same parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// YAML path of the key, like `upstreams.app`.
+    pub path: String,
+    /// Line of its first definition.
+    pub first_line: usize,
+    /// Line of the repeated definition.
+    pub line: usize,
 }
 
 impl LocationIndex {
@@ -23,7 +35,15 @@ impl LocationIndex {
         if parser.load(&mut rec, false).is_err() {
             return LocationIndex::default();
         }
-        LocationIndex { lines: rec.lines }
+        LocationIndex {
+            lines: rec.lines,
+            duplicates: rec.duplicates,
+        }
+    }
+
+    /// Keys defined twice in one mapping (serde_yaml refuses them but points at the mapping).
+    pub fn duplicates(&self) -> &[Duplicate] {
+        &self.duplicates
     }
 
     /// Line of `path`, or of its closest ancestor that has one (`routes[1].match.host` falls back
@@ -49,6 +69,7 @@ enum Frame {
 struct Recorder {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    duplicates: Vec<Duplicate>,
 }
 
 impl Recorder {
@@ -62,14 +83,13 @@ impl Recorder {
                 self.lines.insert(p.clone(), line);
                 Some(p)
             }
-            Some(Frame::Map { path, key }) => match key.take() {
-                Some(k) => Some(if path.is_empty() {
+            Some(Frame::Map { path, key }) => key.take().map(|k| {
+                if path.is_empty() {
                     k
                 } else {
                     format!("{path}.{k}")
-                }),
-                None => None,
-            },
+                }
+            }),
         }
     }
 }
@@ -79,15 +99,22 @@ impl MarkedEventReceiver for Recorder {
         let line = mark.line();
         match ev {
             Event::Scalar(value, ..) => {
-                if self.enter_value(line).is_none() {
-                    // A mapping key: remember it and where it is.
-                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                let is_key = self.enter_value(line).is_none();
+                // A mapping key: remember it and where it is.
+                if let (true, Some(Frame::Map { path, key })) = (is_key, self.stack.last_mut()) {
+                    {
                         let p = if path.is_empty() {
                             value.clone()
                         } else {
                             format!("{path}.{value}")
                         };
-                        self.lines.insert(p, line);
+                        if let Some(first_line) = self.lines.insert(p.clone(), line) {
+                            self.duplicates.push(Duplicate {
+                                path: p,
+                                first_line,
+                                line,
+                            });
+                        }
                         *key = Some(value);
                     }
                 }

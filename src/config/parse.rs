@@ -26,6 +26,44 @@ pub struct Parsed {
 pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
     let root: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
+        Err(e) if e.to_string().contains("duplicate entry") => {
+            // serde_yaml points at the enclosing mapping; name each repeated key and its lines.
+            let index = super::locate::LocationIndex::build(text);
+            let mut reported: Vec<&str> = Vec::new();
+            for d in index.duplicates() {
+                // Children of a repeated key repeat too: report the key once.
+                if reported.iter().any(|r| {
+                    d.path
+                        .strip_prefix(r)
+                        .is_some_and(|rest| rest.starts_with(['.', '[']))
+                }) {
+                    continue;
+                }
+                reported.push(&d.path);
+                let what = match d.path.strip_prefix("upstreams.") {
+                    Some(name) if !name.contains('.') => {
+                        format!("duplicate upstream name `{name}`")
+                    }
+                    _ => format!(
+                        "duplicate key `{}`",
+                        d.path.rsplit('.').next().unwrap_or(&d.path)
+                    ),
+                };
+                let mut err = ConfigError::at(
+                    &d.path,
+                    format!("{what} (first defined on line {})", d.first_line),
+                );
+                err.line = Some(d.line);
+                errors.push(err);
+            }
+            if index.duplicates().is_empty() {
+                errors.push(ConfigError::file(format!(
+                    "YAML error: {}",
+                    strip_location(&e.to_string())
+                )));
+            }
+            return None;
+        }
         Err(e) => {
             let mut err = ConfigError::file(format!(
                 "YAML syntax error: {}",

@@ -47,12 +47,11 @@ impl ProxyError {
     /// Classify a Pingora error. `None`: the client is gone, nothing can be sent.
     pub fn from_pingora(e: &Error) -> Option<ProxyError> {
         use ErrorType::*;
+        let from_upstream = matches!(e.esource(), ErrorSource::Upstream | ErrorSource::Unset);
         match e.etype() {
             HTTPStatus(400) => return Some(ProxyError::BadRequest),
-            ConnectTimedout | ReadTimedout | WriteTimedout => {
-                if *e.esource() == ErrorSource::Upstream || *e.esource() == ErrorSource::Unset {
-                    return Some(ProxyError::UpstreamTimeout);
-                }
+            ConnectTimedout | ReadTimedout | WriteTimedout if from_upstream => {
+                return Some(ProxyError::UpstreamTimeout);
             }
             _ => {}
         }

@@ -28,7 +28,11 @@ pub fn bin() -> &'static str {
 /// tollgate binds its own listeners, so there is a tiny window in which another process could
 /// take the port; [`Tollgate::start`] notices the bind failure and retries with new ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// An address nothing listens on (bound, then closed): connecting to it is refused.
@@ -115,7 +119,13 @@ impl Tollgate {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("tollgate exited with {status}:\n{}", self.log()));
             }
-            if let Ok(r) = self.client.get(&url).timeout(Duration::from_secs(1)).send().await {
+            if let Ok(r) = self
+                .client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
                 if r.status() == 200 {
                     return Ok(());
                 }
@@ -148,18 +158,34 @@ impl Tollgate {
 
     /// GET through the proxy.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request through tollgate")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request through tollgate")
     }
 
     /// The admin `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.client.get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Wait until a counter in `/metrics` reaches `want` (the `logging` phase runs after the
     /// response is sent, so a client can see its response before the count moves), and return
     /// the value seen last.
-    pub async fn metric_reaches(&self, name: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
+    pub async fn metric_reaches(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+    ) -> Option<f64> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let last = metric_value(&self.metrics().await, name, labels);
@@ -240,7 +266,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }

@@ -41,7 +41,10 @@ pub struct Recorded {
 impl Recorded {
     /// A header as a string ("" when absent).
     pub fn header(&self, name: &str) -> String {
-        self.headers.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -105,9 +108,12 @@ impl MockUpstream {
         let addr = listener.local_addr().unwrap();
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
         });
         MockUpstream {
             addr,
@@ -137,7 +143,9 @@ impl MockUpstream {
         let conn_shared = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, peer)) = listener.accept().await else { return };
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
                 let shared = conn_shared.clone();
@@ -147,7 +155,10 @@ impl MockUpstream {
                     if std::pin::Pin::new(&mut stream).accept().await.is_err() {
                         return;
                     }
-                    let sni = stream.ssl().servername(openssl::ssl::NameType::HOST_NAME).map(str::to_owned);
+                    let sni = stream
+                        .ssl()
+                        .servername(openssl::ssl::NameType::HOST_NAME)
+                        .map(str::to_owned);
                     *shared.sni.lock().unwrap() = sni;
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
@@ -213,7 +224,11 @@ fn router(shared: Arc<Shared>) -> Router {
 fn record(shared: &Shared, req: &Request, peer: SocketAddr, body_len: usize) {
     shared.requests.lock().unwrap().push(Recorded {
         method: req.method().to_string(),
-        path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers: req.headers().clone(),
         body_len,
         peer,
@@ -226,7 +241,9 @@ async fn catch_all(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     let req = Request::from_parts(parts, Body::empty());
     record(&shared, &req, peer, bytes.len());
     let reply = shared.reply.lock().unwrap().clone();
@@ -241,7 +258,8 @@ async fn catch_all(
             HeaderValue::from_str(&v).unwrap(),
         );
     }
-    resp.headers_mut().insert("x-upstream", HeaderValue::from_str(&shared.name).unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", HeaderValue::from_str(&shared.name).unwrap());
     resp
 }
 
@@ -251,12 +269,19 @@ async fn sse(
     req: Request,
 ) -> Response {
     record(&shared, &req, peer, 0);
-    let rx = shared.sse.lock().unwrap().take().expect("one /sse stream per mock upstream");
+    let rx = shared
+        .sse
+        .lock()
+        .unwrap()
+        .take()
+        .expect("one /sse stream per mock upstream");
     let stream = tokio_stream_from(rx).map(|data| Ok::<_, Infallible>(Event::default().data(data)));
     Sse::new(stream).into_response()
 }
 
-fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<String>) -> impl futures_util::Stream<Item = String> {
+fn tokio_stream_from(
+    mut rx: mpsc::UnboundedReceiver<String>,
+) -> impl futures_util::Stream<Item = String> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -304,7 +329,8 @@ async fn bytes(
         }
     });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert("content-length", HeaderValue::from(n));
+    resp.headers_mut()
+        .insert("content-length", HeaderValue::from(n));
     resp
 }
 
@@ -348,13 +374,19 @@ fn self_signed_acceptor() -> openssl::ssl::SslAcceptor {
     b.set_version(2).unwrap();
     let mut serial = BigNum::new().unwrap();
     serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
-    let san = SubjectAlternativeName::new().dns("localhost").build(&b.x509v3_context(None, None)).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
     b.append_extension(san).unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
     let cert = b.build();
