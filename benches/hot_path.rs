@@ -68,5 +68,41 @@ fn bench_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_routes, bench_request_id, bench_headers);
+fn bench_header_parts(c: &mut Criterion) {
+    let mut base = RequestHeader::build("GET", b"/api/users/7", None).unwrap();
+    base.append_header("host", "api.example.com").unwrap();
+    base.append_header("user-agent", "bench/1.0").unwrap();
+    let ip = Some("10.1.2.3".parse().unwrap());
+    c.bench_function("headers/strip_hop_by_hop_none_present", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut r| {
+                headers::strip_request_hop_by_hop(&mut r, false);
+                r
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("headers/set_forwarded", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut r| {
+                headers::set_forwarded(&mut r, ip, Some("api.example.com"));
+                r
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("headers/clone_only", |b| {
+        b.iter_batched(|| base.clone(), |r| r, criterion::BatchSize::SmallInput)
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_routes,
+    bench_request_id,
+    bench_headers,
+    bench_header_parts
+);
 criterion_main!(benches);

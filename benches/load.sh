@@ -2,8 +2,10 @@
 # benches/load.sh - pass-through load benchmark: tollgate vs nginx-as-a-reverse-proxy.
 #
 # Starts one fixed upstream (nginx returning a 45-byte JSON body), nginx as a
-# reverse proxy and tollgate in front of it with the same number of workers,
-# then drives each target with the same wrk command and prints a markdown table.
+# reverse proxy, a bare Pingora proxy (examples/bare_pingora.rs, the floor) and
+# tollgate in front of it with the same number of workers, then drives each target
+# with the same wrk command (ROUNDS times, interleaved) and prints a markdown table
+# of medians, including the proxy's CPU time per request.
 # See benches/README.md for the knobs. Every process it starts is stopped on exit.
 set -euo pipefail
 
@@ -16,12 +18,13 @@ THREADS=${THREADS:-1}
 CONNS=${CONNS:-32}
 DURATION=${DURATION:-5s}
 WRK_THREADS=${WRK_THREADS:-1}
-TARGETS=${TARGETS:-direct nginx tollgate envoy}
+TARGETS=${TARGETS:-direct nginx pingora tollgate envoy}
 UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 KEEP_TMP=${KEEP_TMP:-0}
+ROUNDS=${ROUNDS:-1}
 
-ALL_TARGETS=(direct nginx tollgate envoy)
+ALL_TARGETS=(direct nginx pingora tollgate envoy)
 EXPECTED_BODY='{"ok":true,"msg":"hello from the upstream!!"}'
 EXPECTED_LEN=45
 
@@ -34,7 +37,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------- arguments
 is_posint() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
-for var in THREADS CONNS WRK_THREADS UPSTREAM_WORKERS READY_TIMEOUT; do
+for var in THREADS CONNS WRK_THREADS UPSTREAM_WORKERS READY_TIMEOUT ROUNDS; do
     is_posint "${!var}" || die "$var must be a positive integer (got '${!var}')"
 done
 [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION must look like 5, 5s, 2m (got '$DURATION')"
@@ -47,7 +50,7 @@ want() {
 }
 for t in $TARGETS; do
     case $t in
-    direct | nginx | tollgate | envoy) ;;
+    direct | nginx | pingora | tollgate | envoy) ;;
     *) die "unknown target '$t' in TARGETS (known: ${ALL_TARGETS[*]})" ;;
     esac
 done
@@ -91,26 +94,56 @@ if [[ -n $MISSING ]]; then
 fi
 NGINX_BIN=$(find_nginx)
 
-# ---------------------------------------------------------------- tollgate binary
-BIN=""
-if want tollgate; then
-    if [[ -n ${TOLLGATE_BIN:-} ]]; then
-        BIN=$TOLLGATE_BIN
-        # A relative TOLLGATE_BIN is relative to where the script was invoked from
-        # (falling back to the repo root).
-        if [[ $BIN != /* ]]; then
-            if [[ -e $ORIG_PWD/$BIN ]]; then BIN=$ORIG_PWD/$BIN; else BIN=$REPO_ROOT/$BIN; fi
-        fi
-        [[ -x $BIN ]] || die "TOLLGATE_BIN=$TOLLGATE_BIN is not an executable file (resolved to $BIN)"
+# ---------------------------------------------------------------- tollgate + bare pingora binaries
+# A relative path given in TOLLGATE_BIN / PINGORA_BIN is relative to where the script
+# was invoked from (falling back to the repo root).
+resolve_path() {
+    if [[ $1 == /* ]]; then
+        echo "$1"
+    elif [[ -e $ORIG_PWD/$1 ]]; then
+        echo "$ORIG_PWD/$1"
     else
-        have cargo || die "cargo not found and TOLLGATE_BIN not set: cannot build tollgate"
-        log "building: cargo build --release --bin tollgate"
-        cargo build --release --bin tollgate
-        target_dir=${CARGO_TARGET_DIR:-target}
-        [[ $target_dir == /* ]] || target_dir=$REPO_ROOT/$target_dir
-        BIN=$target_dir/release/tollgate
-        [[ -x $BIN ]] || die "built tollgate binary not found at $BIN"
+        echo "$REPO_ROOT/$1"
     fi
+}
+target_dir=${CARGO_TARGET_DIR:-target}
+[[ $target_dir == /* ]] || target_dir=$REPO_ROOT/$target_dir
+
+BIN=""
+PBIN=""
+if want tollgate && [[ -n ${TOLLGATE_BIN:-} ]]; then
+    BIN=$(resolve_path "$TOLLGATE_BIN")
+    [[ -x $BIN ]] || die "TOLLGATE_BIN=$TOLLGATE_BIN is not an executable file (resolved to $BIN)"
+fi
+if want pingora; then
+    if [[ -n ${PINGORA_BIN:-} ]]; then
+        PBIN=$(resolve_path "$PINGORA_BIN")
+        [[ -x $PBIN ]] || die "PINGORA_BIN=$PINGORA_BIN is not an executable file (resolved to $PBIN)"
+    else
+        PBIN=$target_dir/release/examples/bare_pingora
+    fi
+fi
+
+# Without TOLLGATE_BIN everything needed is (re)built from this checkout. With
+# TOLLGATE_BIN, the bare Pingora example is only built when it does not exist yet.
+CARGO_ARGS=()
+if [[ -z ${TOLLGATE_BIN:-} ]]; then
+    if want tollgate; then CARGO_ARGS+=(--bin tollgate); fi
+    if want pingora && [[ -z ${PINGORA_BIN:-} ]]; then CARGO_ARGS+=(--example bare_pingora); fi
+elif want pingora && [[ -z ${PINGORA_BIN:-} && ! -x $PBIN ]]; then
+    CARGO_ARGS+=(--example bare_pingora)
+fi
+if [[ ${#CARGO_ARGS[@]} -gt 0 ]]; then
+    have cargo || die "cargo not found: cannot run 'cargo build --release ${CARGO_ARGS[*]}' (set TOLLGATE_BIN / PINGORA_BIN to existing binaries, or drop the target from TARGETS)"
+    log "building: cargo build --release ${CARGO_ARGS[*]}"
+    cargo build --release "${CARGO_ARGS[@]}"
+fi
+if want tollgate && [[ -z ${TOLLGATE_BIN:-} ]]; then
+    BIN=$target_dir/release/tollgate
+    [[ -x $BIN ]] || die "built tollgate binary not found at $BIN"
+fi
+if want pingora; then
+    [[ -x $PBIN ]] || die "bare pingora binary not found at $PBIN"
 fi
 
 # ---------------------------------------------------------------- temp dir + cleanup
@@ -121,11 +154,13 @@ chmod 755 "$WORK"
 PROC_NAMES=()
 PROC_PIDS=()
 PROC_GRACE=()
+declare -A PID_OF=()
 
 register() { # name pid grace-seconds
     PROC_NAMES+=("$1")
     PROC_PIDS+=("$2")
     PROC_GRACE+=("$3")
+    PID_OF[$1]=$2
 }
 
 alive() { # pid: running and not a zombie
@@ -198,10 +233,10 @@ die_with_log() { # message logfile
 
 # ---------------------------------------------------------------- ports
 # Bind all sockets at once so the ports are distinct, then release them.
-read -r UPSTREAM_PORT NGINX_PORT TOLLGATE_PORT ADMIN_PORT ENVOY_PORT < <(python3 -c '
+read -r UPSTREAM_PORT NGINX_PORT PINGORA_PORT TOLLGATE_PORT ADMIN_PORT ENVOY_PORT < <(python3 -c '
 import socket
 socks = []
-for _ in range(5):
+for _ in range(6):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -229,6 +264,19 @@ wait_ready() { # name pid url logfile
     done
 }
 
+wait_ready_body() { # name pid port logfile: ready when GET / returns exactly the upstream body
+    local name=$1 pid=$2 port=$3 logf=$4 deadline=$((SECONDS + READY_TIMEOUT)) got=$WORK/$1.ready.body
+    while :; do
+        if curl -fsS -o "$got" --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null &&
+            cmp -s "$got" "$WORK/expected.body"; then
+            return 0
+        fi
+        alive "$pid" || die_with_log "$name exited during startup (waiting for the $EXPECTED_LEN-byte body on 127.0.0.1:$port)" "$logf"
+        ((SECONDS < deadline)) || die_with_log "$name not ready after ${READY_TIMEOUT}s (polling http://127.0.0.1:$port/ for the $EXPECTED_LEN-byte body)" "$logf"
+        sleep 0.1
+    done
+}
+
 start_nginx() { # name template port workers [upstream_port]
     local name=$1 tmpl=$2 port=$3 workers=$4 up=${5:-} dir=$WORK/$1 pid
     mkdir -p "$dir"
@@ -249,6 +297,17 @@ start_nginx() { # name template port workers [upstream_port]
     register "$name" "$pid" 5
     wait_ready "$name" "$pid" "http://127.0.0.1:$port/" "$dir/error.log"
     log "$name up on 127.0.0.1:$port (pid $pid, $workers worker(s))"
+}
+
+start_pingora() {
+    local dir=$WORK/pingora pid
+    mkdir -p "$dir"
+    "$PBIN" "127.0.0.1:$PINGORA_PORT" "127.0.0.1:$UPSTREAM_PORT" "$THREADS" >"$dir/pingora.log" 2>&1 &
+    pid=$!
+    register pingora "$pid" 3
+    # bare_pingora has no readiness endpoint: poll the proxy port for the upstream body.
+    wait_ready_body pingora "$pid" "$PINGORA_PORT" "$dir/pingora.log"
+    log "pingora (bare) up on 127.0.0.1:$PINGORA_PORT (pid $pid, $THREADS thread(s))"
 }
 
 start_tollgate() {
@@ -339,6 +398,7 @@ port_of() {
     case $1 in
     direct) echo "$UPSTREAM_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
+    pingora) echo "$PINGORA_PORT" ;;
     tollgate) echo "$TOLLGATE_PORT" ;;
     envoy) echo "$ENVOY_PORT" ;;
     esac
@@ -355,7 +415,75 @@ to_ms() {
     }'
 }
 
-declare -A R_RPS=() R_P50=() R_P99=() R_STATUS=()
+# ---------------------------------------------------------------- CPU accounting
+# CPU time of the process(es) serving a target, from utime + stime (fields 14 and 15 of
+# /proc/PID/stat, in clock ticks; they include every thread, live or exited). Read right
+# before and right after the measured wrk run and divided by the requests wrk completed.
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || true)
+is_posint "${CLK_TCK:-}" || CLK_TCK=100
+
+children_of() { # pid -> pids whose parent is pid, one per line
+    local f st rest fields
+    for f in /proc/[0-9]*/stat; do
+        read -r st 2>/dev/null <"$f" || continue
+        rest=${st##*) }
+        read -r -a fields <<<"$rest"
+        [[ ${fields[1]} == "$1" ]] && { f=${f#/proc/}; echo "${f%/stat}"; }
+    done
+    return 0
+}
+
+descendants_of() { # pid -> all descendants, one per line
+    local c
+    for c in $(children_of "$1"); do
+        echo "$c"
+        descendants_of "$c"
+    done
+}
+
+cpu_pids() { # target -> pids whose CPU is charged to it
+    local pid
+    case $1 in
+    direct) pid=${PID_OF[upstream]:-} ;;
+    *) pid=${PID_OF[$1]:-} ;;
+    esac
+    [[ -n $pid ]] || return 0
+    case $1 in
+    # nginx: the workers (children of the master) do the work.
+    direct | nginx) children_of "$pid" ;;
+    # The process itself, plus anything it spawned (e.g. a launcher wrapping envoy).
+    *)
+        echo "$pid"
+        descendants_of "$pid"
+        ;;
+    esac
+}
+
+cpu_ticks() { # pids... -> "pid:ticks" for each pid still readable
+    local pid st rest fields
+    for pid in "$@"; do
+        read -r st 2>/dev/null <"/proc/$pid/stat" || continue
+        rest=${st##*) }
+        read -r -a fields <<<"$rest"
+        # rest starts at field 3 (state): utime = field 14 -> [11], stime = field 15 -> [12].
+        echo "$pid:$((fields[11] + fields[12]))"
+    done
+}
+
+cpu_us_per_req() { # "before-snapshot" "after-snapshot" requests
+    awk -v before="$1" -v after="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {
+        k = split(before, b, " "); for (i = 1; i <= k; i++) { split(b[i], kv, ":"); t0[kv[1]] = kv[2] }
+        k = split(after, a, " ")
+        if (k == 0 || n + 0 == 0) { print "n/a"; exit }
+        d = 0
+        for (i = 1; i <= k; i++) { split(a[i], kv, ":"); d += kv[2] - ((kv[1] in t0) ? t0[kv[1]] : 0) }
+        printf "%.2f", d / hz * 1000000 / n
+    }'
+}
+
+# Per round: V_*[target:round]. Aggregated (median over rounds): R_*[target].
+declare -A V_RPS=() V_P50=() V_P99=() V_CPU=() V_STATUS=()
+declare -A R_RPS=() R_P50=() R_P99=() R_CPU=() R_STATUS=()
 FAILED=0
 
 # wrk runs in the background and we `wait` for it, so SIGINT/SIGTERM reach the
@@ -371,17 +499,24 @@ run_wrk() { # outfile wrk-args...
     return "$rc"
 }
 
-run_load() { # name
-    local name=$1 port url out rps p50 p99 total non2xx sockerr sockline status=ok
+run_load() { # name round
+    local name=$1 round=$2 port url out rps p50 p99 total non2xx sockerr sockline status=ok
+    local tag pids cpu0 cpu1 cpu
     port=$(port_of "$name")
     url=http://127.0.0.1:$port/
-    out=$WORK/$name.wrk.txt
-    log "$name: warm-up  wrk -t1 -c32 -d1s $url"
-    run_wrk "$WORK/$name.warmup.txt" -t1 -c32 -d1s "$url" ||
-        die_with_log "$name: wrk warm-up failed" "$WORK/$name.warmup.txt"
-    log "$name: measure  wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency $url"
+    out=$WORK/$name.r$round.wrk.txt
+    tag="$name [round $round/$ROUNDS]"
+    log "$tag: warm-up  wrk -t1 -c32 -d1s $url"
+    run_wrk "$WORK/$name.r$round.warmup.txt" -t1 -c32 -d1s "$url" ||
+        die_with_log "$tag: wrk warm-up failed" "$WORK/$name.r$round.warmup.txt"
+    # shellcheck disable=SC2207 # pids are plain integers
+    pids=($(cpu_pids "$name"))
+    [[ ${#pids[@]} -gt 0 ]] || log "$tag: no process found to charge CPU to; cpu us/req will be n/a"
+    log "$tag: measure  wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency $url  (cpu: pid(s) ${pids[*]:-none})"
+    cpu0=$(cpu_ticks "${pids[@]+"${pids[@]}"}" | tr '\n' ' ')
     run_wrk "$out" -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" ||
-        die_with_log "$name: wrk failed" "$out"
+        die_with_log "$tag: wrk failed" "$out"
+    cpu1=$(cpu_ticks "${pids[@]+"${pids[@]}"}" | tr '\n' ' ')
 
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
@@ -392,6 +527,10 @@ run_load() { # name
     sockline=$(awk '/Socket errors:/ {sub(/^ +/, ""); print; exit}' "$out")
     sockerr=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10; exit}' "$out")
     sockerr=${sockerr:-0}
+    cpu=$(cpu_us_per_req "$cpu0" "$cpu1" "${total:-0}")
+    if [[ $(wc -w <<<"$cpu1") -ne ${#pids[@]} ]]; then
+        log "$tag: WARNING: a process exited during the run (CPU pids ${pids[*]}, readable after: ${cpu1:-none})"
+    fi
 
     if [[ -z $rps || -z $p50 || -z $p99 || -z $total ]]; then
         status="FAIL: could not parse wrk output"
@@ -402,19 +541,62 @@ run_load() { # name
     fi
     if [[ $status != ok ]]; then
         FAILED=1
-        log "$name: $status - raw wrk output follows"
+        log "$tag: $status - raw wrk output follows"
         cat "$out" >&2
     fi
-    R_RPS[$name]=${rps:-}
-    R_P50[$name]=$(to_ms "$p50")
-    R_P99[$name]=$(to_ms "$p99")
+    log "$tag: ${rps:-?} rps, p50 ${p50:-?}, p99 ${p99:-?}, ${total:-?} requests, $cpu cpu us/req"
+    V_RPS[$name:$round]=${rps:-}
+    V_P50[$name:$round]=$(to_ms "$p50")
+    V_P99[$name:$round]=$(to_ms "$p99")
+    V_CPU[$name:$round]=$cpu
+    V_STATUS[$name:$round]=$status
+}
+
+median() { # decimals values... (non-numeric values such as n/a are ignored)
+    local dec=$1
+    shift
+    printf '%s\n' "$@" | awk -v dec="$dec" '
+        /^[0-9]+(\.[0-9]+)?$/ { v[n++] = $1 + 0 }
+        END {
+            if (n == 0) { print "n/a"; exit }
+            for (i = 1; i < n; i++) { x = v[i]; for (j = i - 1; j >= 0 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+            m = (n % 2) ? v[int(n / 2)] : (v[n / 2 - 1] + v[n / 2]) / 2
+            printf "%.*f\n", dec, m
+        }'
+}
+
+aggregate() { # name: medians over rounds into R_*, first failure into R_STATUS
+    local name=$1 r rps=() p50=() p99=() cpu=() status=ok
+    for ((r = 1; r <= ROUNDS; r++)); do
+        rps+=("${V_RPS[$name:$r]:-}")
+        p50+=("${V_P50[$name:$r]:-}")
+        p99+=("${V_P99[$name:$r]:-}")
+        cpu+=("${V_CPU[$name:$r]:-}")
+        if [[ $status == ok && ${V_STATUS[$name:$r]:-ok} != ok ]]; then
+            status=${V_STATUS[$name:$r]}
+            if ((ROUNDS > 1)); then status="${status/#FAIL: /FAIL (round $r): }"; fi
+        fi
+    done
+    R_RPS[$name]=$(median 2 "${rps[@]}")
+    R_P50[$name]=$(median 3 "${p50[@]}")
+    R_P99[$name]=$(median 3 "${p99[@]}")
+    R_CPU[$name]=$(median 2 "${cpu[@]}")
     R_STATUS[$name]=$status
 }
 
-ratio() { # name-a name-b
-    local a=${R_RPS[$1]:-} b=${R_RPS[$2]:-} note=""
+ratio() { # name-a name-b [rps|cpu]
+    local a b note=""
+    if [[ ${3:-rps} == cpu ]]; then
+        a=${R_CPU[$1]:-} b=${R_CPU[$2]:-}
+    else
+        a=${R_RPS[$1]:-} b=${R_RPS[$2]:-}
+    fi
     if [[ -z $a || -z $b ]]; then
         echo "n/a (needs both $1 and $2 in TARGETS)"
+        return
+    fi
+    if [[ $a == n/a || $b == n/a ]]; then
+        echo "n/a (no value for $1 or $2)"
         return
     fi
     if [[ ${R_STATUS[$1]} != ok || ${R_STATUS[$2]} != ok ]]; then
@@ -439,11 +621,12 @@ for t in "${ALL_TARGETS[@]}"; do
 done
 [[ ${#RUN[@]} -gt 0 ]] || die "nothing to run"
 
-log "work dir $WORK; ports: upstream=$UPSTREAM_PORT nginx=$NGINX_PORT tollgate=$TOLLGATE_PORT admin=$ADMIN_PORT envoy=$ENVOY_PORT"
+log "work dir $WORK; ports: upstream=$UPSTREAM_PORT nginx=$NGINX_PORT pingora=$PINGORA_PORT tollgate=$TOLLGATE_PORT admin=$ADMIN_PORT envoy=$ENVOY_PORT"
 start_nginx upstream "$SCRIPT_DIR/nginx/upstream.conf.in" "$UPSTREAM_PORT" "$UPSTREAM_WORKERS"
 for t in "${RUN[@]}"; do
     case $t in
     nginx) start_nginx nginx "$SCRIPT_DIR/nginx/proxy.conf.in" "$NGINX_PORT" "$THREADS" "$UPSTREAM_PORT" ;;
+    pingora) start_pingora ;;
     tollgate) start_tollgate ;;
     envoy) start_envoy ;;
     esac
@@ -454,39 +637,82 @@ for t in "${RUN[@]}"; do
 done
 
 # ---------------------------------------------------------------- load
+# Rounds are interleaved (round 1: every target, round 2: every target, ...) so slow
+# drifts of the machine hit all targets alike; the report shows medians over rounds.
+for ((round = 1; round <= ROUNDS; round++)); do
+    for t in "${RUN[@]}"; do
+        run_load "$t" "$round"
+    done
+done
 for t in "${RUN[@]}"; do
-    run_load "$t"
+    aggregate "$t"
 done
 
 # ---------------------------------------------------------------- report
-CMD="THREADS=$THREADS CONNS=$CONNS DURATION=$DURATION WRK_THREADS=$WRK_THREADS TARGETS=\"$TARGETS\""
+CMD="THREADS=$THREADS CONNS=$CONNS DURATION=$DURATION WRK_THREADS=$WRK_THREADS ROUNDS=$ROUNDS TARGETS=\"$TARGETS\""
 if [[ -n ${TOLLGATE_BIN:-} ]]; then CMD+=" TOLLGATE_BIN=$TOLLGATE_BIN"; fi
+if [[ -n ${PINGORA_BIN:-} ]]; then CMD+=" PINGORA_BIN=$PINGORA_BIN"; fi
 if [[ $UPSTREAM_WORKERS != 1 ]]; then CMD+=" UPSTREAM_WORKERS=$UPSTREAM_WORKERS"; fi
 CMD+=" benches/load.sh"
+
+bin_mtime() { # path -> "built YYYY-MM-DD HH:MM:SS" (the binary's mtime)
+    echo "built $(date -r "$1" '+%Y-%m-%d %H:%M:%S' 2>/dev/null || echo '?')"
+}
 
 echo
 echo "## tollgate pass-through load benchmark"
 echo
 echo "- command: \`$CMD\`"
-echo "- proxy workers (THREADS): $THREADS (nginx worker_processes, tollgate server.threads, envoy --concurrency); upstream nginx workers: $UPSTREAM_WORKERS"
-echo "- load: \`wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/\` after a \`wrk -t1 -c32 -d1s\` warm-up per target"
+echo "- proxy workers (THREADS): $THREADS (nginx worker_processes, bare pingora and tollgate server.threads, envoy --concurrency); upstream nginx workers: $UPSTREAM_WORKERS"
+echo "- load: \`wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/\` after a \`wrk -t1 -c32 -d1s\` warm-up per target; $ROUNDS round(s), interleaved; table values are medians over rounds"
+echo "- cpu us/req: utime+stime (/proc/PID/stat, CLK_TCK=$CLK_TCK) of the proxy process(es) over the measured run / requests completed (nginx: its workers; direct: the upstream nginx workers)"
 echo "- body: $EXPECTED_LEN-byte JSON, HTTP/1.1 keep-alive, all on 127.0.0.1"
 echo "- machine: nproc=$(nproc), $(uname -sr), $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}')"
+REV=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git rev')
+if [[ $REV != 'no git rev' ]] && ! git -C "$REPO_ROOT" diff --quiet HEAD 2>/dev/null; then REV+="-dirty"; fi
 if [[ -n $BIN ]]; then
-    echo "- tollgate: $BIN ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git rev'))"
+    echo "- tollgate: $BIN ($REV, $(bin_mtime "$BIN"))"
+fi
+if [[ -n $PBIN ]]; then
+    echo "- pingora: $PBIN ($REV, $(bin_mtime "$PBIN"))"
 fi
 echo
-echo "| target | rps | p50 (ms) | p99 (ms) | status |"
-echo "|---|---:|---:|---:|---|"
+echo "| target | rps | p50 (ms) | p99 (ms) | cpu us/req | status |"
+echo "|---|---:|---:|---:|---:|---|"
 for t in "${RUN[@]}"; do
-    echo "| $t | ${R_RPS[$t]:-n/a} | ${R_P50[$t]} | ${R_P99[$t]} | ${R_STATUS[$t]} |"
+    echo "| $t | ${R_RPS[$t]} | ${R_P50[$t]} | ${R_P99[$t]} | ${R_CPU[$t]} | ${R_STATUS[$t]} |"
 done
 for t in "${SKIPPED[@]+"${SKIPPED[@]}"}"; do
-    echo "| $t | - | - | - | skipped (not installed) |"
+    echo "| $t | - | - | - | - | skipped (not installed) |"
 done
+if ((ROUNDS > 1)); then
+    echo
+    echo "Per round (rps / cpu us/req):"
+    echo
+    hdr="| target |"
+    sep="|---|"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        hdr+=" round $r |"
+        sep+="---:|"
+    done
+    echo "$hdr"
+    echo "$sep"
+    for t in "${RUN[@]}"; do
+        row="| $t |"
+        for ((r = 1; r <= ROUNDS; r++)); do
+            row+=" ${V_RPS[$t:$r]:-n/a} / ${V_CPU[$t:$r]:-n/a}"
+            [[ ${V_STATUS[$t:$r]:-ok} == ok ]] || row+=" (FAIL)"
+            row+=" |"
+        done
+        echo "$row"
+    done
+fi
 echo
 echo "tollgate/nginx rps ratio: $(ratio tollgate nginx)"
+echo "tollgate/pingora rps ratio: $(ratio tollgate pingora)"
 echo "tollgate/direct rps ratio: $(ratio tollgate direct)"
+echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu)"
+echo "tollgate/pingora CPU per request: $(ratio tollgate pingora cpu)"
 
 if [[ $FAILED -ne 0 ]]; then
     echo

@@ -16,9 +16,13 @@ trap 'kill "$demo_pid" 2>/dev/null || true' EXIT INT TERM
 cat >&2 <<MSG
 
 tollgate is starting on conf/tollgate.yaml (demo upstream on $APP_ADDR). Try, in another shell:
-  curl -i http://127.0.0.1:8080/api/hello
-  curl -s http://127.0.0.1:8080/api/echo | head -20
+  curl -i http://127.0.0.1:8080/api/hello                  # proxied, with X-Request-Id
+  curl -s http://127.0.0.1:8080/api/echo                   # the headers the upstream received
+  curl -i http://127.0.0.1:8080/api/status/503             # upstream status passes through
+  curl -i 'http://127.0.0.1:8080/api/slow?ms=300'          # a slow upstream answer
+  curl -s http://127.0.0.1:9901/healthz; curl -s http://127.0.0.1:9901/readyz
   curl -s http://127.0.0.1:9901/metrics | grep tollgate_
+  target/release/tollgate check conf/tollgate.yaml
 Ctrl-C stops it.
 
 MSG

@@ -1,6 +1,11 @@
 //! The `tollgate` command: `run`, `check`, `demo-upstream`. Nothing else lives here.
 
 use clap::{Parser, Subcommand};
+
+// Pingora allocates per request (headers, buffers, tasks); mimalloc's thread-local free lists
+// make that cheaper than glibc malloc, which showed ~11% of CPU in a pass-through profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,7 +13,7 @@ use std::process::ExitCode;
 #[command(
     name = "tollgate",
     version,
-    about = "A sidecar reverse proxy on Pingora: rate limits, caching, compression, failover and metrics from one YAML file"
+    about = "tollgate: a sidecar reverse proxy on Pingora, driven by one validated YAML file"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,6 +83,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            if let Err(e) = tollgate::server::check_listeners(&runtime) {
+                eprintln!("tollgate: {e}");
+                return ExitCode::from(1);
+            }
             tracing::info!(
                 "tollgate {} starting: {}",
                 env!("CARGO_PKG_VERSION"),

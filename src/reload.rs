@@ -30,15 +30,23 @@ impl Reloader {
     /// Load the file and swap it in if valid. Returns whether the swap happened.
     pub fn reload(&self) -> bool {
         match config::load(&self.path) {
-            Ok(new) => {
+            Ok(mut new) => {
                 let old = self.config.load();
                 if new.listen != old.listen
                     || new.admin_listen != old.admin_listen
                     || new.source.server != old.source.server
                 {
                     tracing::warn!(
-                        "config reload: `listen`, `admin` and `server` changes take effect only after a restart"
+                        "config reload: `listen`, `admin` and `server` changes take effect only after a restart; \
+                         keeping the running values"
                     );
+                    // What the process really runs with stays visible (readiness probes the
+                    // bound listeners, logs show the real addresses).
+                    new.listen = old.listen.clone();
+                    new.admin_listen = old.admin_listen;
+                    new.source.listen = old.source.listen.clone();
+                    new.source.admin = old.source.admin.clone();
+                    new.source.server = old.source.server.clone();
                 }
                 tracing::info!("config reloaded: {}", new.summary());
                 self.config.store(Arc::new(new));

@@ -14,6 +14,28 @@ use pingora_proxy::ProxyServiceBuilder;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Pingora takes whole seconds: round up, so `500ms` means "up to 1s", never "none".
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Check that every listener address can be bound now, so a port conflict fails the start with
+/// a clear message. (Pingora itself would retry the bind for 30 s and then stop only the
+/// proxy service, leaving a process whose admin port still answers.)
+pub fn check_listeners(config: &RuntimeConfig) -> Result<(), String> {
+    let all = config
+        .listen
+        .iter()
+        .map(|a| ("listen", a))
+        .chain([("admin.listen", &config.admin_listen)]);
+    for (key, addr) in all {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(format!("cannot listen on {addr} ({key}): {e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Build a ready-to-run server for `config`. With `watch = Some(path)`, the file is reloaded on
 /// SIGHUP and when its content changes.
 pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> Server {
@@ -22,8 +44,8 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> Server {
     let mut conf = ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(s.grace_period.get().as_secs()),
-        graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.get().as_secs()),
+        grace_period_seconds: Some(ceil_secs(s.grace_period.get())),
+        graceful_shutdown_timeout_seconds: Some(ceil_secs(s.shutdown_timeout.get())),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool,
         ..ServerConf::default()
     };

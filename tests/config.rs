@@ -100,6 +100,11 @@ fn broken_configs_are_rejected_with_specific_messages() {
             &["missing required key `routes`"],
         ),
         ("empty file", "", &["the file is empty"]),
+        (
+            "admin port overlapping the proxy listener",
+            &format!("listen: 127.0.0.1:8080\nadmin: {{ listen: \"0.0.0.0:8080\" }}\n{GOOD_TAIL}"),
+            &["broken.yaml:2: admin.listen: `0.0.0.0:8080` overlaps the proxy listen address `127.0.0.1:8080`"],
+        ),
     ];
     for (what, yaml, expected) in cases {
         let (code, out, err) = check_yaml(yaml);
@@ -256,4 +261,49 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
     })
     .await;
     assert!(switched, "file change not picked up:\n{}", tg.log());
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_within_the_configured_timeouts() {
+    let app = MockUpstream::start().await;
+    let mut tg = Tollgate::start(&routed_to(app.addr(), "0s")).await;
+    assert_eq!(served_by(&tg).await.as_deref(), Some("upstream"));
+    tg.signal(libc::SIGTERM);
+    // grace_period 0s + shutdown_timeout 1s: gone well within 10 s.
+    let status = tg.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some(),
+        "still running 10 s after SIGTERM:\n{}",
+        tg.log()
+    );
+}
+
+#[test]
+fn run_refuses_a_port_in_use_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.yaml");
+    let admin = common::free_port();
+    std::fs::write(
+        &p,
+        format!("listen: {addr}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n{GOOD_TAIL}"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(common::bin())
+        .args(["run", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (listen)")),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no 30 s bind retry loop"
+    );
 }

@@ -512,3 +512,51 @@ async fn admin_endpoints_health_ready_metrics() {
         Some(1.0)
     );
 }
+
+/// A listener whose accept queue is full drops new SYNs, so connecting to it times out: the
+/// loopback way to get an upstream that never completes a connect.
+fn blackhole_listener() -> (
+    socket2::Socket,
+    std::net::SocketAddr,
+    Vec<std::net::TcpStream>,
+) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue (never accepted); further connection attempts hang in SYN_SENT.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(c) => fillers.push(c),
+            Err(_) => break,
+        }
+    }
+    (s, addr, fillers)
+}
+
+#[tokio::test]
+async fn upstream_that_never_accepts_is_504_after_the_connect_timeout() {
+    let (_listener, addr, _fillers) = blackhole_listener();
+    let cfg = format!(
+        "upstreams:\n  app:\n    endpoints: [\"{addr}\"]\n    timeouts: {{ connect: 200ms }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: app }}\n"
+    );
+    let tg = Tollgate::start(&cfg).await;
+    let started = std::time::Instant::now();
+    let r = tg.get("/x").await;
+    assert_eq!(r.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_timeout");
+}

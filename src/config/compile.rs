@@ -21,7 +21,7 @@ pub struct Route {
 /// The config as the proxy runs it. Immutable; a reload builds a new one and swaps it in.
 #[derive(Debug)]
 pub struct RuntimeConfig {
-    /// The model it was compiled from (served by the admin `/config` endpoint).
+    /// The model it was compiled from.
     pub source: Config,
     /// Proxy listen addresses.
     pub listen: Vec<SocketAddr>,

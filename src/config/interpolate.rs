@@ -8,11 +8,12 @@ use super::error::ConfigError;
 
 /// Replace every `${NAME}` / `${NAME:-default}` with the value `lookup` gives.
 /// `${NAME:-default}` uses the default when NAME is unset or empty, as in POSIX shells.
-/// Collects one error per unresolved or malformed reference.
+/// Collects one error per unresolved or malformed reference; such a reference is left in the
+/// text as written, so parsing and validation can go on and report the file's other problems.
 pub fn interpolate(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, Vec<ConfigError>> {
+) -> (String, Vec<ConfigError>) {
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
     for (idx, line) in text.split_inclusive('\n').enumerate() {
@@ -31,7 +32,8 @@ pub fn interpolate(
                         line_no,
                         "unterminated `${` in variable reference (write `$$` for a literal `$`)",
                     ));
-                    rest = "";
+                    out.push('$');
+                    rest = after;
                     break;
                 };
                 let expr = &body[..end];
@@ -40,6 +42,7 @@ pub fn interpolate(
                     None => (expr, None),
                 };
                 if !is_var_name(name) {
+                    out.push_str(&rest[pos..pos + end + 3]);
                     errors.push(ConfigError::at_line(
                         line_no,
                         format!("invalid variable reference `${{{expr}}}`: names are letters, digits and `_`"),
@@ -51,13 +54,16 @@ pub fn interpolate(
                     ) {
                         (Some(v), _) => out.push_str(&v),
                         (None, Some(d)) => out.push_str(d),
-                        (None, None) => errors.push(ConfigError::at_line(
-                            line_no,
-                            format!(
-                                "environment variable `{name}` is not set and has no default \
-                                 (set it, or write `${{{name}:-value}}`)"
-                            ),
-                        )),
+                        (None, None) => {
+                            out.push_str(&rest[pos..pos + end + 3]);
+                            errors.push(ConfigError::at_line(
+                                line_no,
+                                format!(
+                                    "environment variable `{name}` is not set and has no default \
+                                     (set it, or write `${{{name}:-value}}`)"
+                                ),
+                            ))
+                        }
                     }
                 }
                 rest = &body[end + 1..];
@@ -70,11 +76,7 @@ pub fn interpolate(
         out.push_str(rest);
         out.push_str(comment);
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    (out, errors)
 }
 
 fn is_var_name(name: &str) -> bool {
@@ -104,6 +106,16 @@ fn split_comment(line: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn interpolate(
+        text: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, Vec<ConfigError>> {
+        match super::interpolate(text, lookup) {
+            (out, e) if e.is_empty() => Ok(out),
+            (_, e) => Err(e),
+        }
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {
@@ -146,6 +158,13 @@ mod tests {
             errs[0].message
         );
         assert_eq!(errs[1].line, Some(3));
+    }
+
+    #[test]
+    fn unresolved_references_stay_as_written_so_parsing_goes_on() {
+        let (out, errs) = super::interpolate("a: ${MISSING}\nb: ${HOST}\n", env);
+        assert_eq!(out, "a: ${MISSING}\nb: 10.0.0.1:80\n");
+        assert_eq!(errs.len(), 1);
     }
 
     #[test]

@@ -102,21 +102,19 @@ impl MarkedEventReceiver for Recorder {
                 let is_key = self.enter_value(line).is_none();
                 // A mapping key: remember it and where it is.
                 if let (true, Some(Frame::Map { path, key })) = (is_key, self.stack.last_mut()) {
-                    {
-                        let p = if path.is_empty() {
-                            value.clone()
-                        } else {
-                            format!("{path}.{value}")
-                        };
-                        if let Some(first_line) = self.lines.insert(p.clone(), line) {
-                            self.duplicates.push(Duplicate {
-                                path: p,
-                                first_line,
-                                line,
-                            });
-                        }
-                        *key = Some(value);
+                    let p = if path.is_empty() {
+                        value.clone()
+                    } else {
+                        format!("{path}.{value}")
+                    };
+                    if let Some(first_line) = self.lines.insert(p.clone(), line) {
+                        self.duplicates.push(Duplicate {
+                            path: p,
+                            first_line,
+                            line,
+                        });
                     }
+                    *key = Some(value);
                 }
             }
             Event::Alias(_) => {

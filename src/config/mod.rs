@@ -46,8 +46,7 @@ pub fn load_str(
         origin: origin.to_string(),
         errors,
     };
-    let text = interpolate::interpolate(text, env).map_err(fail)?;
-    let mut errors = Vec::new();
+    let (text, mut errors) = interpolate::interpolate(text, env);
     let parsed = parse::parse(&text, &mut errors);
     if let Some(p) = &parsed {
         validate::validate(&p.config, &p.upstream_names, &mut errors);

@@ -61,9 +61,12 @@ pub struct ServerConfig {
     /// (e.g. a bare `GET / HTTP/1.0` with no headers) would hang. Turn it on when the clients
     /// are HTTP/2 (gRPC, service meshes) and known to send full requests.
     pub h2c: bool,
-    /// On SIGTERM, keep accepting this long before draining (lets endpoints controllers catch up).
+    /// On SIGTERM tollgate stops accepting new connections at once, then waits this long (in
+    /// full, rounded up to whole seconds) while in-flight requests finish. For Kubernetes, add a
+    /// preStop sleep so endpoints are updated before SIGTERM arrives (see deploy/README.md).
     pub grace_period: ConfigDuration,
-    /// After the grace period, how long in-flight requests get to finish before exit.
+    /// After the grace period, how long the worker runtimes get to stop before the process
+    /// exits (rounded up to whole seconds).
     pub shutdown_timeout: ConfigDuration,
     /// Size of the upstream keep-alive connection pool (connections kept idle, all groups).
     pub upstream_keepalive_pool: usize,

@@ -132,6 +132,12 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
                 let Some(groups) = mapping_of(value, "upstreams", errors) else {
                     continue;
                 };
+                if groups.is_empty() {
+                    errors.push(ConfigError::at(
+                        "upstreams",
+                        "no upstream groups: define at least one",
+                    ));
+                }
                 for (name, body) in groups {
                     let path = format!("upstreams.{name}");
                     upstream_names.push(name.clone());
@@ -143,6 +149,10 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
             "routes" => {
                 saw_routes = true;
                 match value {
+                    Value::Sequence(items) if items.is_empty() => errors.push(ConfigError::at(
+                        "routes",
+                        "no routes: define at least one route",
+                    )),
                     Value::Sequence(items) => {
                         for (i, item) in items.into_iter().enumerate() {
                             let path = format!("routes[{i}]");

@@ -27,15 +27,22 @@ pub fn validate(config: &Config, upstream_names: &[String], errors: &mut Vec<Con
     match parse_listen(&config.admin.listen) {
         Err(e) => errors.push(ConfigError::at("admin.listen", e)),
         Ok(admin) => {
-            if config
+            // Same port on the same or a wildcard address: the two listeners cannot both bind.
+            let clash = |l: &SocketAddr| {
+                l.port() == admin.port()
+                    && (l.ip() == admin.ip()
+                        || l.ip().is_unspecified()
+                        || admin.ip().is_unspecified())
+            };
+            if let Some(l) = config
                 .listen
                 .iter()
                 .filter_map(|l| parse_listen(l).ok())
-                .any(|l| l == admin)
+                .find(clash)
             {
                 errors.push(ConfigError::at(
                     "admin.listen",
-                    format!("`{admin}` is also a proxy listen address: the admin listener needs its own"),
+                    format!("`{admin}` overlaps the proxy listen address `{l}`: the admin listener needs its own port"),
                 ));
             }
         }
@@ -104,12 +111,6 @@ pub fn validate(config: &Config, upstream_names: &[String], errors: &mut Vec<Con
         *names_seen.entry(name).or_default() += 1;
     }
 
-    if config.routes.is_empty() {
-        errors.push(ConfigError::at(
-            "routes",
-            "no routes: define at least one route",
-        ));
-    }
     let mut route_names: HashMap<String, usize> = HashMap::new();
     let mut matches: HashMap<(Option<String>, &str), usize> = HashMap::new();
     for (i, r) in config.routes.iter().enumerate() {

@@ -14,7 +14,7 @@ pub struct RequestCtx {
     /// The request id sent upstream and back to the client.
     pub request_id: String,
     /// Label of the endpoint the last attempt went to.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Arc<str>>,
     /// Upstream attempts made.
     pub attempts: u32,
     /// When the request started (ctx creation, right after the request header was read).

@@ -6,13 +6,19 @@
 
 use pingora_http::{RequestHeader, ResponseHeader};
 
-/// Hop-by-hop fields that are never forwarded (besides those the Connection header names).
-const ALWAYS_HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection"];
+use http::header::{HeaderName, CONNECTION, TE, UPGRADE};
 
-/// Field names listed in a `Connection` header, lower-cased (`close`, `keep-alive` included).
-fn connection_tokens(value: Option<&http::HeaderValue>) -> Vec<String> {
+/// Hop-by-hop fields that are never forwarded (besides those the Connection header names).
+/// Static names: removing by `&str` would parse and lower-case the name on every request.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Field names listed in a `Connection` header, lower-cased, except those Pingora must keep.
+fn connection_tokens(value: &http::HeaderValue) -> Vec<String> {
     value
-        .and_then(|v| v.to_str().ok())
+        .to_str()
         .map(|v| {
             v.split(',')
                 .map(|t| t.trim().to_ascii_lowercase())
@@ -25,29 +31,34 @@ fn connection_tokens(value: Option<&http::HeaderValue>) -> Vec<String> {
 /// Remove hop-by-hop fields from a request going upstream. An upgrade request (WebSocket) keeps
 /// `Connection: upgrade` and `Upgrade`: they are the handshake itself.
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
-    let tokens = connection_tokens(req.headers.get(http::header::CONNECTION));
-    for t in &tokens {
-        if is_upgrade && t == "upgrade" {
-            continue;
+    // Most requests carry none of these: look before touching (removal also updates
+    // Pingora's case-preserving name map).
+    if let Some(conn) = req.headers.get(CONNECTION) {
+        for t in connection_tokens(conn) {
+            let keep = matches!(t.as_str(), "close" | "keep-alive" | "upgrade") || is_protected(&t);
+            if !keep {
+                req.remove_header(t.as_str());
+            }
         }
-        if t != "close" && t != "keep-alive" && t != "upgrade" && !is_protected(t) {
-            req.remove_header(t.as_str());
+        if !is_upgrade {
+            req.remove_header(&CONNECTION);
         }
     }
-    for h in ALWAYS_HOP_BY_HOP {
-        req.remove_header(*h);
+    for h in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        if req.headers.contains_key(h) {
+            req.remove_header(h);
+        }
     }
-    if !is_upgrade {
-        req.remove_header(&http::header::UPGRADE);
-        req.remove_header(&http::header::CONNECTION);
+    if !is_upgrade && req.headers.contains_key(UPGRADE) {
+        req.remove_header(&UPGRADE);
     }
     // `TE: trailers` is meaningful end to end (gRPC); any other TE is hop-by-hop.
     if req
         .headers
-        .get(http::header::TE)
+        .get(TE)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
-        req.remove_header(&http::header::TE);
+        req.remove_header(&TE);
     }
 }
 
@@ -57,17 +68,17 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    let tokens = connection_tokens(resp.headers.get(http::header::CONNECTION));
-    for t in &tokens {
-        if t != "close" && t != "keep-alive" && !is_protected(t) {
-            resp.remove_header(t.as_str());
+    if let Some(conn) = resp.headers.get(CONNECTION) {
+        for t in connection_tokens(conn) {
+            if !matches!(t.as_str(), "close" | "keep-alive") && !is_protected(&t) {
+                resp.remove_header(t.as_str());
+            }
         }
     }
-    for h in ALWAYS_HOP_BY_HOP {
-        resp.remove_header(*h);
-    }
-    if resp.headers.contains_key(http::header::UPGRADE) {
-        resp.remove_header(&http::header::UPGRADE);
+    for h in [&KEEP_ALIVE, &PROXY_CONNECTION, &UPGRADE] {
+        if resp.headers.contains_key(h) {
+            resp.remove_header(h);
+        }
     }
 }
 
@@ -83,25 +94,31 @@ pub fn set_forwarded(
     client_ip: Option<std::net::IpAddr>,
     host: Option<&str>,
 ) {
+    use std::fmt::Write;
     if let Some(ip) = client_ip {
-        let value = match req
+        let mut value = String::with_capacity(48);
+        if let Some(prev) = req
             .headers
-            .get("x-forwarded-for")
+            .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
         {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        let _ = req.insert_header("x-forwarded-for", value);
+            if !prev.trim().is_empty() {
+                value.push_str(prev);
+                value.push_str(", ");
+            }
+        }
+        let _ = write!(value, "{ip}");
+        let _ = req.insert_header(X_FORWARDED_FOR.clone(), value);
     }
     let _ = req.insert_header("x-forwarded-proto", "http");
     match host {
         Some(h) => {
-            let _ = req.insert_header("x-forwarded-host", h);
+            let _ = req.insert_header(X_FORWARDED_HOST.clone(), h);
         }
-        None => {
-            req.remove_header("x-forwarded-host");
+        None if req.headers.contains_key(&X_FORWARDED_HOST) => {
+            req.remove_header(&X_FORWARDED_HOST);
         }
+        None => {}
     }
 }
 

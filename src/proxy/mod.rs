@@ -43,13 +43,12 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
 }
 
 /// Paths with dot segments would let `/api/../admin` match the `/api/` route while the upstream
-/// serves `/admin`: such requests are refused rather than guessed at.
+/// serves `/admin`: such requests are refused rather than guessed at. Percent-encoded dots
+/// (`%2e`) count too, since many upstreams decode before resolving.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| seg == ".." || seg == ".")
-        || path.contains("%2e%2e")
-        || path.contains("%2E%2E")
-        || path.contains("%2e.")
-        || path.contains(".%2e")
+    const DOTS: [&str; 6] = [".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"];
+    path.split('/')
+        .any(|seg| seg.len() <= 6 && DOTS.iter().any(|d| seg.eq_ignore_ascii_case(d)))
 }
 
 #[async_trait]
@@ -184,5 +183,34 @@ impl ProxyHttp for Tollgate {
                 metrics::status_class(status),
             ])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_plain_and_encoded() {
+        for bad in [
+            "/api/../admin",
+            "/./x",
+            "/a/..",
+            "/api/%2e%2e/admin",
+            "/api/%2E./x",
+            "/x/.%2E",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in [
+            "/",
+            "/api/v1",
+            "/a..b/",
+            "/.well-known/x",
+            "/file.txt",
+            "/%2ex",
+        ] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Timeouts of a group, resolved from config.
@@ -34,7 +35,7 @@ pub struct Tls {
 #[derive(Debug)]
 pub struct Endpoint {
     /// As written in the config (`host:port`): the label in logs and metrics.
-    pub label: String,
+    pub label: Arc<str>,
     /// Resolved address.
     pub addr: SocketAddr,
     peer: HttpPeer,
@@ -63,7 +64,11 @@ impl Endpoint {
             o.verify_cert = tls.verify;
             o.verify_hostname = tls.verify;
         }
-        Endpoint { label, addr, peer }
+        Endpoint {
+            label: label.into(),
+            addr,
+            peer,
+        }
     }
 
     /// A peer for one request (a clone: Pingora takes ownership per attempt).

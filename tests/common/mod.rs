@@ -105,7 +105,9 @@ impl Tollgate {
             };
             match tg.wait_ready(Duration::from_secs(30)).await {
                 Ok(()) => return tg,
-                Err(log) if log.contains("Address already in use") && attempt < 4 => continue,
+                // Another process took a port between free_port() and tollgate's bind: Pingora
+                // would retry the bind for 30 s; start over on new ports instead.
+                Err(log) if log.contains("in use") && attempt < 4 => continue,
                 Err(log) => panic!("tollgate did not become ready:\n{log}"),
             }
         }
@@ -118,6 +120,12 @@ impl Tollgate {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("tollgate exited with {status}:\n{}", self.log()));
+            }
+            let log = self.log();
+            if log.contains("is in use, will try again") {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(log);
             }
             if let Ok(r) = self
                 .client
@@ -206,6 +214,20 @@ impl Tollgate {
         // SAFETY: plain kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
         assert_eq!(rc, 0, "kill({sig}) failed");
+    }
+
+    /// Wait up to `limit` for the process to exit by itself; its exit status if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Peak resident memory of the process so far, in bytes (VmHWM).
