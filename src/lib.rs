@@ -7,11 +7,14 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod observe;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod tenant;
 pub mod upstream;
 
 pub use server::build_server;

@@ -1,4 +1,5 @@
-//! The `tollgate` command: `run`, `check`, `demo-upstream`. Nothing else lives here.
+//! The `tollgate` command: `run`, `check`, `explain`, `hash-key`, `demo-upstream`. Nothing else
+//! lives here: each subcommand calls into the library.
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,27 @@ enum Command {
         /// Config file (same as FILE).
         #[arg(short, long, conflicts_with = "file")]
         config: Option<PathBuf>,
+    },
+    /// Show the tier and the effective limits a caller gets on every route.
+    Explain {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/tollgate.yaml")]
+        config: PathBuf,
+        /// The caller's API key (`-` reads it from stdin, keeping it out of `ps`).
+        #[arg(long, conflicts_with_all = ["tenant", "anonymous"])]
+        key: Option<String>,
+        /// The tenant id.
+        #[arg(long, conflicts_with = "anonymous")]
+        tenant: Option<String>,
+        /// A caller with no key.
+        #[arg(long)]
+        anonymous: bool,
+    },
+    /// Print the `sha256:<hex>` digest of an API key for `tenants.*.api_keys` (key from the
+    /// argument, or from stdin when absent).
+    HashKey {
+        /// The key; omit to read it from stdin.
+        key: Option<String>,
     },
     /// Run the bundled demo upstream (something to put tollgate in front of and curl).
     DemoUpstream {
@@ -96,6 +118,45 @@ fn main() -> ExitCode {
             server.bootstrap();
             server.run_forever()
         }
+        Command::HashKey { key } => {
+            let key = key.unwrap_or_else(read_stdin_line);
+            println!("sha256:{}", tollgate::tenant::key_digest_hex(key.trim()));
+            ExitCode::SUCCESS
+        }
+        Command::Explain {
+            config,
+            key,
+            tenant,
+            anonymous,
+        } => {
+            let runtime = match tollgate::config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            let key = key.map(|k| if k == "-" { read_stdin_line() } else { k });
+            let subject = match (&key, &tenant, anonymous) {
+                (Some(k), _, _) => tollgate::explain::Subject::Key(k.trim()),
+                (_, Some(t), _) => tollgate::explain::Subject::Tenant(t),
+                (_, _, true) => tollgate::explain::Subject::Anonymous,
+                _ => {
+                    eprintln!("tollgate explain: give --key KEY, --tenant ID or --anonymous");
+                    return ExitCode::from(2);
+                }
+            };
+            match tollgate::explain::explain(&runtime, subject) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate explain: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::DemoUpstream { listen } => {
             init_logging();
             let mut server = pingora_core::server::Server::new_with_opt_and_conf(
@@ -118,4 +179,10 @@ fn main() -> ExitCode {
             server.run_forever()
         }
     }
+}
+
+fn read_stdin_line() -> String {
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    line.trim().to_string()
 }

@@ -32,6 +32,13 @@ impl Reloader {
         match config::load(&self.path) {
             Ok(mut new) => {
                 let old = self.config.load();
+                if new.source.rate_limit.max_tracked_keys != old.source.rate_limit.max_tracked_keys
+                {
+                    tracing::warn!(
+                        "config reload: `rate_limit.max_tracked_keys` takes effect only after a restart"
+                    );
+                    new.source.rate_limit.max_tracked_keys = old.source.rate_limit.max_tracked_keys;
+                }
                 if new.listen != old.listen
                     || new.admin_listen != old.admin_listen
                     || new.source.server != old.source.server

@@ -2,17 +2,45 @@
 
 use crate::admin::AdminApp;
 use crate::config::RuntimeConfig;
+use crate::observe::metrics;
 use crate::proxy::Tollgate;
+use crate::ratelimit::LocalLimiter;
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::background_service;
+use pingora_core::services::background::BackgroundService;
 use pingora_core::services::listening::Service;
 use pingora_proxy::ProxyServiceBuilder;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Drops idle rate-limiter entries every few seconds, so memory follows active callers, and
+/// publishes how many are held.
+struct LimiterSweeper {
+    limiter: Arc<LocalLimiter>,
+}
+
+#[async_trait]
+impl BackgroundService for LimiterSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    self.limiter.sweep(crate::ratelimit::unix_nanos_now());
+                    metrics::RATELIMIT_TRACKED_KEYS.set(self.limiter.len() as i64);
+                }
+            }
+        }
+    }
+}
 
 /// Pingora takes whole seconds: round up, so `500ms` means "up to 1s", never "none".
 fn ceil_secs(d: std::time::Duration) -> u64 {
@@ -58,14 +86,18 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> Server {
     let admin_listen = config.admin_listen;
     let h2c = s.h2c;
     let watch_interval = s.watch_interval.get();
+    let limiter = Arc::new(LocalLimiter::new(config.source.rate_limit.max_tracked_keys));
     let shared = Arc::new(ArcSwap::from_pointee(config));
 
     let mut options = HttpServerOptions::default();
     options.h2c = h2c;
-    let mut proxy = ProxyServiceBuilder::new(&server.configuration, Tollgate::new(shared.clone()))
-        .name("tollgate proxy")
-        .server_options(options)
-        .build();
+    let mut proxy = ProxyServiceBuilder::new(
+        &server.configuration,
+        Tollgate::new(shared.clone(), limiter.clone()),
+    )
+    .name("tollgate proxy")
+    .server_options(options)
+    .build();
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -76,6 +108,9 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> Server {
 
     server.add_service(proxy);
     server.add_service(admin);
+    let mut sweeper = background_service("tollgate rate-limit sweeper", LimiterSweeper { limiter });
+    sweeper.threads = Some(1);
+    server.add_service(sweeper);
     if let Some(path) = watch {
         let interval = if watch_interval.is_zero() {
             std::time::Duration::from_secs(86400 * 365)

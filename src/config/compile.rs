@@ -2,8 +2,11 @@
 
 use super::error::ConfigError;
 use super::model::Config;
+use super::model::LimitsOverride;
 use super::validate::{parse_endpoint, parse_listen, route_name};
+use crate::ratelimit::Limits;
 use crate::route::{HostMatch, RouteTable};
+use crate::tenant::{key_digest, Identity, Tenant, Tier};
 use crate::upstream::{Endpoint, Timeouts, Tls, UpstreamGroup};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,7 +19,25 @@ pub struct Route {
     pub name: Arc<str>,
     /// The group that serves it.
     pub upstream: Arc<UpstreamGroup>,
+    /// Rate limiting on this route; `None`: not limited (no tiers, or `enabled: false`).
+    pub limit: Option<RouteLimit>,
 }
+
+/// A route's rate-limit policy, compiled.
+#[derive(Debug)]
+pub struct RouteLimit {
+    /// Units one request costs.
+    pub cost: u32,
+    /// Never refuse on this route.
+    pub shadow: bool,
+    /// Limiter scope for route-specific tier policies: `route:<name>`.
+    pub scope: Arc<str>,
+    /// Route-specific limits by tier name (tiers not listed use the caller's own limits).
+    pub tiers: HashMap<Arc<str>, Limits>,
+}
+
+/// Limiter scope of a tier's own (shared by all routes) buckets.
+pub const TIER_SCOPE: &str = "tier";
 
 /// The config as the proxy runs it. Immutable; a reload builds a new one and swaps it in.
 #[derive(Debug)]
@@ -31,6 +52,23 @@ pub struct RuntimeConfig {
     pub routes: RouteTable<Arc<Route>>,
     /// Upstream groups by name.
     pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
+    /// Tiers by name.
+    pub tiers: HashMap<String, Arc<Tier>>,
+    /// Caller identification and the tenant index.
+    pub identity: Identity,
+    /// Send legacy `X-RateLimit-*` headers too.
+    pub legacy_ratelimit_headers: bool,
+    /// Shared scope name of tier buckets (one allocation, cloned per request).
+    pub tier_scope: Arc<str>,
+}
+
+/// Apply an override on top of limits.
+fn overridden(base: Limits, o: &LimitsOverride) -> Limits {
+    Limits {
+        rps: o.rps.unwrap_or(base.rps),
+        burst: o.burst.unwrap_or(base.burst),
+        daily: o.daily.map_or(base.daily, |d| d.get()),
+    }
 }
 
 /// Compile a validated config. Fails only on what validation cannot know (DNS resolution).
@@ -85,14 +123,85 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
+    let tiers: HashMap<String, Arc<Tier>> = config
+        .tiers
+        .iter()
+        .map(|(name, t)| {
+            let tier = Tier {
+                name: name.as_str().into(),
+                limits: Limits {
+                    rps: t.rps,
+                    burst: t.burst,
+                    daily: t.daily.get(),
+                },
+                shadow: t.shadow,
+            };
+            (name.clone(), Arc::new(tier))
+        })
+        .collect();
+    let tenants = config
+        .tenants
+        .iter()
+        .map(|(id, t)| {
+            let tier = tiers[&t.tier].clone();
+            let over = LimitsOverride {
+                rps: t.rps,
+                burst: t.burst,
+                daily: t.daily,
+            };
+            let tenant = Arc::new(Tenant {
+                id: id.as_str().into(),
+                subject: format!("t:{id}").into(),
+                limits: overridden(tier.limits, &over),
+                shadow: t.shadow.unwrap_or(tier.shadow),
+                tier,
+            });
+            let keys = t
+                .api_keys
+                .iter()
+                .map(|k| match k.strip_prefix("sha256:") {
+                    Some(h) => {
+                        let mut d = [0u8; 32];
+                        hex::decode_to_slice(h, &mut d).expect("validated");
+                        d
+                    }
+                    None => key_digest(k.trim()),
+                })
+                .collect();
+            (tenant, keys)
+        })
+        .collect();
+    let identity = Identity::new(&config.identity, &tiers, tenants);
+    let limited = !tiers.is_empty();
     let routes = config
         .routes
         .iter()
         .enumerate()
         .map(|(i, r)| {
+            let name = route_name(r.name.as_deref(), i);
+            let limit = match r.rate_limit.as_ref() {
+                _ if !limited => None,
+                Some(rl) if !rl.enabled => None,
+                rl => Some(RouteLimit {
+                    cost: rl.map_or(1, |r| r.cost),
+                    shadow: rl.is_some_and(|r| r.shadow),
+                    scope: format!("route:{name}").into(),
+                    tiers: rl
+                        .map(|r| {
+                            r.tiers
+                                .iter()
+                                .map(|(t, o)| {
+                                    (Arc::from(t.as_str()), overridden(tiers[t].limits, o))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+            };
             let route = Arc::new(Route {
-                name: route_name(r.name.as_deref(), i).into(),
+                name: name.into(),
                 upstream: upstreams[&r.upstream].clone(),
+                limit,
             });
             (
                 HostMatch::parse(r.matcher.host.as_deref()),
@@ -110,6 +219,10 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
         admin_listen: parse_listen(&config.admin.listen).expect("validated"),
         routes: RouteTable::new(routes),
         upstreams,
+        tiers,
+        identity,
+        legacy_ratelimit_headers: config.rate_limit.legacy_headers,
+        tier_scope: TIER_SCOPE.into(),
         source: config,
     })
 }

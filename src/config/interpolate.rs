@@ -14,6 +14,18 @@ pub fn interpolate(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> (String, Vec<ConfigError>) {
+    let (out, errors, _) = interpolate_tracked(text, lookup);
+    (out, errors)
+}
+
+/// Like [`interpolate`], also returning each environment variable value substituted, with its
+/// (1-based) line: secrets such as plain API keys are accepted only when a value is exactly one
+/// of these.
+pub fn interpolate_tracked(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> (String, Vec<ConfigError>, Vec<(usize, String)>) {
+    let mut from_env = Vec::new();
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
     for (idx, line) in text.split_inclusive('\n').enumerate() {
@@ -52,7 +64,10 @@ pub fn interpolate(
                         lookup(name).filter(|v| !v.is_empty() || default.is_none()),
                         default,
                     ) {
-                        (Some(v), _) => out.push_str(&v),
+                        (Some(v), _) => {
+                            out.push_str(&v);
+                            from_env.push((line_no, v));
+                        }
                         (None, Some(d)) => out.push_str(d),
                         (None, None) => {
                             out.push_str(&rest[pos..pos + end + 3]);
@@ -76,7 +91,7 @@ pub fn interpolate(
         out.push_str(rest);
         out.push_str(comment);
     }
-    (out, errors)
+    (out, errors, from_env)
 }
 
 fn is_var_name(name: &str) -> bool {

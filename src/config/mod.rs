@@ -46,29 +46,33 @@ pub fn load_str(
         origin: origin.to_string(),
         errors,
     };
-    let (text, mut errors) = interpolate::interpolate(text, env);
+    let (text, mut errors, env_lines) = interpolate::interpolate_tracked(text, env);
     let parsed = parse::parse(&text, &mut errors);
+    let index = locate::LocationIndex::build(&text);
     if let Some(p) = &parsed {
-        validate::validate(&p.config, &p.upstream_names, &mut errors);
+        // A value came from the environment when it is exactly a value substituted on its line.
+        let from_env = |path: &str, value: &str| {
+            index.line_of(path).is_some_and(|l| {
+                env_lines
+                    .iter()
+                    .any(|(line, v)| *line == l && v.trim() == value.trim())
+            })
+        };
+        validate::validate(p, &from_env, &mut errors);
     }
-    if !errors.is_empty() {
-        let index = locate::LocationIndex::build(&text);
+    let locate = |mut errors: Vec<ConfigError>| {
         for e in &mut errors {
             if e.line.is_none() && !e.path.is_empty() {
                 e.line = index.line_of(&e.path);
             }
         }
         errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-        return Err(fail(errors));
-    }
-    let parsed = parsed.expect("no errors means parsed");
-    compile::compile(parsed.config).map_err(|mut errors| {
-        let index = locate::LocationIndex::build(&text);
-        for e in &mut errors {
-            e.line = index.line_of(&e.path);
-        }
         fail(errors)
-    })
+    };
+    match parsed {
+        Some(p) if errors.is_empty() => compile::compile(p.config).map_err(locate),
+        _ => Err(locate(errors)),
+    }
 }
 
 impl RuntimeConfig {

@@ -23,6 +23,14 @@ pub struct Config {
     pub upstreams: IndexMap<String, UpstreamConfig>,
     /// Routes, matched by host and longest path prefix.
     pub routes: Vec<RouteConfig>,
+    /// How callers are identified (API keys, trusted tenant header, client IP).
+    pub identity: IdentityConfig,
+    /// Named rate-limit tiers.
+    pub tiers: IndexMap<String, TierConfig>,
+    /// Tenants: their tier, API keys and overrides.
+    pub tenants: IndexMap<String, TenantConfig>,
+    /// Process-wide rate-limit settings.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `admin:` section.
@@ -157,6 +165,230 @@ pub struct RouteConfig {
     pub matcher: MatchConfig,
     /// The upstream group that serves it.
     pub upstream: String,
+    /// Rate limiting on this route. Absent: the caller's tier limits apply (when tiers exist).
+    #[serde(default)]
+    pub rate_limit: Option<RouteRateLimitConfig>,
+}
+
+/// `rate_limit:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRateLimitConfig {
+    /// `false` exempts the route from rate limiting (health checks, static assets).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Units one request costs against the tier's limits: a costly endpoint at a tenth of the
+    /// tier rate is `cost: 10`.
+    #[serde(default = "one")]
+    pub cost: u32,
+    /// Decide, count and add headers, but never refuse (roll out new limits safely).
+    #[serde(default)]
+    pub shadow: bool,
+    /// Route-specific limits per tier name: such a tier gets its own buckets on this route
+    /// instead of sharing the tier's. Fields left out take the tier's value.
+    #[serde(default)]
+    pub tiers: IndexMap<String, LimitsOverride>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `identity:` section: who is calling.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Sources tried in order; the first that yields a caller wins. Callers no source names are
+    /// anonymous, keyed by client IP.
+    pub order: Vec<IdentitySource>,
+    /// Read an API key from `Authorization: Bearer <key>`.
+    pub bearer: bool,
+    /// Also read an API key from this header. `null` turns it off.
+    pub api_key_header: Option<String>,
+    /// Header that names the tenant directly (set by an authenticating gateway in front).
+    pub tenant_header: String,
+    /// Honour `tenant_header`. Only true when every request passes an authenticating gateway
+    /// that sets (and strips client copies of) that header.
+    pub trust_tenant_header: bool,
+    /// An API key that no tenant owns: `reject` (401) or `anonymous`.
+    pub unknown_key: UnknownKey,
+    /// Tier of anonymous callers (no key), keyed by client IP. Absent: not limited.
+    pub anonymous_tier: Option<String>,
+    /// Tier of tenants named by the trusted header but not listed under `tenants`.
+    /// Absent: the anonymous tier.
+    pub header_tenant_tier: Option<String>,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed when finding the client IP.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            order: vec![IdentitySource::ApiKey, IdentitySource::TenantHeader],
+            bearer: true,
+            api_key_header: Some("x-api-key".into()),
+            tenant_header: "x-tenant-id".into(),
+            trust_tenant_header: false,
+            unknown_key: UnknownKey::Reject,
+            anonymous_tier: None,
+            header_tenant_tier: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// An identity source in `identity.order`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// `Authorization: Bearer` and `api_key_header`.
+    ApiKey,
+    /// `tenant_header`, when trusted.
+    TenantHeader,
+}
+
+/// What an unknown API key gets.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownKey {
+    /// 401 with a JSON body.
+    Reject,
+    /// Treated as no key: the anonymous tier.
+    Anonymous,
+}
+
+/// One tier under `tiers:`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Sustained requests per second.
+    pub rps: f64,
+    /// Requests allowed at once from idle (bucket size).
+    pub burst: u32,
+    /// Requests per UTC day, or `unlimited`.
+    #[serde(default)]
+    pub daily: Daily,
+    /// Decide, count and add headers, but never refuse.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// Fields that override a tier's limits (tenant overrides, route policies).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    /// Sustained requests per second.
+    #[serde(default)]
+    pub rps: Option<f64>,
+    /// Bucket size.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Daily quota.
+    #[serde(default)]
+    pub daily: Option<Daily>,
+}
+
+/// One tenant under `tenants:`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Its tier.
+    pub tier: String,
+    /// API keys as `sha256:<64 hex digits>`, or a plain key only through `${ENV_VAR}`.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Override the tier's rps.
+    #[serde(default)]
+    pub rps: Option<f64>,
+    /// Override the tier's burst.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Override the tier's daily quota.
+    #[serde(default)]
+    pub daily: Option<Daily>,
+    /// Override the tier's shadow mode.
+    #[serde(default)]
+    pub shadow: Option<bool>,
+}
+
+/// A daily quota: a number of requests, or `unlimited`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Daily {
+    /// No daily quota.
+    #[default]
+    Unlimited,
+    /// At most this many requests (cost units) per UTC day.
+    Limit(u64),
+}
+
+impl Daily {
+    /// As the limiter wants it.
+    pub fn get(self) -> Option<u64> {
+        match self {
+            Daily::Unlimited => None,
+            Daily::Limit(n) => Some(n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Daily {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Daily;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of requests per day or `unlimited`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Daily, E> {
+                Ok(Daily::Limit(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Daily, E> {
+                u64::try_from(v).map(Daily::Limit).map_err(|_| {
+                    E::custom(format!(
+                        "invalid daily quota `{v}`: must be 0 or more, or `unlimited`"
+                    ))
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Daily, E> {
+                match v {
+                    "unlimited" => Ok(Daily::Unlimited),
+                    _ => Err(E::custom(format!(
+                        "invalid daily quota `{v}`: write a number (e.g. `1000`) or `unlimited`"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Daily {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Daily::Unlimited => s.serialize_str("unlimited"),
+            Daily::Limit(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+/// `rate_limit:` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Also send `X-RateLimit-Limit`, `-Remaining`, `-Reset` (for clients written against them).
+    pub legacy_headers: bool,
+    /// Most limiter entries kept in memory (one per caller and policy). Past it, the least
+    /// recently active are dropped first; an anonymous caller dropped this way loses its counts.
+    pub max_tracked_keys: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            legacy_headers: false,
+            max_tracked_keys: 1_000_000,
+        }
+    }
 }
 
 /// `match:` of a route.

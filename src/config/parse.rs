@@ -5,13 +5,26 @@
 //! duration in `upstreams.app` are both reported in one run, each with its YAML path.
 
 use super::error::ConfigError;
-use super::model::{AdminConfig, Config, ListenField, RouteConfig, ServerConfig, UpstreamConfig};
+use super::model::{
+    AdminConfig, Config, IdentityConfig, ListenField, RateLimitConfig, RouteConfig, ServerConfig,
+    TenantConfig, TierConfig, UpstreamConfig,
+};
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 /// Top-level keys, in the order the docs present them.
-pub const TOP_LEVEL_KEYS: &[&str] = &["listen", "admin", "server", "upstreams", "routes"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "server",
+    "upstreams",
+    "routes",
+    "identity",
+    "tiers",
+    "tenants",
+    "rate_limit",
+];
 
 /// Result of the structural pass: what could be read, plus the names of upstream groups that
 /// exist in the file even if their body was broken (so routes naming them are not also flagged).
@@ -20,6 +33,8 @@ pub struct Parsed {
     pub config: Config,
     /// Every upstream group name written in the file.
     pub upstream_names: Vec<String>,
+    /// Every tier name written in the file (so tenants naming a broken tier are not also flagged).
+    pub tier_names: Vec<String>,
 }
 
 /// Parse YAML text (already interpolated) into a [`Config`], collecting errors.
@@ -99,8 +114,13 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
         server: ServerConfig::default(),
         upstreams: IndexMap::new(),
         routes: Vec::new(),
+        identity: IdentityConfig::default(),
+        tiers: IndexMap::new(),
+        tenants: IndexMap::new(),
+        rate_limit: RateLimitConfig::default(),
     };
     let mut upstream_names = Vec::new();
+    let mut tier_names = Vec::new();
     let (mut saw_upstreams, mut saw_routes) = (false, false);
 
     for (key, value) in map {
@@ -173,6 +193,39 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
                     )),
                 }
             }
+            "identity" => {
+                if let Some(i) = section(value, "identity", errors) {
+                    config.identity = i;
+                }
+            }
+            "rate_limit" => {
+                if let Some(r) = section(value, "rate_limit", errors) {
+                    config.rate_limit = r;
+                }
+            }
+            "tiers" => {
+                let Some(entries) = mapping_of(value, "tiers", errors) else {
+                    continue;
+                };
+                for (name, body) in entries {
+                    tier_names.push(name.clone());
+                    if let Some(t) = section::<TierConfig>(body, &format!("tiers.{name}"), errors) {
+                        config.tiers.insert(name, t);
+                    }
+                }
+            }
+            "tenants" => {
+                let Some(entries) = mapping_of(value, "tenants", errors) else {
+                    continue;
+                };
+                for (name, body) in entries {
+                    if let Some(t) =
+                        section::<TenantConfig>(body, &format!("tenants.{name}"), errors)
+                    {
+                        config.tenants.insert(name, t);
+                    }
+                }
+            }
             other => errors.push(ConfigError::at(
                 other,
                 format!(
@@ -196,6 +249,7 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
     Some(Parsed {
         config,
         upstream_names,
+        tier_names,
     })
 }
 
@@ -209,6 +263,7 @@ fn placeholder_route() -> RouteConfig {
             path_prefix: String::new(),
         },
         upstream: String::new(),
+        rate_limit: None,
     }
 }
 

@@ -2,12 +2,20 @@
 
 use super::error::ConfigError;
 use super::model::Config;
-use super::parse::is_placeholder;
+use super::parse::{is_placeholder, Parsed};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 /// Check everything that serde cannot: addresses, references between sections, duplicates.
-pub fn validate(config: &Config, upstream_names: &[String], errors: &mut Vec<ConfigError>) {
+/// `from_env(path, value)` tells whether `value`, at a YAML path, came from a `${VAR}`.
+pub fn validate(
+    parsed: &Parsed,
+    from_env: &dyn Fn(&str, &str) -> bool,
+    errors: &mut Vec<ConfigError>,
+) {
+    let config = &parsed.config;
+    let upstream_names = &parsed.upstream_names;
+    validate_limits(config, &parsed.tier_names, from_env, errors);
     for (i, l) in config.listen.iter().enumerate() {
         let path = if config.listen.len() == 1 {
             "listen".to_string()
@@ -169,6 +177,189 @@ pub fn validate(config: &Config, upstream_names: &[String], errors: &mut Vec<Con
                 format!("same host and path_prefix as routes[{first}]: this route could never be chosen"),
             ));
         }
+    }
+}
+
+/// Tiers, tenants, identity and route rate-limit policies.
+fn validate_limits(
+    config: &Config,
+    tier_names: &[String],
+    from_env: &dyn Fn(&str, &str) -> bool,
+    errors: &mut Vec<ConfigError>,
+) {
+    let tier_known = |t: &str| tier_names.iter().any(|n| n == t);
+    let known_tiers = || tier_names.join(", ");
+    let unknown_tier = |path: String, t: &str| {
+        ConfigError::at(
+            path,
+            format!(
+                "unknown tier `{t}` (defined tiers: {})",
+                if tier_names.is_empty() {
+                    "none".to_string()
+                } else {
+                    known_tiers()
+                }
+            ),
+        )
+    };
+    for (name, tier) in &config.tiers {
+        let base = format!("tiers.{name}");
+        if let Err(e) = check_name(name) {
+            errors.push(ConfigError::at(
+                &base,
+                format!("bad tier name `{name}`: {e}"),
+            ));
+        }
+        check_rate(tier.rps, Some(tier.burst), &base, errors);
+    }
+    let mut key_owner: HashMap<String, String> = HashMap::new();
+    for (id, tenant) in &config.tenants {
+        let base = format!("tenants.{id}");
+        if let Err(e) = check_name(id) {
+            errors.push(ConfigError::at(&base, format!("bad tenant id `{id}`: {e}")));
+        }
+        if !tier_known(&tenant.tier) {
+            errors.push(unknown_tier(format!("{base}.tier"), &tenant.tier));
+        }
+        if let Some(rps) = tenant.rps {
+            check_rate(rps, tenant.burst, &base, errors);
+        } else if let Some(b) = tenant.burst {
+            check_rate(1.0, Some(b), &base, errors);
+        }
+        for (i, key) in tenant.api_keys.iter().enumerate() {
+            let path = format!("{base}.api_keys[{i}]");
+            let digest = match key.strip_prefix("sha256:") {
+                Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    hex.to_ascii_lowercase()
+                }
+                Some(_) => {
+                    errors.push(ConfigError::at(
+                        &path,
+                        "a `sha256:` key needs exactly 64 hex digits",
+                    ));
+                    continue;
+                }
+                None if from_env(&path, key) && !key.trim().is_empty() => {
+                    crate::tenant::key_digest_hex(key.trim())
+                }
+                None if from_env(&path, key) => {
+                    errors.push(ConfigError::at(
+                        &path,
+                        "this API key comes from an empty environment variable",
+                    ));
+                    continue;
+                }
+                None => {
+                    errors.push(ConfigError::at(
+                        &path,
+                        "plain API keys must not be written in the config file: write \
+                         `sha256:<hex digest>` (`tollgate hash-key` prints it) or `${ENV_VAR}`",
+                    ));
+                    continue;
+                }
+            };
+            match key_owner.insert(digest, id.clone()) {
+                Some(other) if &other == id => errors.push(ConfigError::at(
+                    &path,
+                    "this API key is listed twice for this tenant",
+                )),
+                Some(other) => errors.push(ConfigError::at(
+                    &path,
+                    format!("the same API key is also given to tenant `{other}`"),
+                )),
+                None => {}
+            }
+        }
+    }
+    let id = &config.identity;
+    for (key, tier) in [
+        ("anonymous_tier", &id.anonymous_tier),
+        ("header_tenant_tier", &id.header_tenant_tier),
+    ] {
+        if let Some(t) = tier {
+            if !tier_known(t) {
+                errors.push(unknown_tier(format!("identity.{key}"), t));
+            }
+        }
+    }
+    for (key, h) in [
+        ("api_key_header", id.api_key_header.as_deref()),
+        ("tenant_header", Some(id.tenant_header.as_str())),
+    ] {
+        if let Some(h) = h {
+            if http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errors.push(ConfigError::at(
+                    format!("identity.{key}"),
+                    format!("`{h}` is not a valid header name"),
+                ));
+            }
+        }
+    }
+    for (i, cidr) in id.trusted_proxies.iter().enumerate() {
+        if crate::tenant::parse_cidr(cidr).is_none() {
+            errors.push(ConfigError::at(
+                format!("identity.trusted_proxies[{i}]"),
+                format!("bad network `{cidr}`: write an IP or a CIDR like `10.0.0.0/8`"),
+            ));
+        }
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        let Some(rl) = &r.rate_limit else { continue };
+        let base = format!("routes[{i}].rate_limit");
+        if rl.cost == 0 {
+            errors.push(ConfigError::at(
+                format!("{base}.cost"),
+                "cost must be at least 1",
+            ));
+        }
+        for (tier, o) in &rl.tiers {
+            let path = format!("{base}.tiers.{tier}");
+            if !tier_known(tier) {
+                errors.push(unknown_tier(path.clone(), tier));
+            }
+            check_rate(o.rps.unwrap_or(1.0), o.burst.or(Some(1)), &path, errors);
+        }
+        if !rl.enabled || rl.cost <= 1 {
+            continue;
+        }
+        // A request costing more than a bucket holds can never pass: almost surely a mistake.
+        let burst_on_route =
+            |tier: &str, own: u32| rl.tiers.get(tier).and_then(|o| o.burst).unwrap_or(own);
+        let too_small = config
+            .tiers
+            .iter()
+            .map(|(name, t)| (format!("tier `{name}`"), burst_on_route(name, t.burst)))
+            .chain(config.tenants.iter().filter_map(|(id, t)| {
+                let tier = config.tiers.get(&t.tier)?;
+                let own = t.burst.unwrap_or(tier.burst);
+                Some((format!("tenant `{id}`"), burst_on_route(&t.tier, own)))
+            }))
+            .find(|(_, burst)| *burst < rl.cost);
+        if let Some((who, burst)) = too_small {
+            errors.push(ConfigError::at(
+                format!("{base}.cost"),
+                format!(
+                    "cost {} exceeds the burst of {who} ({burst}): its requests could never pass; \
+                     raise that burst or give the tier a route policy under `tiers:`",
+                    rl.cost
+                ),
+            ));
+        }
+    }
+}
+
+fn check_rate(rps: f64, burst: Option<u32>, base: &str, errors: &mut Vec<ConfigError>) {
+    if !(rps.is_finite() && rps > 0.0) {
+        errors.push(ConfigError::at(
+            format!("{base}.rps"),
+            format!("rps must be a number above 0, got `{rps}`"),
+        ));
+    }
+    if burst == Some(0) {
+        errors.push(ConfigError::at(
+            format!("{base}.burst"),
+            "burst must be at least 1",
+        ));
     }
 }
 

@@ -51,11 +51,40 @@ pub static CONFIG_RELOADS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
     c
 });
 
+/// `tollgate_ratelimit_decisions_total{tier,policy,decision}`: rate-limit decisions.
+/// `policy` is the limit that refused (`burst`, `daily`) or `none` when allowed; `decision` is
+/// `allowed`, `limited` or `shadow_limited` (refused in shadow mode: counted, not enforced).
+pub static RATELIMIT_DECISIONS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "tollgate_ratelimit_decisions_total",
+            "Rate-limit decisions by tier, refusing policy and outcome.",
+        ),
+        &["tier", "policy", "decision"],
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(c.clone())).expect("register");
+    c
+});
+
+/// `tollgate_ratelimit_tracked_keys`: limiter entries in memory (callers x policies).
+pub static RATELIMIT_TRACKED_KEYS: Lazy<prometheus::IntGauge> = Lazy::new(|| {
+    let g = prometheus::IntGauge::new(
+        "tollgate_ratelimit_tracked_keys",
+        "Rate-limiter entries held in memory (one per caller and policy scope).",
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+});
+
 /// Make sure every metric is registered (so `/metrics` lists them before their first use).
 pub fn init() {
     Lazy::force(&BUILD_INFO);
     Lazy::force(&HTTP_REQUESTS_TOTAL);
     Lazy::force(&CONFIG_RELOADS_TOTAL);
+    Lazy::force(&RATELIMIT_DECISIONS_TOTAL);
+    Lazy::force(&RATELIMIT_TRACKED_KEYS);
     for r in ["success", "failure"] {
         CONFIG_RELOADS_TOTAL.with_label_values(&[r]);
     }

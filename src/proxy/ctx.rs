@@ -1,6 +1,8 @@
 //! Per-request state shared by the proxy phases.
 
 use crate::config::{Route, RuntimeConfig};
+use crate::proxy::limit::Applied;
+use crate::tenant::Caller;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +17,12 @@ pub struct RequestCtx {
     pub request_id: String,
     /// Label of the endpoint the last attempt went to.
     pub endpoint: Option<Arc<str>>,
+    /// Who is calling (set on rate-limited routes).
+    pub caller: Option<Caller>,
+    /// The caller presented an API key no tenant owns (and config rejects those).
+    pub unknown_key: bool,
+    /// The rate-limit decision, for the response headers.
+    pub limit: Option<Applied>,
     /// Upstream attempts made.
     pub attempts: u32,
     /// When the request started (ctx creation, right after the request header was read).
@@ -29,6 +37,9 @@ impl RequestCtx {
             route: None,
             request_id: String::new(),
             endpoint: None,
+            caller: None,
+            unknown_key: false,
+            limit: None,
             attempts: 0,
             started: Instant::now(),
         }

@@ -17,6 +17,8 @@ pub enum ProxyError {
     UpstreamUnreachable,
     /// The upstream did not connect or answer in time: 504.
     UpstreamTimeout,
+    /// An API key that no tenant owns: 401.
+    UnknownApiKey,
     /// A bug or an unexpected condition inside tollgate: 500.
     Internal,
 }
@@ -29,6 +31,7 @@ impl ProxyError {
             ProxyError::BadRequest => 400,
             ProxyError::UpstreamUnreachable => 502,
             ProxyError::UpstreamTimeout => 504,
+            ProxyError::UnknownApiKey => 401,
             ProxyError::Internal => 500,
         }
     }
@@ -40,6 +43,7 @@ impl ProxyError {
             ProxyError::BadRequest => "bad_request",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UnknownApiKey => "unknown_api_key",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -91,7 +95,18 @@ pub async fn respond(
     request_id: &str,
 ) -> pingora_core::Result<()> {
     let body = body(err, message, request_id);
-    let mut h = ResponseHeader::build(err.status(), Some(4))?;
+    let h = ResponseHeader::build(err.status(), Some(4))?;
+    respond_with(session, h, body, request_id).await
+}
+
+/// Write a JSON response built elsewhere: `h` carries the status and any extra headers; the
+/// content type, length, `Cache-Control: no-store` and the request id are added here.
+pub async fn respond_with(
+    session: &mut Session,
+    mut h: ResponseHeader,
+    body: Bytes,
+    request_id: &str,
+) -> pingora_core::Result<()> {
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;

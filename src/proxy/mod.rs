@@ -9,9 +9,11 @@
 pub mod ctx;
 pub mod errors;
 pub mod headers;
+pub mod limit;
 
 use crate::config::RuntimeConfig;
 use crate::observe::{metrics, request_id};
+use crate::ratelimit::RateLimiter;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
@@ -22,15 +24,17 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 
-/// The proxy. Cheap to share: all state lives in the swappable config and per-request ctx.
+/// The proxy. Cheap to share: state lives in the swappable config, the limiter (which outlives
+/// reloads, so counts survive them) and the per-request ctx.
 pub struct Tollgate {
     config: Arc<ArcSwap<RuntimeConfig>>,
+    limiter: Arc<dyn RateLimiter>,
 }
 
 impl Tollgate {
     /// A proxy serving whatever config is current in `config` (reloads swap it).
-    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
-        Tollgate { config }
+    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>, limiter: Arc<dyn RateLimiter>) -> Self {
+        Tollgate { config, limiter }
     }
 }
 
@@ -73,6 +77,16 @@ impl ProxyHttp for Tollgate {
             .routes
             .find(request_host(req), req.uri.path())
             .cloned();
+        if ctx.route.as_ref().is_some_and(|r| r.limit.is_some()) {
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            match ctx.config.identity.resolve(req, peer) {
+                Ok(caller) => ctx.caller = Some(caller),
+                Err(_) => ctx.unknown_key = true,
+            }
+        }
         Ok(())
     }
 
@@ -83,10 +97,35 @@ impl ProxyHttp for Tollgate {
             errors::respond(session, ProxyError::BadRequest, msg, &ctx.request_id).await?;
             return Ok(true);
         }
-        if ctx.route.is_none() {
+        let Some(route) = ctx.route.clone() else {
             let msg = format!("no route matches host and path `{path}`");
             errors::respond(session, ProxyError::RouteNotFound, &msg, &ctx.request_id).await?;
             return Ok(true);
+        };
+        if ctx.unknown_key {
+            let msg = "the API key is not recognised";
+            let mut h = ResponseHeader::build(401, Some(5))?;
+            h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
+            let body = errors::body(ProxyError::UnknownApiKey, msg, &ctx.request_id);
+            errors::respond_with(session, h, body, &ctx.request_id).await?;
+            return Ok(true);
+        }
+        if let Some(caller) = &ctx.caller {
+            let now = crate::ratelimit::unix_nanos_now();
+            ctx.limit = limit::decide(self.limiter.as_ref(), &ctx.config, &route, caller, now);
+            if let Some(applied) = ctx.limit.as_ref().filter(|a| a.refuses()) {
+                let mut h = ResponseHeader::build(429, Some(8))?;
+                h.insert_header(
+                    http::header::RETRY_AFTER,
+                    applied.decision.retry_after_secs.to_string(),
+                )?;
+                limit::add_headers(&mut h, applied, ctx.config.legacy_ratelimit_headers)?;
+                let body =
+                    serde_json::to_vec(&limit::too_many_requests_body(applied, &ctx.request_id))
+                        .expect("json");
+                errors::respond_with(session, h, body.into(), &ctx.request_id).await?;
+                return Ok(true);
+            }
         }
         Ok(false)
     }
@@ -132,6 +171,13 @@ impl ProxyHttp for Tollgate {
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream_response);
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        if let Some(applied) = &ctx.limit {
+            limit::add_headers(
+                upstream_response,
+                applied,
+                ctx.config.legacy_ratelimit_headers,
+            )?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,108 @@
+//! The rate-limit step of a request: pick the policy (route-specific or the caller's tier), ask
+//! the limiter, count the decision, and build the 401/429 answers and the RateLimit headers.
+
+use crate::config::{Route, RuntimeConfig};
+use crate::observe::metrics;
+use crate::ratelimit::{headers, Decision, LimitKey, Limits, RateLimiter};
+use crate::tenant::{Caller, Tier};
+use pingora_http::ResponseHeader;
+use std::sync::Arc;
+
+/// A decision taken for one request, kept in the ctx for the response headers.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// What the limiter said.
+    pub decision: Decision,
+    /// The limits it applied.
+    pub limits: Limits,
+    /// The caller's tier.
+    pub tier: Arc<Tier>,
+    /// Shadow mode: counted and reported, never enforced.
+    pub shadow: bool,
+}
+
+impl Applied {
+    /// Whether the request must be refused.
+    pub fn refuses(&self) -> bool {
+        !self.decision.allowed && !self.shadow
+    }
+}
+
+/// Decide for `caller` on `route`. `None`: this request is not rate limited.
+pub fn decide(
+    limiter: &dyn RateLimiter,
+    config: &RuntimeConfig,
+    route: &Route,
+    caller: &Caller,
+    now_unix_nanos: u64,
+) -> Option<Applied> {
+    let policy = route.limit.as_ref()?;
+    let tier = caller.tier.as_ref()?;
+    let (scope, limits) = match policy.tiers.get(&tier.name) {
+        Some(l) => (policy.scope.clone(), *l),
+        None => (config.tier_scope.clone(), caller.limits?),
+    };
+    let key = LimitKey {
+        subject: caller.subject.clone(),
+        scope,
+    };
+    let decision = limiter.check(&key, &limits, policy.cost, now_unix_nanos);
+    let shadow = caller.shadow || policy.shadow;
+    let (policy_label, outcome) = match (decision.allowed, decision.refused_by) {
+        (true, _) => ("none", "allowed"),
+        (false, by) => (
+            by.map_or("burst", |p| p.name()),
+            if shadow { "shadow_limited" } else { "limited" },
+        ),
+    };
+    metrics::RATELIMIT_DECISIONS_TOTAL
+        .with_label_values(&[&tier.name, policy_label, outcome])
+        .inc();
+    Some(Applied {
+        decision,
+        limits,
+        tier: tier.clone(),
+        shadow,
+    })
+}
+
+/// Add `RateLimit-Policy`, `RateLimit` (and the legacy `X-RateLimit-*` when configured).
+pub fn add_headers(
+    resp: &mut ResponseHeader,
+    applied: &Applied,
+    legacy: bool,
+) -> pingora_core::Result<()> {
+    resp.insert_header("ratelimit-policy", headers::policy_header(&applied.limits))?;
+    resp.insert_header("ratelimit", headers::ratelimit_header(&applied.decision))?;
+    if legacy {
+        for (name, value) in headers::x_ratelimit(&applied.decision, &applied.limits) {
+            resp.insert_header(name, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// The 429 body: `{error, status, message, tier, policy, retry_after, request_id}`.
+pub fn too_many_requests_body(applied: &Applied, request_id: &str) -> serde_json::Value {
+    let policy = applied.decision.refused_by.map_or("burst", |p| p.name());
+    let (error, message) = if policy == "daily" {
+        (
+            "daily_quota_exhausted",
+            "the daily quota of this tier is used up until 00:00 UTC",
+        )
+    } else {
+        (
+            "rate_limited",
+            "too many requests: slow down and retry after `retry_after` seconds",
+        )
+    };
+    serde_json::json!({
+        "error": error,
+        "status": 429,
+        "message": message,
+        "tier": &*applied.tier.name,
+        "policy": policy,
+        "retry_after": applied.decision.retry_after_secs,
+        "request_id": request_id,
+    })
+}

@@ -1,0 +1,123 @@
+//! The rate-limit decision: may this caller spend `cost` more units now, and if not, which limit
+//! refused and for how long.
+//!
+//! Two limits apply to every policy: a burst bucket (GCRA: capacity `burst`, refilled at `rps`)
+//! and an optional daily quota counted per UTC day. The decision sits behind [`RateLimiter`] so
+//! the in-process [`LocalLimiter`] and a fleet-wide Redis limiter are interchangeable; both key
+//! their state by [`LimitKey`] strings, never by config objects, so a reload keeps the counts.
+//! [`headers`] turns a [`Decision`] into the IETF `RateLimit-Policy` / `RateLimit` fields.
+//!
+//! The clock is a parameter (`now_unix_nanos`): the proxy passes [`unix_nanos_now`], tests pass a
+//! virtual time.
+
+pub mod headers;
+pub mod local;
+
+pub use local::LocalLimiter;
+
+use std::sync::Arc;
+
+/// Nanoseconds in one second.
+pub(crate) const NANOS_PER_SEC: u64 = 1_000_000_000;
+/// Nanoseconds in one UTC day (Unix time has no leap seconds).
+pub(crate) const NANOS_PER_DAY: u64 = 86_400 * NANOS_PER_SEC;
+
+/// Limits of one policy (already resolved from tier + tenant overrides + route policy).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Sustained rate: burst tokens refilled per second. `<= 0` (or NaN) refuses everything.
+    pub rps: f64,
+    /// Bucket capacity: requests of cost 1 that pass at once from idle. `0` refuses everything.
+    pub burst: u32,
+    /// Units per UTC day; `None` = unlimited.
+    pub daily: Option<u64>,
+}
+
+/// Which limit decided a refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The burst bucket (short-term rate).
+    Burst,
+    /// The daily quota.
+    Daily,
+}
+
+impl Policy {
+    /// The policy name used in headers, logs and metric labels: `"burst"` or `"daily"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Burst => "burst",
+            Policy::Daily => "daily",
+        }
+    }
+}
+
+/// State key: who (tenant id, or `ip:1.2.3.4` for anonymous callers) and which policy scope
+/// (e.g. "tier" for the tier's own buckets, "route:chat" for a route-specific policy).
+/// Keyed by these strings, never by a config object, so a reload keeps counts and a future Redis
+/// limiter can use the same key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LimitKey {
+    /// Who is calling: tenant id, or `ip:<addr>` for anonymous callers.
+    pub subject: Arc<str>,
+    /// Which policy's buckets: `tier`, `route:<name>`, ...
+    pub scope: Arc<str>,
+}
+
+impl LimitKey {
+    /// A key from its two parts. Pass shared `Arc`s (a tenant's id, a compiled scope name) to
+    /// keep the per-request cost at two reference-count increments.
+    pub fn new(subject: impl Into<Arc<str>>, scope: impl Into<Arc<str>>) -> Self {
+        LimitKey {
+            subject: subject.into(),
+            scope: scope.into(),
+        }
+    }
+}
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Decision {
+    /// Whether the request may proceed (its cost has then been consumed).
+    pub allowed: bool,
+    /// Set when refused: which limit refused.
+    pub refused_by: Option<Policy>,
+    /// Whole requests (of cost 1) still available in the burst bucket after this decision.
+    pub burst_remaining: u64,
+    /// Seconds until the burst bucket is full again (0 if full), rounded up.
+    pub burst_reset_secs: u64,
+    /// Daily quota left after this decision (None when unlimited).
+    pub daily_remaining: Option<u64>,
+    /// Seconds until the next UTC midnight (when the daily quota resets), >= 1.
+    pub daily_reset_secs: u64,
+    /// When refused: seconds the client should wait before retrying (>= 1). Burst: time until
+    /// `cost` tokens are available, rounded up. Daily: seconds to the next UTC midnight.
+    /// 0 when allowed.
+    pub retry_after_secs: u64,
+}
+
+/// The decision, behind one small trait so a Redis-backed limiter can replace the local one.
+pub trait RateLimiter: Send + Sync {
+    /// Check-and-consume `cost` units for `key` under `limits` at wall-clock time `now_unix_nanos`
+    /// (nanoseconds since the Unix epoch; callers pass the clock, tests control it).
+    /// A request refused by either limit consumes nothing from either.
+    fn check(&self, key: &LimitKey, limits: &Limits, cost: u32, now_unix_nanos: u64) -> Decision;
+}
+
+/// The wall clock as the limiter wants it: nanoseconds since the Unix epoch (0 if the system
+/// clock reads before 1970).
+pub fn unix_nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+/// Whole seconds in `nanos`, rounded up: a client told to wait "1" must not arrive early.
+pub(crate) fn ceil_secs(nanos: u128) -> u64 {
+    // The u64 path divides by a constant (a multiply); a u128 division is a slow library call.
+    match u64::try_from(nanos) {
+        Ok(n) => n.div_ceil(NANOS_PER_SEC),
+        Err(_) => u64::try_from(nanos.div_ceil(u128::from(NANOS_PER_SEC))).unwrap_or(u64::MAX),
+    }
+}
