@@ -114,7 +114,13 @@ fn main() -> ExitCode {
                 env!("CARGO_PKG_VERSION"),
                 runtime.summary()
             );
-            let mut server = tollgate::build_server(runtime, Some(config));
+            let mut server = match tollgate::build_server(runtime, Some(config)) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             server.bootstrap();
             server.run_forever()
         }

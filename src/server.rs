@@ -2,6 +2,7 @@
 
 use crate::admin::AdminApp;
 use crate::config::RuntimeConfig;
+use crate::observe::access_log::AccessLog;
 use crate::observe::metrics;
 use crate::proxy::Tollgate;
 use crate::ratelimit::LocalLimiter;
@@ -66,8 +67,21 @@ pub fn check_listeners(config: &RuntimeConfig) -> Result<(), String> {
 
 /// Build a ready-to-run server for `config`. With `watch = Some(path)`, the file is reloaded on
 /// SIGHUP and when its content changes.
-pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> Server {
-    crate::observe::metrics::init();
+pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::Result<Server> {
+    crate::observe::metrics::init(&config.source.observability.latency_buckets);
+    let log_cfg = &config.source.observability.access_log;
+    let access_log = if log_cfg.enabled {
+        Some(
+            AccessLog::start(&log_cfg.output, log_cfg.buffer_lines).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot open access log `{}`: {e}", log_cfg.output),
+                )
+            })?,
+        )
+    } else {
+        None
+    };
     let s = &config.source.server;
     let mut conf = ServerConf {
         threads: s.threads,
@@ -93,7 +107,7 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> Server {
     options.h2c = h2c;
     let mut proxy = ProxyServiceBuilder::new(
         &server.configuration,
-        Tollgate::new(shared.clone(), limiter.clone()),
+        Tollgate::new(shared.clone(), limiter.clone(), access_log),
     )
     .name("tollgate proxy")
     .server_options(options)
@@ -124,5 +138,5 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> Server {
         reloader.threads = Some(1);
         server.add_service(reloader);
     }
-    server
+    Ok(server)
 }

@@ -60,6 +60,8 @@ pub struct RuntimeConfig {
     pub legacy_ratelimit_headers: bool,
     /// Shared scope name of tier buckets (one allocation, cloned per request).
     pub tier_scope: Arc<str>,
+    /// Tenants with their own `tenant` metric label.
+    pub tenant_label_allowlist: std::collections::HashSet<String>,
 }
 
 /// Apply an override on top of limits.
@@ -223,6 +225,12 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
         identity,
         legacy_ratelimit_headers: config.rate_limit.legacy_headers,
         tier_scope: TIER_SCOPE.into(),
+        tenant_label_allowlist: config
+            .observability
+            .tenant_label_allowlist
+            .iter()
+            .cloned()
+            .collect(),
         source: config,
     })
 }

@@ -31,6 +31,66 @@ pub struct Config {
     pub tenants: IndexMap<String, TenantConfig>,
     /// Process-wide rate-limit settings.
     pub rate_limit: RateLimitConfig,
+    /// Metrics, timing headers and the access log.
+    pub observability: ObservabilityConfig,
+}
+
+/// `observability:` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// Latency histogram buckets, in seconds, increasing (read at start only).
+    pub latency_buckets: Vec<f64>,
+    /// Tenants that get their own `tenant` label value; all others count as `other`.
+    pub tenant_label_allowlist: Vec<String>,
+    /// Add `X-Response-Time: <ms>ms` (time to response headers) to responses.
+    pub response_time_header: bool,
+    /// Add `Server-Timing` (`upstream`, `total`) to responses.
+    pub server_timing_header: bool,
+    /// The JSON access log.
+    pub access_log: AccessLogConfig,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            latency_buckets: crate::observe::metrics::DEFAULT_BUCKETS.to_vec(),
+            tenant_label_allowlist: Vec::new(),
+            response_time_header: true,
+            server_timing_header: false,
+            access_log: AccessLogConfig::default(),
+        }
+    }
+}
+
+/// `observability.access_log:`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Write one JSON line per request.
+    pub enabled: bool,
+    /// `stdout`, `stderr` or a file path (appended to). Read at start only.
+    pub output: String,
+    /// Fraction of requests logged, 0.0 to 1.0 (requests slower than `slow_threshold` and
+    /// responses with status >= 500 are always logged).
+    pub sample_rate: f64,
+    /// Requests at least this slow are always logged.
+    pub slow_threshold: ConfigDuration,
+    /// Lines buffered between the proxy and the writer thread; when full (the output is slower
+    /// than the traffic) lines are dropped and counted, requests never wait. Read at start only.
+    pub buffer_lines: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            output: "stdout".into(),
+            sample_rate: 1.0,
+            slow_threshold: ConfigDuration::from_secs(1),
+            buffer_lines: 16_384,
+        }
+    }
 }
 
 /// `admin:` section.
@@ -386,7 +446,7 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             legacy_headers: false,
-            max_tracked_keys: 1_000_000,
+            max_tracked_keys: 100_000,
         }
     }
 }

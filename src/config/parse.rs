@@ -24,6 +24,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "tiers",
     "tenants",
     "rate_limit",
+    "observability",
 ];
 
 /// Result of the structural pass: what could be read, plus the names of upstream groups that
@@ -118,6 +119,7 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
         tiers: IndexMap::new(),
         tenants: IndexMap::new(),
         rate_limit: RateLimitConfig::default(),
+        observability: Default::default(),
     };
     let mut upstream_names = Vec::new();
     let mut tier_names = Vec::new();
@@ -201,6 +203,11 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
             "rate_limit" => {
                 if let Some(r) = section(value, "rate_limit", errors) {
                     config.rate_limit = r;
+                }
+            }
+            "observability" => {
+                if let Some(o) = section(value, "observability", errors) {
+                    config.observability = o;
                 }
             }
             "tiers" => {

@@ -16,6 +16,7 @@ pub fn validate(
     let config = &parsed.config;
     let upstream_names = &parsed.upstream_names;
     validate_limits(config, &parsed.tier_names, from_env, errors);
+    validate_observability(config, errors);
     for (i, l) in config.listen.iter().enumerate() {
         let path = if config.listen.len() == 1 {
             "listen".to_string()
@@ -177,6 +178,48 @@ pub fn validate(
                 format!("same host and path_prefix as routes[{first}]: this route could never be chosen"),
             ));
         }
+    }
+}
+
+/// Histogram buckets, the tenant allowlist and the access log.
+fn validate_observability(config: &Config, errors: &mut Vec<ConfigError>) {
+    let o = &config.observability;
+    let b = &o.latency_buckets;
+    if b.is_empty()
+        || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
+        || b.windows(2).any(|w| w[0] >= w[1])
+    {
+        errors.push(ConfigError::at(
+            "observability.latency_buckets",
+            "buckets must be positive numbers of seconds in increasing order, e.g. [0.005, 0.05, 0.5, 5]",
+        ));
+    }
+    for (i, t) in o.tenant_label_allowlist.iter().enumerate() {
+        if !config.tenants.contains_key(t) {
+            errors.push(ConfigError::at(
+                format!("observability.tenant_label_allowlist[{i}]"),
+                format!("unknown tenant `{t}`"),
+            ));
+        }
+    }
+    let a = &o.access_log;
+    if !(0.0..=1.0).contains(&a.sample_rate) {
+        errors.push(ConfigError::at(
+            "observability.access_log.sample_rate",
+            "must be between 0.0 and 1.0",
+        ));
+    }
+    if a.buffer_lines == 0 {
+        errors.push(ConfigError::at(
+            "observability.access_log.buffer_lines",
+            "must be at least 1",
+        ));
+    }
+    if a.output.trim().is_empty() {
+        errors.push(ConfigError::at(
+            "observability.access_log.output",
+            "write `stdout`, `stderr` or a file path",
+        ));
     }
 }
 

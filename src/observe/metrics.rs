@@ -1,12 +1,30 @@
 //! One Prometheus registry for the whole process; metrics are defined here and rendered by the
-//! admin `/metrics` endpoint. Label values come from config names, never from raw request data,
-//! so cardinality is bounded by the config.
+//! admin `/metrics` endpoint. Label values come from config names (routes, tiers, upstreams,
+//! allowlisted tenants), never from raw request data, so cardinality is bounded by the config.
+//!
+//! Names follow Prometheus conventions: base units (`_seconds`, `_bytes`), `_total` counters.
 
-use once_cell::sync::Lazy;
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use once_cell::sync::{Lazy, OnceCell};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// The registry every tollgate metric is registered in.
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
+
+/// Default latency buckets, in seconds: 0.5 ms (cache hits) to 10 min (long LLM calls), about
+/// 2.5x apart, like Envoy's.
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0, 600.0,
+];
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+    REGISTRY.register(Box::new(c.clone())).expect("register");
+    c
+}
 
 /// `tollgate_build_info{version}` = 1: which build is running.
 pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
@@ -23,53 +41,108 @@ pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
     g
 });
 
-/// `tollgate_http_requests_total{route,method,status_class}`: requests answered.
+/// `tollgate_http_requests_total{route,method,status_class,tenant}`: requests answered.
+/// `tenant` is an allowlisted tenant id, `other`, or `none` (no tenant identified).
 pub static HTTP_REQUESTS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "tollgate_http_requests_total",
-            "HTTP requests answered by the proxy listener.",
-        ),
-        &["route", "method", "status_class"],
+    counter_vec(
+        "tollgate_http_requests_total",
+        "HTTP requests answered by the proxy listener.",
+        &["route", "method", "status_class", "tenant"],
+    )
+});
+
+/// `tollgate_http_requests_in_flight`: requests being served now.
+pub static HTTP_REQUESTS_IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
+    let g = IntGauge::new(
+        "tollgate_http_requests_in_flight",
+        "HTTP requests being served.",
     )
     .expect("metric");
-    REGISTRY.register(Box::new(c.clone())).expect("register");
-    c
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+});
+
+/// `tollgate_http_response_body_bytes_total{route}`: response body bytes sent to clients.
+pub static HTTP_RESPONSE_BODY_BYTES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_http_response_body_bytes_total",
+        "Response body bytes sent to clients.",
+        &["route"],
+    )
+});
+
+static HTTP_REQUEST_DURATION: OnceCell<HistogramVec> = OnceCell::new();
+static UPSTREAM_DURATION: OnceCell<HistogramVec> = OnceCell::new();
+
+/// `tollgate_http_request_duration_seconds{route,method,status_class,tier,cache}`: from the
+/// request header read to the last response byte written.
+pub fn http_request_duration() -> &'static HistogramVec {
+    HTTP_REQUEST_DURATION.get_or_init(|| {
+        histogram(
+            "tollgate_http_request_duration_seconds",
+            "Time from request received to response completed.",
+            &["route", "method", "status_class", "tier", "cache"],
+            DEFAULT_BUCKETS,
+        )
+    })
+}
+
+/// `tollgate_upstream_duration_seconds{upstream}`: from sending to an upstream to its response
+/// headers (time to first byte of the upstream, per attempt).
+pub fn upstream_duration() -> &'static HistogramVec {
+    UPSTREAM_DURATION.get_or_init(|| {
+        histogram(
+            "tollgate_upstream_duration_seconds",
+            "Time from upstream attempt start to upstream response headers.",
+            &["upstream"],
+            DEFAULT_BUCKETS,
+        )
+    })
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(h.clone())).expect("register");
+    h
+}
+
+/// `tollgate_upstream_requests_total{upstream,endpoint,outcome}`: upstream attempts by outcome
+/// (`success` = response headers received, `connect_error`, `timeout`, `error`).
+pub static UPSTREAM_REQUESTS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_upstream_requests_total",
+        "Attempts to reach an upstream endpoint, by outcome.",
+        &["upstream", "endpoint", "outcome"],
+    )
 });
 
 /// `tollgate_config_reloads_total{result}`: config reload attempts.
 pub static CONFIG_RELOADS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "tollgate_config_reloads_total",
-            "Config reload attempts, by result (success, failure).",
-        ),
+    counter_vec(
+        "tollgate_config_reloads_total",
+        "Config reload attempts, by result (success, failure).",
         &["result"],
     )
-    .expect("metric");
-    REGISTRY.register(Box::new(c.clone())).expect("register");
-    c
 });
 
 /// `tollgate_ratelimit_decisions_total{tier,policy,decision}`: rate-limit decisions.
 /// `policy` is the limit that refused (`burst`, `daily`) or `none` when allowed; `decision` is
 /// `allowed`, `limited` or `shadow_limited` (refused in shadow mode: counted, not enforced).
 pub static RATELIMIT_DECISIONS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "tollgate_ratelimit_decisions_total",
-            "Rate-limit decisions by tier, refusing policy and outcome.",
-        ),
+    counter_vec(
+        "tollgate_ratelimit_decisions_total",
+        "Rate-limit decisions by tier, refusing policy and outcome.",
         &["tier", "policy", "decision"],
     )
-    .expect("metric");
-    REGISTRY.register(Box::new(c.clone())).expect("register");
-    c
 });
 
 /// `tollgate_ratelimit_tracked_keys`: limiter entries in memory (callers x policies).
-pub static RATELIMIT_TRACKED_KEYS: Lazy<prometheus::IntGauge> = Lazy::new(|| {
-    let g = prometheus::IntGauge::new(
+pub static RATELIMIT_TRACKED_KEYS: Lazy<IntGauge> = Lazy::new(|| {
+    let g = IntGauge::new(
         "tollgate_ratelimit_tracked_keys",
         "Rate-limiter entries held in memory (one per caller and policy scope).",
     )
@@ -78,13 +151,52 @@ pub static RATELIMIT_TRACKED_KEYS: Lazy<prometheus::IntGauge> = Lazy::new(|| {
     g
 });
 
-/// Make sure every metric is registered (so `/metrics` lists them before their first use).
-pub fn init() {
+/// `tollgate_access_log_lines_total{outcome}`: access log lines `written`, `dropped` (the
+/// writer fell behind and its buffer was full) or `sampled_out`.
+pub static ACCESS_LOG_LINES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_access_log_lines_total",
+        "Access log lines by outcome (written, dropped, sampled_out).",
+        &["outcome"],
+    )
+});
+
+/// Handles for the access log outcomes (hot path: no label lookup).
+pub static ACCESS_LOG_WRITTEN: Lazy<IntCounter> =
+    Lazy::new(|| ACCESS_LOG_LINES_TOTAL.with_label_values(&["written"]));
+/// See [`ACCESS_LOG_WRITTEN`].
+pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> =
+    Lazy::new(|| ACCESS_LOG_LINES_TOTAL.with_label_values(&["dropped"]));
+/// See [`ACCESS_LOG_WRITTEN`].
+pub static ACCESS_LOG_SAMPLED_OUT: Lazy<IntCounter> =
+    Lazy::new(|| ACCESS_LOG_LINES_TOTAL.with_label_values(&["sampled_out"]));
+
+/// Register every metric (so `/metrics` lists them before first use). `buckets` sets the latency
+/// histograms' buckets; only the first call's buckets count (they cannot change at run time).
+pub fn init(buckets: &[f64]) {
+    let _ = HTTP_REQUEST_DURATION.set(histogram(
+        "tollgate_http_request_duration_seconds",
+        "Time from request received to response completed.",
+        &["route", "method", "status_class", "tier", "cache"],
+        buckets,
+    ));
+    let _ = UPSTREAM_DURATION.set(histogram(
+        "tollgate_upstream_duration_seconds",
+        "Time from upstream attempt start to upstream response headers.",
+        &["upstream"],
+        buckets,
+    ));
     Lazy::force(&BUILD_INFO);
     Lazy::force(&HTTP_REQUESTS_TOTAL);
+    Lazy::force(&HTTP_REQUESTS_IN_FLIGHT);
+    Lazy::force(&HTTP_RESPONSE_BODY_BYTES_TOTAL);
+    Lazy::force(&UPSTREAM_REQUESTS_TOTAL);
     Lazy::force(&CONFIG_RELOADS_TOTAL);
     Lazy::force(&RATELIMIT_DECISIONS_TOTAL);
     Lazy::force(&RATELIMIT_TRACKED_KEYS);
+    Lazy::force(&ACCESS_LOG_WRITTEN);
+    Lazy::force(&ACCESS_LOG_DROPPED);
+    Lazy::force(&ACCESS_LOG_SAMPLED_OUT);
     for r in ["success", "failure"] {
         CONFIG_RELOADS_TOTAL.with_label_values(&[r]);
     }
@@ -92,7 +204,7 @@ pub fn init() {
 
 /// The Prometheus text exposition of the registry.
 pub fn render() -> Vec<u8> {
-    let mut buf = Vec::with_capacity(4096);
+    let mut buf = Vec::with_capacity(16 * 1024);
     TextEncoder::new()
         .encode(&REGISTRY.gather(), &mut buf)
         .expect("text encoding cannot fail");
@@ -124,5 +236,22 @@ pub fn method_label(m: &http::Method) -> &'static str {
         http::Method::CONNECT => "CONNECT",
         http::Method::TRACE => "TRACE",
         _ => "OTHER",
+    }
+}
+
+/// RAII in-flight counter: +1 when created, -1 when dropped, whatever path the request took.
+pub struct InFlight(());
+
+impl InFlight {
+    /// Count one more request in flight.
+    pub fn start() -> Self {
+        HTTP_REQUESTS_IN_FLIGHT.inc();
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        HTTP_REQUESTS_IN_FLIGHT.dec();
     }
 }

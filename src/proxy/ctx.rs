@@ -1,10 +1,11 @@
 //! Per-request state shared by the proxy phases.
 
 use crate::config::{Route, RuntimeConfig};
+use crate::observe::metrics::InFlight;
 use crate::proxy::limit::Applied;
 use crate::tenant::Caller;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
@@ -27,6 +28,14 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// When the request started (ctx creation, right after the request header was read).
     pub started: Instant,
+    /// The same moment on the wall clock, for the access log.
+    pub started_at: SystemTime,
+    /// When the current upstream attempt started (cleared once it is accounted for).
+    pub upstream_started: Option<Instant>,
+    /// Time to upstream response headers of the attempt that answered.
+    pub upstream_ttfb: Option<Duration>,
+    /// Counts this request in `tollgate_http_requests_in_flight` until dropped.
+    _in_flight: InFlight,
 }
 
 impl RequestCtx {
@@ -42,6 +51,10 @@ impl RequestCtx {
             limit: None,
             attempts: 0,
             started: Instant::now(),
+            started_at: SystemTime::now(),
+            upstream_started: None,
+            upstream_ttfb: None,
+            _in_flight: InFlight::start(),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod headers;
 pub mod limit;
 
 use crate::config::RuntimeConfig;
+use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::{metrics, request_id};
 use crate::ratelimit::RateLimiter;
 use arc_swap::ArcSwap;
@@ -29,13 +30,27 @@ use std::sync::Arc;
 pub struct Tollgate {
     config: Arc<ArcSwap<RuntimeConfig>>,
     limiter: Arc<dyn RateLimiter>,
+    access_log: Option<AccessLog>,
 }
 
 impl Tollgate {
-    /// A proxy serving whatever config is current in `config` (reloads swap it).
-    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>, limiter: Arc<dyn RateLimiter>) -> Self {
-        Tollgate { config, limiter }
+    /// A proxy serving whatever config is current in `config` (reloads swap it). With
+    /// `access_log`, requests are logged as the current config's sampling says.
+    pub fn new(
+        config: Arc<ArcSwap<RuntimeConfig>>,
+        limiter: Arc<dyn RateLimiter>,
+        access_log: Option<AccessLog>,
+    ) -> Self {
+        Tollgate {
+            config,
+            limiter,
+            access_log,
+        }
     }
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// The host the client asked for: `Host` (HTTP/1.1) or the URI authority (HTTP/2, absolute-form).
@@ -142,7 +157,40 @@ impl ProxyHttp for Tollgate {
         let endpoint = route.upstream.select();
         ctx.attempts += 1;
         ctx.endpoint = Some(endpoint.label.clone());
+        ctx.upstream_started = Some(std::time::Instant::now());
         Ok(endpoint.peer())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        let outcome = match e.etype() {
+            pingora_core::ErrorType::ConnectTimedout => "timeout",
+            _ => "connect_error",
+        };
+        count_upstream(ctx, outcome);
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(started), Some(route)) = (ctx.upstream_started, &ctx.route) {
+            let ttfb = started.elapsed();
+            ctx.upstream_ttfb = Some(ttfb);
+            metrics::upstream_duration()
+                .with_label_values(&[&route.upstream.name])
+                .observe(ttfb.as_secs_f64());
+        }
+        count_upstream(ctx, "success");
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -171,6 +219,20 @@ impl ProxyHttp for Tollgate {
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream_response);
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        let obs = &ctx.config.source.observability;
+        if obs.response_time_header || obs.server_timing_header {
+            let total = millis(ctx.started.elapsed());
+            if obs.response_time_header {
+                upstream_response.insert_header("x-response-time", format!("{total:.3}ms"))?;
+            }
+            if obs.server_timing_header {
+                let value = match ctx.upstream_ttfb {
+                    Some(u) => format!("upstream;dur={:.3}, total;dur={total:.3}", millis(u)),
+                    None => format!("total;dur={total:.3}"),
+                };
+                upstream_response.insert_header("server-timing", value)?;
+            }
+        }
         if let Some(applied) = &ctx.limit {
             limit::add_headers(
                 upstream_response,
@@ -220,14 +282,88 @@ impl ProxyHttp for Tollgate {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let elapsed = ctx.started.elapsed();
+        // An attempt that connected but got no response headers ended in an error.
+        if ctx.upstream_started.is_some() && e.is_some() {
+            let timed_out = e.is_some_and(|e| {
+                matches!(
+                    e.etype(),
+                    pingora_core::ErrorType::ReadTimedout | pingora_core::ErrorType::WriteTimedout
+                )
+            });
+            count_upstream(ctx, if timed_out { "timeout" } else { "error" });
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        let method = metrics::method_label(&req.method);
+        let class = metrics::status_class(status);
+        let route = ctx.route_name();
+        let caller = ctx.caller.as_ref();
+        let tier = caller
+            .and_then(|c| c.tier.as_ref())
+            .map_or("none", |t| &t.name);
+        let tenant = match caller.and_then(|c| c.tenant.as_deref()) {
+            None => "none",
+            Some(t) if ctx.config.tenant_label_allowlist.contains(t) => t,
+            Some(_) => "other",
+        };
+        metrics::http_request_duration()
+            .with_label_values(&[route, method, class, tier, "none"])
+            .observe(elapsed.as_secs_f64());
         metrics::HTTP_REQUESTS_TOTAL
-            .with_label_values(&[
-                ctx.route_name(),
-                metrics::method_label(&session.req_header().method),
-                metrics::status_class(status),
-            ])
+            .with_label_values(&[route, method, class, tenant])
+            .inc();
+        let bytes = session.body_bytes_sent();
+        if bytes > 0 {
+            metrics::HTTP_RESPONSE_BODY_BYTES_TOTAL
+                .with_label_values(&[route])
+                .inc_by(bytes as u64);
+        }
+
+        let Some(log) = &self.access_log else { return };
+        let cfg = &ctx.config.source.observability.access_log;
+        if !cfg.enabled
+            || !AccessLog::wanted(status, elapsed, cfg.sample_rate, cfg.slow_threshold.get())
+        {
+            return;
+        }
+        let req = session.req_header();
+        log.log(Entry {
+            time: ctx.started_at,
+            request_id: std::mem::take(&mut ctx.request_id),
+            tenant: caller.and_then(|c| c.tenant.clone()),
+            tier: caller.and_then(|c| c.tier.as_ref()).map(|t| t.name.clone()),
+            route: ctx
+                .route
+                .as_ref()
+                .map_or_else(|| Arc::from("none"), |r| r.name.clone()),
+            method: req.method.as_str().to_string(),
+            path: req.uri.path().to_string(),
+            status,
+            bytes,
+            duration_ms: millis(elapsed),
+            upstream_ms: ctx.upstream_ttfb.map(millis),
+            upstream: ctx.endpoint.clone(),
+            attempts: ctx.attempts,
+            cache: "none",
+            ratelimit: match &ctx.limit {
+                None => "none",
+                Some(a) if a.decision.allowed => "allowed",
+                Some(a) if a.shadow => "shadow_limited",
+                Some(_) => "limited",
+            },
+            error: e.map(|e| format!("{:?}", e.etype())),
+        });
+    }
+}
+
+/// Count one upstream attempt's outcome and close the attempt.
+fn count_upstream(ctx: &mut RequestCtx, outcome: &str) {
+    ctx.upstream_started = None;
+    if let (Some(route), Some(endpoint)) = (&ctx.route, &ctx.endpoint) {
+        metrics::UPSTREAM_REQUESTS_TOTAL
+            .with_label_values(&[&route.upstream.name, endpoint, outcome])
             .inc();
     }
 }

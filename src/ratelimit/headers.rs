@@ -2,7 +2,8 @@
 //! `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers), `Retry-After`, and the legacy
 //! `X-RateLimit-*` trio many clients still read.
 //!
-//! Pure functions, one `String` each, sized up front: they run on every response.
+//! Pure functions, one `String` each, sized up front (64 bytes fits every value): they run on
+//! every response.
 //! The names are the draft's: `q` quota, `w` window seconds, `r` remaining, `t` seconds to reset.
 //! The burst policy is announced as `q=burst;w=1` and the daily one as `w=86400`.
 
@@ -18,7 +19,7 @@ pub const RETRY_AFTER: &str = "retry-after";
 /// `RateLimit-Policy`, e.g. `"burst";q=20;w=1, "daily";q=1000;w=86400` (no daily item when
 /// unlimited). It depends on the limits only: callers may build it once per policy and reuse it.
 pub fn policy_header(limits: &Limits) -> String {
-    let mut v = String::with_capacity(48);
+    let mut v = String::with_capacity(64);
     v.push_str("\"burst\";q=");
     push_u64(&mut v, u64::from(limits.burst));
     v.push_str(";w=1");
@@ -32,7 +33,7 @@ pub fn policy_header(limits: &Limits) -> String {
 
 /// `RateLimit`, e.g. `"burst";r=19;t=1, "daily";r=999;t=43200` (no daily item when unlimited).
 pub fn ratelimit_header(d: &Decision) -> String {
-    let mut v = String::with_capacity(48);
+    let mut v = String::with_capacity(64);
     v.push_str("\"burst\";r=");
     push_u64(&mut v, d.burst_remaining);
     v.push_str(";t=");

@@ -1,0 +1,348 @@
+//! Observability end to end: exact counter and histogram values on /metrics for known traffic,
+//! the tenant label allowlist, timing headers, the JSON access log (fields, sampling, no
+//! secrets), and `promtool check metrics` on the live exposition.
+
+mod common;
+
+use common::{closed_addr, metric_value, MockUpstream, Reply, Tollgate};
+use std::time::Duration;
+
+fn config(app: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "upstreams:\n  app:\n    endpoints: [\"{app}\"]\nroutes:\n  - name: api\n    match: {{ path_prefix: /api/ }}\n    upstream: app\n{extra}"
+    )
+}
+
+fn bucket(m: &str, le: &str) -> Option<f64> {
+    metric_value(
+        m,
+        "tollgate_http_request_duration_seconds_bucket",
+        &[
+            ("route", "api"),
+            ("method", "GET"),
+            ("status_class", "2xx"),
+            ("tier", "none"),
+            ("cache", "none"),
+            ("le", le),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn known_traffic_gives_exact_counters_and_histogram_buckets() {
+    let app = MockUpstream::start().await;
+    let tg = Tollgate::start(&config(app.addr(), "")).await;
+    for _ in 0..3 {
+        assert_eq!(
+            tg.get("/api/fast").await.text().await.unwrap(),
+            "hello from upstream"
+        );
+    }
+    app.set_reply(Reply {
+        delay: Duration::from_millis(600),
+        ..Reply::default()
+    });
+    assert_eq!(tg.get("/api/slow").await.status(), 200);
+    assert_eq!(tg.get("/nowhere").await.status(), 404);
+
+    let labels = [
+        ("route", "api"),
+        ("method", "GET"),
+        ("status_class", "2xx"),
+        ("tenant", "none"),
+    ];
+    assert_eq!(
+        tg.metric_reaches("tollgate_http_requests_total", &labels, 4.0)
+            .await,
+        Some(4.0)
+    );
+    let labels = [("route", "none"), ("status_class", "4xx")];
+    assert_eq!(
+        tg.metric_reaches("tollgate_http_requests_total", &labels, 1.0)
+            .await,
+        Some(1.0)
+    );
+    let m = tg.metrics().await;
+    // Three fast requests below 250 ms, the slow one between 0.5 s and 1 s.
+    assert_eq!(bucket(&m, "0.25"), Some(3.0), "{m}");
+    assert_eq!(bucket(&m, "0.5"), Some(3.0));
+    assert_eq!(bucket(&m, "1"), Some(4.0));
+    assert_eq!(bucket(&m, "+Inf"), Some(4.0));
+    let count = metric_value(
+        &m,
+        "tollgate_http_request_duration_seconds_count",
+        &[("route", "api"), ("status_class", "2xx")],
+    );
+    assert_eq!(count, Some(4.0));
+    let up = [("upstream", "app"), ("le", "+Inf")];
+    assert_eq!(
+        metric_value(&m, "tollgate_upstream_duration_seconds_bucket", &up),
+        Some(4.0)
+    );
+    let ok = [
+        ("upstream", "app"),
+        ("endpoint", &*app.addr().to_string()),
+        ("outcome", "success"),
+    ];
+    assert_eq!(
+        metric_value(&m, "tollgate_upstream_requests_total", &ok),
+        Some(4.0)
+    );
+    // 4 x "hello from upstream" (19 bytes).
+    assert_eq!(
+        metric_value(
+            &m,
+            "tollgate_http_response_body_bytes_total",
+            &[("route", "api")]
+        ),
+        Some(76.0)
+    );
+    assert_eq!(
+        tg.metric_reaches("tollgate_http_requests_in_flight", &[], 0.0)
+            .await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_counted_by_outcome() {
+    let dead = closed_addr();
+    let tg = Tollgate::start(&config(dead, "")).await;
+    assert_eq!(tg.get("/api/x").await.status(), 502);
+    let labels = [
+        ("upstream", "app"),
+        ("endpoint", &*dead.to_string()),
+        ("outcome", "connect_error"),
+    ];
+    assert_eq!(
+        tg.metric_reaches("tollgate_upstream_requests_total", &labels, 1.0)
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn tenant_label_only_for_allowlisted_tenants() {
+    let app = MockUpstream::start().await;
+    let extra = "tiers:\n  free: { rps: 100, burst: 100 }\ntenants:\n  acme: { tier: free, api_keys: [\"${ACME}\"] }\n  globex: { tier: free, api_keys: [\"${GLOBEX}\"] }\nobservability:\n  tenant_label_allowlist: [acme]\n";
+    let tg = Tollgate::start_with_env(
+        &config(app.addr(), extra),
+        &[("ACME", "k-acme"), ("GLOBEX", "k-globex")],
+    )
+    .await;
+    for key in ["k-acme", "k-acme", "k-globex"] {
+        let r = tg
+            .client
+            .get(tg.url("/api/x"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let acme = [("route", "api"), ("tenant", "acme")];
+    assert_eq!(
+        tg.metric_reaches("tollgate_http_requests_total", &acme, 2.0)
+            .await,
+        Some(2.0)
+    );
+    let other = [("route", "api"), ("tenant", "other")];
+    assert_eq!(
+        tg.metric_reaches("tollgate_http_requests_total", &other, 1.0)
+            .await,
+        Some(1.0)
+    );
+    let m = tg.metrics().await;
+    assert!(
+        !m.contains("globex"),
+        "non-allowlisted tenant ids never become label values"
+    );
+    let by_tier = metric_value(
+        &m,
+        "tollgate_http_request_duration_seconds_count",
+        &[("route", "api"), ("tier", "free")],
+    );
+    assert_eq!(by_tier, Some(3.0));
+}
+
+#[tokio::test]
+async fn response_time_and_server_timing_headers_are_switchable() {
+    let app = MockUpstream::start().await;
+    let tg = Tollgate::start(&config(
+        app.addr(),
+        "observability:\n  server_timing_header: true\n",
+    ))
+    .await;
+    let r = tg.get("/api/x").await;
+    let rt = r.headers()["x-response-time"].to_str().unwrap().to_string();
+    let ms = rt.strip_suffix("ms").expect("ends in ms");
+    assert!(
+        ms.split_once('.').is_some_and(|(_, frac)| frac.len() == 3),
+        "{rt}"
+    );
+    assert!(ms.parse::<f64>().unwrap() >= 0.0);
+    let st = r.headers()["server-timing"].to_str().unwrap().to_string();
+    assert!(
+        st.starts_with("upstream;dur=") && st.contains(", total;dur="),
+        "{st}"
+    );
+
+    let off = Tollgate::start(&config(
+        app.addr(),
+        "observability:\n  response_time_header: false\n",
+    ))
+    .await;
+    let r = off.get("/api/x").await;
+    assert!(r.headers().get("x-response-time").is_none());
+    assert!(
+        r.headers().get("server-timing").is_none(),
+        "Server-Timing is off by default"
+    );
+}
+
+fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn access_log_lines_carry_the_fields_and_never_secrets() {
+    let app = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let extra = format!(
+        "tiers:\n  free: {{ rps: 100, burst: 100 }}\ntenants:\n  acme: {{ tier: free, api_keys: [\"${{ACME}}\"] }}\nobservability:\n  access_log: {{ output: \"{}\" }}\n",
+        log.display()
+    );
+    let tg = Tollgate::start_with_env(&config(app.addr(), &extra), &[("ACME", "super-secret-key")])
+        .await;
+    let r = tg
+        .client
+        .get(tg.url("/api/items?token=query-secret&x=1"))
+        .bearer_auth("super-secret-key")
+        .header("x-request-id", "log-1")
+        .header("cookie", "session=cookie-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ok = Tollgate::eventually(Duration::from_secs(5), || async {
+        !read_lines(&log).is_empty()
+    })
+    .await;
+    assert!(ok, "no access log line written");
+    let raw = std::fs::read_to_string(&log).unwrap();
+    for secret in [
+        "super-secret-key",
+        "query-secret",
+        "cookie-secret",
+        "Bearer",
+    ] {
+        assert!(
+            !raw.contains(secret),
+            "{secret} leaked into the access log: {raw}"
+        );
+    }
+    let line = &read_lines(&log)[0];
+    assert_eq!(line["request_id"], "log-1");
+    assert_eq!(line["tenant"], "acme");
+    assert_eq!(line["tier"], "free");
+    assert_eq!(line["route"], "api");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/api/items");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], 19);
+    assert_eq!(line["upstream"], app.addr().to_string());
+    assert_eq!(line["attempts"], 1);
+    assert_eq!(line["cache"], "none");
+    assert_eq!(line["ratelimit"], "allowed");
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(line["upstream_ms"].as_f64().is_some());
+    let time = line["time"].as_str().unwrap();
+    assert!(
+        time.ends_with('Z') && time.contains('T'),
+        "RFC 3339 UTC: {time}"
+    );
+}
+
+#[tokio::test]
+async fn sampling_keeps_slow_requests_and_errors() {
+    let app = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let extra = format!(
+        "observability:\n  access_log: {{ output: \"{}\", sample_rate: 0.0, slow_threshold: 300ms }}\n",
+        log.display()
+    );
+    let tg = Tollgate::start(&config(app.addr(), &extra)).await;
+    for _ in 0..5 {
+        tg.get("/api/fast").await.bytes().await.unwrap();
+    }
+    app.set_reply(Reply {
+        delay: Duration::from_millis(400),
+        ..Reply::default()
+    });
+    tg.get("/api/slow").await.bytes().await.unwrap();
+    app.set_reply(Reply {
+        status: 503,
+        ..Reply::default()
+    });
+    tg.get("/api/broken").await.bytes().await.unwrap();
+
+    let ok = Tollgate::eventually(Duration::from_secs(5), || async {
+        read_lines(&log).len() >= 2
+    })
+    .await;
+    assert!(ok, "expected the slow and the 5xx request in the log");
+    let out = [("outcome", "sampled_out")];
+    assert_eq!(
+        tg.metric_reaches("tollgate_access_log_lines_total", &out, 5.0)
+            .await,
+        Some(5.0)
+    );
+    let written = [("outcome", "written")];
+    assert_eq!(
+        tg.metric_reaches("tollgate_access_log_lines_total", &written, 2.0)
+            .await,
+        Some(2.0)
+    );
+    let paths: Vec<String> = read_lines(&log)
+        .iter()
+        .map(|l| l["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths, ["/api/slow", "/api/broken"]);
+}
+
+#[tokio::test]
+async fn live_metrics_pass_promtool_check_metrics() {
+    let app = MockUpstream::start().await;
+    let tg = Tollgate::start(&config(app.addr(), "")).await;
+    tg.get("/api/x").await.bytes().await.unwrap();
+    let m = tg.metrics().await;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install Debian's `prometheus` package (scripts/setup.sh does it as root)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{text}"
+    );
+    assert!(
+        text.trim().is_empty(),
+        "promtool reported lint problems:\n{text}"
+    );
+}
