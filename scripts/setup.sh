@@ -4,7 +4,7 @@
 # Usage: scripts/setup.sh [extra-package ...]   (extra packages: e.g. nginx wrk for benches)
 set -euo pipefail
 
-need_cmds=(cargo cmake pkg-config curl)
+need_cmds=(cargo cmake pkg-config curl promtool)
 missing_pkgs=()
 
 command -v cmake >/dev/null 2>&1 || missing_pkgs+=(cmake)
@@ -12,6 +12,8 @@ command -v pkg-config >/dev/null 2>&1 || missing_pkgs+=(pkg-config)
 command -v curl >/dev/null 2>&1 || missing_pkgs+=(curl)
 command -v make >/dev/null 2>&1 || missing_pkgs+=(make)
 command -v cc >/dev/null 2>&1 || missing_pkgs+=(gcc)
+# promtool (tests/monitoring.rs checks deploy/monitoring/ with it) ships in Debian's prometheus package.
+command -v promtool >/dev/null 2>&1 || missing_pkgs+=(prometheus)
 # OpenSSL headers: Pingora's TLS links the system OpenSSL (see .cargo/config.toml).
 if ! pkg-config --exists openssl 2>/dev/null; then missing_pkgs+=(libssl-dev); fi
 for p in "$@"; do

@@ -39,6 +39,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
+    /// Per-request metrics (request counters and latency histograms). Off only to measure
+    /// their cost: dashboards and alerts need them.
+    pub request_metrics: bool,
     /// Latency histogram buckets, in seconds, increasing (read at start only).
     pub latency_buckets: Vec<f64>,
     /// Tenants that get their own `tenant` label value; all others count as `other`.
@@ -54,6 +57,7 @@ pub struct ObservabilityConfig {
 impl Default for ObservabilityConfig {
     fn default() -> Self {
         ObservabilityConfig {
+            request_metrics: true,
             latency_buckets: crate::observe::metrics::DEFAULT_BUCKETS.to_vec(),
             tenant_label_allowlist: Vec::new(),
             response_time_header: true,

@@ -308,17 +308,19 @@ impl ProxyHttp for Tollgate {
             Some(t) if ctx.config.tenant_label_allowlist.contains(t) => t,
             Some(_) => "other",
         };
-        metrics::http_request_duration()
-            .with_label_values(&[route, method, class, tier, "none"])
-            .observe(elapsed.as_secs_f64());
-        metrics::HTTP_REQUESTS_TOTAL
-            .with_label_values(&[route, method, class, tenant])
-            .inc();
         let bytes = session.body_bytes_sent();
-        if bytes > 0 {
-            metrics::HTTP_RESPONSE_BODY_BYTES_TOTAL
-                .with_label_values(&[route])
-                .inc_by(bytes as u64);
+        if ctx.config.source.observability.request_metrics {
+            metrics::http_request_duration()
+                .with_label_values(&[route, method, class, tier, "none"])
+                .observe(elapsed.as_secs_f64());
+            metrics::HTTP_REQUESTS_TOTAL
+                .with_label_values(&[route, method, class, tenant])
+                .inc();
+            if bytes > 0 {
+                metrics::HTTP_RESPONSE_BODY_BYTES_TOTAL
+                    .with_label_values(&[route])
+                    .inc_by(bytes as u64);
+            }
         }
 
         let Some(log) = &self.access_log else { return };
