@@ -5,7 +5,9 @@
 # reverse proxy, a bare Pingora proxy (examples/bare_pingora.rs, the floor) and
 # tollgate in front of it with the same number of workers, then drives each target
 # with the same wrk command (ROUNDS times, interleaved) and prints a markdown table
-# of medians, including the proxy's CPU time per request.
+# of medians, including the proxy's CPU time per request. Two more tollgate
+# processes price its features: tollgate-quiet (metrics, X-Response-Time and the
+# access log off) and tollgate-limits (a tier rate limit that never refuses).
 # See benches/README.md for the knobs. Every process it starts is stopped on exit.
 set -euo pipefail
 
@@ -18,13 +20,15 @@ THREADS=${THREADS:-1}
 CONNS=${CONNS:-32}
 DURATION=${DURATION:-5s}
 WRK_THREADS=${WRK_THREADS:-1}
-TARGETS=${TARGETS:-direct nginx pingora tollgate envoy}
+TARGETS=${TARGETS:-direct nginx pingora tollgate-quiet tollgate tollgate-limits envoy}
 UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 KEEP_TMP=${KEEP_TMP:-0}
 ROUNDS=${ROUNDS:-1}
 
-ALL_TARGETS=(direct nginx pingora tollgate envoy)
+ALL_TARGETS=(direct nginx pingora tollgate-quiet tollgate tollgate-limits envoy)
+# Targets served by a tollgate process (each its own process, config and ports).
+TOLLGATE_TARGETS=(tollgate-quiet tollgate tollgate-limits)
 EXPECTED_BODY='{"ok":true,"msg":"hello from the upstream!!"}'
 EXPECTED_LEN=45
 
@@ -48,9 +52,15 @@ want() {
     for t in $TARGETS; do [[ $t == "$1" ]] && return 0; done
     return 1
 }
+is_tollgate_target() { [[ $1 == tollgate || $1 == tollgate-quiet || $1 == tollgate-limits ]]; }
+want_tollgate() { # any target that needs the tollgate binary
+    local t
+    for t in "${TOLLGATE_TARGETS[@]}"; do want "$t" && return 0; done
+    return 1
+}
 for t in $TARGETS; do
     case $t in
-    direct | nginx | pingora | tollgate | envoy) ;;
+    direct | nginx | pingora | tollgate-quiet | tollgate | tollgate-limits | envoy) ;;
     *) die "unknown target '$t' in TARGETS (known: ${ALL_TARGETS[*]})" ;;
     esac
 done
@@ -111,7 +121,7 @@ target_dir=${CARGO_TARGET_DIR:-target}
 
 BIN=""
 PBIN=""
-if want tollgate && [[ -n ${TOLLGATE_BIN:-} ]]; then
+if want_tollgate && [[ -n ${TOLLGATE_BIN:-} ]]; then
     BIN=$(resolve_path "$TOLLGATE_BIN")
     [[ -x $BIN ]] || die "TOLLGATE_BIN=$TOLLGATE_BIN is not an executable file (resolved to $BIN)"
 fi
@@ -128,7 +138,7 @@ fi
 # TOLLGATE_BIN, the bare Pingora example is only built when it does not exist yet.
 CARGO_ARGS=()
 if [[ -z ${TOLLGATE_BIN:-} ]]; then
-    if want tollgate; then CARGO_ARGS+=(--bin tollgate); fi
+    if want_tollgate; then CARGO_ARGS+=(--bin tollgate); fi
     if want pingora && [[ -z ${PINGORA_BIN:-} ]]; then CARGO_ARGS+=(--example bare_pingora); fi
 elif want pingora && [[ -z ${PINGORA_BIN:-} && ! -x $PBIN ]]; then
     CARGO_ARGS+=(--example bare_pingora)
@@ -138,7 +148,7 @@ if [[ ${#CARGO_ARGS[@]} -gt 0 ]]; then
     log "building: cargo build --release ${CARGO_ARGS[*]}"
     cargo build --release "${CARGO_ARGS[@]}"
 fi
-if want tollgate && [[ -z ${TOLLGATE_BIN:-} ]]; then
+if want_tollgate && [[ -z ${TOLLGATE_BIN:-} ]]; then
     BIN=$target_dir/release/tollgate
     [[ -x $BIN ]] || die "built tollgate binary not found at $BIN"
 fi
@@ -233,10 +243,11 @@ die_with_log() { # message logfile
 
 # ---------------------------------------------------------------- ports
 # Bind all sockets at once so the ports are distinct, then release them.
-read -r UPSTREAM_PORT NGINX_PORT PINGORA_PORT TOLLGATE_PORT ADMIN_PORT ENVOY_PORT < <(python3 -c '
+read -r UPSTREAM_PORT NGINX_PORT PINGORA_PORT TOLLGATE_PORT ADMIN_PORT ENVOY_PORT \
+    QUIET_PORT QUIET_ADMIN_PORT LIMITS_PORT LIMITS_ADMIN_PORT < <(python3 -c '
 import socket
 socks = []
-for _ in range(6):
+for _ in range(10):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -244,7 +255,10 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 for s in socks:
     s.close()
 ') || true
-[[ -n ${ENVOY_PORT:-} ]] || die "could not pick free ports with python3"
+[[ -n ${LIMITS_ADMIN_PORT:-} ]] || die "could not pick free ports with python3"
+# Proxy and admin port of each tollgate target.
+declare -A TG_PORT=([tollgate]=$TOLLGATE_PORT [tollgate-quiet]=$QUIET_PORT [tollgate-limits]=$LIMITS_PORT)
+declare -A TG_ADMIN=([tollgate]=$ADMIN_PORT [tollgate-quiet]=$QUIET_ADMIN_PORT [tollgate-limits]=$LIMITS_ADMIN_PORT)
 
 # ---------------------------------------------------------------- helpers
 NOFILE=$((CONNS * 4 + 1024))
@@ -310,13 +324,40 @@ start_pingora() {
     log "pingora (bare) up on 127.0.0.1:$PINGORA_PORT (pid $pid, $THREADS thread(s))"
 }
 
-start_tollgate() {
-    local dir=$WORK/tollgate pid
+# The config of every tollgate target starts with the same base (one route to the upstream);
+# tollgate_extra_yaml adds what makes a variant different.
+tollgate_extra_yaml() { # name -> YAML appended to the base config
+    case $1 in
+    tollgate-quiet)
+        # Per-request observability off: the baseline that prices metrics + access log.
+        cat <<'EOF'
+observability:
+  request_metrics: false
+  response_time_header: false
+  access_log: { enabled: false }
+EOF
+        ;;
+    tollgate-limits)
+        # Every request is identified (anonymous, keyed by client IP: all load comes from
+        # 127.0.0.1, so one hot key), checked against a limiter and gets RateLimit headers;
+        # the limit is far above anything this box can send, so nothing is refused.
+        cat <<'EOF'
+identity:
+  anonymous_tier: anon
+tiers:
+  anon: { rps: 1000000, burst: 1000000 }
+EOF
+        ;;
+    esac
+}
+
+start_tollgate() { # name (tollgate, tollgate-quiet, tollgate-limits)
+    local name=$1 dir=$WORK/$1 pid port=${TG_PORT[$1]} admin=${TG_ADMIN[$1]}
     mkdir -p "$dir"
     cat >"$dir/tollgate.yaml" <<EOF
-listen: 127.0.0.1:$TOLLGATE_PORT
+listen: 127.0.0.1:$port
 admin:
-  listen: 127.0.0.1:$ADMIN_PORT
+  listen: 127.0.0.1:$admin
 server:
   threads: $THREADS
   work_stealing: false
@@ -330,11 +371,13 @@ routes:
     match: { path_prefix: / }
     upstream: app
 EOF
+    tollgate_extra_yaml "$name" >>"$dir/tollgate.yaml"
+    # stdout (where the access log goes by default) and stderr both land in this file.
     "$BIN" run -c "$dir/tollgate.yaml" >"$dir/tollgate.log" 2>&1 &
     pid=$!
-    register tollgate "$pid" 2
-    wait_ready tollgate "$pid" "http://127.0.0.1:$ADMIN_PORT/readyz" "$dir/tollgate.log"
-    log "tollgate up on 127.0.0.1:$TOLLGATE_PORT, admin 127.0.0.1:$ADMIN_PORT (pid $pid, $THREADS thread(s))"
+    register "$name" "$pid" 2
+    wait_ready "$name" "$pid" "http://127.0.0.1:$admin/readyz" "$dir/tollgate.log"
+    log "$name up on 127.0.0.1:$port, admin 127.0.0.1:$admin (pid $pid, $THREADS thread(s))"
 }
 
 start_envoy() {
@@ -394,12 +437,41 @@ check_body() { # name port
     log "$name: GET / -> 200, $n-byte body matches the upstream"
 }
 
+# Before any load: the response headers show that each tollgate target really runs with
+# (or without) the features it is meant to price. HEAD goes through the same request path.
+check_headers() { # name port
+    local name=$1 port=$2 hdr="$WORK/$1.head" status
+    curl -sS -I --max-time 5 "http://127.0.0.1:$port/" | tr -d '\r' >"$hdr" ||
+        die "$name: curl -sI http://127.0.0.1:$port/ failed (see above)"
+    status=$(head -n 1 "$hdr")
+    [[ $status =~ ^HTTP/[0-9.]+\ 200 ]] || die "$name: HEAD / -> '$status', want 200 (headers: $(tr '\n' ' ' <"$hdr"))"
+    has_header() { grep -qi "^$1:" "$hdr"; }
+    case $name in
+    tollgate)
+        has_header x-response-time || die "$name: no X-Response-Time header (observability should be on by default); headers: $(tr '\n' ' ' <"$hdr")"
+        ! has_header ratelimit-policy || die "$name: unexpected RateLimit-Policy header (no tiers are configured)"
+        ;;
+    tollgate-quiet)
+        ! has_header x-response-time || die "$name: X-Response-Time present although response_time_header: false"
+        ! has_header ratelimit-policy || die "$name: unexpected RateLimit-Policy header (no tiers are configured)"
+        ;;
+    tollgate-limits)
+        has_header ratelimit-policy || die "$name: no RateLimit-Policy header: the limiter is not in the request path; headers: $(tr '\n' ' ' <"$hdr")"
+        has_header ratelimit || die "$name: no RateLimit header; headers: $(tr '\n' ' ' <"$hdr")"
+        has_header x-response-time || die "$name: no X-Response-Time header (observability should be on, as for tollgate)"
+        log "$name: HEAD / -> 200, $(grep -i '^ratelimit-policy:' "$hdr"), $(grep -i '^ratelimit:' "$hdr")"
+        return
+        ;;
+    esac
+    log "$name: HEAD / -> 200, X-Response-Time $(has_header x-response-time && echo present || echo absent), no RateLimit-Policy"
+}
+
 port_of() {
     case $1 in
     direct) echo "$UPSTREAM_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
     pingora) echo "$PINGORA_PORT" ;;
-    tollgate) echo "$TOLLGATE_PORT" ;;
+    tollgate | tollgate-quiet | tollgate-limits) echo "${TG_PORT[$1]}" ;;
     envoy) echo "$ENVOY_PORT" ;;
     esac
 }
@@ -621,19 +693,20 @@ for t in "${ALL_TARGETS[@]}"; do
 done
 [[ ${#RUN[@]} -gt 0 ]] || die "nothing to run"
 
-log "work dir $WORK; ports: upstream=$UPSTREAM_PORT nginx=$NGINX_PORT pingora=$PINGORA_PORT tollgate=$TOLLGATE_PORT admin=$ADMIN_PORT envoy=$ENVOY_PORT"
+log "work dir $WORK; ports: upstream=$UPSTREAM_PORT nginx=$NGINX_PORT pingora=$PINGORA_PORT tollgate=$TOLLGATE_PORT admin=$ADMIN_PORT tollgate-quiet=$QUIET_PORT admin=$QUIET_ADMIN_PORT tollgate-limits=$LIMITS_PORT admin=$LIMITS_ADMIN_PORT envoy=$ENVOY_PORT"
 start_nginx upstream "$SCRIPT_DIR/nginx/upstream.conf.in" "$UPSTREAM_PORT" "$UPSTREAM_WORKERS"
 for t in "${RUN[@]}"; do
     case $t in
     nginx) start_nginx nginx "$SCRIPT_DIR/nginx/proxy.conf.in" "$NGINX_PORT" "$THREADS" "$UPSTREAM_PORT" ;;
     pingora) start_pingora ;;
-    tollgate) start_tollgate ;;
+    tollgate | tollgate-quiet | tollgate-limits) start_tollgate "$t" ;;
     envoy) start_envoy ;;
     esac
 done
 
 for t in "${RUN[@]}"; do
     check_body "$t" "$(port_of "$t")"
+    if is_tollgate_target "$t"; then check_headers "$t" "$(port_of "$t")"; fi
 done
 
 # ---------------------------------------------------------------- load
@@ -646,6 +719,63 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 for t in "${RUN[@]}"; do
     aggregate "$t"
+done
+
+# ---------------------------------------------------------------- feature checks
+# After the load, each tollgate's own /metrics must agree with what the target is meant to
+# measure (e.g. tollgate-quiet counted and logged nothing, tollgate-limits refused nothing).
+# A mismatch fails the target like a wrk error does.
+metric_sum() { # metrics-file metric-name [label-substring] -> integer sum of the matching samples
+    awk -v m="$2" -v f="${3:-}" '
+        index($0, m) == 1 {
+            rest = substr($0, length(m) + 1)
+            if (rest ~ /^[{ ]/ && (f == "" || index(rest, f) > 0)) s += $NF
+        }
+        END { printf "%.0f\n", s }' "$1"
+}
+
+declare -A FEATURE_NOTE=()
+feature_check() { # name
+    local name=$1 mf=$WORK/$1.metrics reqs written dropped allowed limited problem="" note
+    if ! curl -fsS --max-time 5 -o "$mf" "http://127.0.0.1:${TG_ADMIN[$name]}/metrics"; then
+        problem="could not read http://127.0.0.1:${TG_ADMIN[$name]}/metrics"
+        note="/metrics unreadable"
+    else
+        reqs=$(metric_sum "$mf" tollgate_http_requests_total)
+        written=$(metric_sum "$mf" tollgate_access_log_lines_total 'outcome="written"')
+        dropped=$(metric_sum "$mf" tollgate_access_log_lines_total 'outcome="dropped"')
+        allowed=$(metric_sum "$mf" tollgate_ratelimit_decisions_total 'decision="allowed"')
+        limited=$(metric_sum "$mf" tollgate_ratelimit_decisions_total 'decision="limited"')
+        note="$reqs requests counted, access log $written lines written / $dropped dropped, rate limit $allowed allowed / $limited limited"
+        case $name in
+        tollgate)
+            ((reqs > 0 && written + dropped > 0)) || problem="request metrics or access log not active"
+            ((allowed + limited == 0)) || problem="rate-limit decisions without tiers"
+            ;;
+        tollgate-quiet)
+            ((reqs == 0 && written + dropped == 0)) || problem="request metrics or access log active although turned off"
+            ((allowed + limited == 0)) || problem="rate-limit decisions without tiers"
+            ;;
+        tollgate-limits)
+            ((reqs > 0 && written + dropped > 0)) || problem="request metrics or access log not active"
+            ((allowed > 0)) || problem="no rate-limit decisions counted"
+            ((limited == 0)) || problem="$limited requests were rate limited (the limit should never refuse)"
+            ;;
+        esac
+        if ((dropped > 0)); then
+            note+=" (the access log writer fell behind: logging cost is understated)"
+        fi
+    fi
+    FEATURE_NOTE[$name]=$note
+    log "$name: /metrics after the load: $note"
+    if [[ -n $problem ]]; then
+        FAILED=1
+        log "$name: FEATURE CHECK FAILED: $problem"
+        if [[ ${R_STATUS[$name]} == ok ]]; then R_STATUS[$name]="FAIL: feature check: $problem"; fi
+    fi
+}
+for t in "${RUN[@]}"; do
+    if is_tollgate_target "$t"; then feature_check "$t"; fi
 done
 
 # ---------------------------------------------------------------- report
@@ -675,6 +805,12 @@ if [[ -n $BIN ]]; then
 fi
 if [[ -n $PBIN ]]; then
     echo "- pingora: $PBIN ($REV, $(bin_mtime "$PBIN"))"
+fi
+if want_tollgate; then
+    echo "- tollgate targets (same base config, one route to the upstream): tollgate = defaults (request metrics, X-Response-Time, JSON access log on stdout to a file); tollgate-quiet = tollgate with request_metrics, response_time_header and access_log off; tollgate-limits = tollgate + identity.anonymous_tier anon, tiers.anon {rps: 1000000, burst: 1000000} (one anonymous key, never refuses)"
+    for t in "${TOLLGATE_TARGETS[@]}"; do
+        if [[ -n ${FEATURE_NOTE[$t]:-} ]]; then echo "- $t /metrics after the load: ${FEATURE_NOTE[$t]}"; fi
+    done
 fi
 echo
 echo "| target | rps | p50 (ms) | p99 (ms) | cpu us/req | status |"
@@ -713,9 +849,13 @@ echo "tollgate/pingora rps ratio: $(ratio tollgate pingora)"
 echo "tollgate/direct rps ratio: $(ratio tollgate direct)"
 echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu)"
 echo "tollgate/pingora CPU per request: $(ratio tollgate pingora cpu)"
+echo "tollgate/tollgate-quiet rps ratio: $(ratio tollgate tollgate-quiet)"
+echo "tollgate/tollgate-quiet CPU per request: $(ratio tollgate tollgate-quiet cpu)"
+echo "tollgate-limits/tollgate rps ratio: $(ratio tollgate-limits tollgate)"
+echo "tollgate-limits/tollgate CPU per request: $(ratio tollgate-limits tollgate cpu)"
 
 if [[ $FAILED -ne 0 ]]; then
     echo
-    echo "**FAILURES: at least one target returned non-2xx responses or socket errors; the numbers above are not valid.**"
+    echo "**FAILURES: at least one target returned non-2xx responses or socket errors, or failed its feature check; the numbers above are not valid.**"
     exit 1
 fi

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what building and testing tollgate needs on a fresh Debian/Ubuntu machine.
 # Root: installs missing packages with apt-get. Not root: lists what is missing and fails.
-# Usage: scripts/setup.sh [extra-package ...]   (extra packages: e.g. nginx wrk for benches)
+# Usage: scripts/setup.sh [extra-command ...]   (e.g. `promtool` for the tests, `nginx wrk` for
+# benches; a missing command is installed from the Debian package that ships it)
 set -euo pipefail
 
-need_cmds=(cargo cmake pkg-config curl promtool)
+need_cmds=(cargo cmake pkg-config curl "$@")
 missing_pkgs=()
 
 command -v cmake >/dev/null 2>&1 || missing_pkgs+=(cmake)
@@ -12,13 +13,13 @@ command -v pkg-config >/dev/null 2>&1 || missing_pkgs+=(pkg-config)
 command -v curl >/dev/null 2>&1 || missing_pkgs+=(curl)
 command -v make >/dev/null 2>&1 || missing_pkgs+=(make)
 command -v cc >/dev/null 2>&1 || missing_pkgs+=(gcc)
-# promtool (tests/monitoring.rs checks deploy/monitoring/ with it) ships in Debian's prometheus package.
-command -v promtool >/dev/null 2>&1 || missing_pkgs+=(prometheus)
 # OpenSSL headers: Pingora's TLS links the system OpenSSL (see .cargo/config.toml).
 if ! pkg-config --exists openssl 2>/dev/null; then missing_pkgs+=(libssl-dev); fi
 for p in "$@"; do
   case "$p" in
     redis-server) command -v redis-server >/dev/null 2>&1 || missing_pkgs+=(redis-server) ;;
+    # promtool (the tests check deploy/monitoring/ and /metrics with it) ships in `prometheus`.
+    promtool) command -v promtool >/dev/null 2>&1 || missing_pkgs+=(prometheus) ;;
     nginx) command -v nginx >/dev/null 2>&1 || missing_pkgs+=(nginx) ;;
     *) command -v "$p" >/dev/null 2>&1 || missing_pkgs+=("$p") ;;
   esac

@@ -3,6 +3,7 @@
 # Installs missing system packages first (as root), fails loudly otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# promtool: tests/monitoring.rs and tests/observability.rs validate rules and /metrics with it.
+scripts/setup.sh promtool
 cargo test --all-targets "$@"
 cargo test --doc

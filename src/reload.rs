@@ -32,6 +32,18 @@ impl Reloader {
         match config::load(&self.path) {
             Ok(mut new) => {
                 let old = self.config.load();
+                let (o, n) = (&old.source.observability, &new.source.observability);
+                if o.latency_buckets != n.latency_buckets
+                    || o.access_log.output != n.access_log.output
+                    || o.access_log.buffer_lines != n.access_log.buffer_lines
+                    || (n.access_log.enabled && !o.access_log.enabled)
+                {
+                    tracing::warn!(
+                        "config reload: `observability.latency_buckets`, `access_log.output`, \
+                         `access_log.buffer_lines` and turning on an access log that was off at \
+                         start take effect only after a restart"
+                    );
+                }
                 if new.source.rate_limit.max_tracked_keys != old.source.rate_limit.max_tracked_keys
                 {
                     tracing::warn!(

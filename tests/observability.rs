@@ -266,6 +266,19 @@ async fn access_log_lines_carry_the_fields_and_never_secrets() {
         time.ends_with('Z') && time.contains('T'),
         "RFC 3339 UTC: {time}"
     );
+    assert!(line["error"].is_null());
+
+    // tollgate's own answers say which error they were.
+    assert_eq!(tg.get("/elsewhere").await.status(), 404);
+    let ok = Tollgate::eventually(Duration::from_secs(5), || async {
+        read_lines(&log).len() >= 2
+    })
+    .await;
+    assert!(ok, "no line for the 404");
+    let line = &read_lines(&log)[1];
+    assert_eq!(line["status"], 404);
+    assert_eq!(line["route"], "none");
+    assert_eq!(line["error"], "route_not_found");
 }
 
 #[tokio::test]

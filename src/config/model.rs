@@ -39,12 +39,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
-    /// Per-request metrics (request counters and latency histograms). Off only to measure
+    /// Per-request metrics: `tollgate_http_requests_total`, the request latency histogram and
+    /// response bytes (upstream, rate-limit and reload metrics stay on). Off only to measure
     /// their cost: dashboards and alerts need them.
     pub request_metrics: bool,
     /// Latency histogram buckets, in seconds, increasing (read at start only).
     pub latency_buckets: Vec<f64>,
-    /// Tenants that get their own `tenant` label value; all others count as `other`.
+    /// Tenants that get their own `tenant` label value; all others count as `other`. (Callers are
+    /// identified on rate-limited routes only: elsewhere the label is `none`.)
     pub tenant_label_allowlist: Vec<String>,
     /// Add `X-Response-Time: <ms>ms` (time to response headers) to responses.
     pub response_time_header: bool,

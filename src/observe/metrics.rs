@@ -171,8 +171,10 @@ pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> =
 pub static ACCESS_LOG_SAMPLED_OUT: Lazy<IntCounter> =
     Lazy::new(|| ACCESS_LOG_LINES_TOTAL.with_label_values(&["sampled_out"]));
 
-/// Register every metric (so `/metrics` lists them before first use). `buckets` sets the latency
-/// histograms' buckets; only the first call's buckets count (they cannot change at run time).
+/// Register every metric. Metrics without labels (and the pre-created series: build info,
+/// reload results, access log outcomes) show on `/metrics` at once; labelled ones appear with
+/// their first series (the prometheus crate exposes no empty families). `buckets` sets the
+/// latency histograms' buckets; only the first call's buckets count (fixed at run time).
 pub fn init(buckets: &[f64]) {
     let _ = HTTP_REQUEST_DURATION.set(histogram(
         "tollgate_http_request_duration_seconds",

@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     /// Time to upstream response headers of the attempt that answered.
     pub upstream_ttfb: Option<Duration>,
+    /// The error code when tollgate answered with an error of its own (404, 400, 401, 429).
+    pub own_error: Option<&'static str>,
     /// Counts this request in `tollgate_http_requests_in_flight` until dropped.
     _in_flight: InFlight,
 }
@@ -54,6 +56,7 @@ impl RequestCtx {
             started_at: SystemTime::now(),
             upstream_started: None,
             upstream_ttfb: None,
+            own_error: None,
             _in_flight: InFlight::start(),
         }
     }

@@ -53,6 +53,11 @@ fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Microsecond precision is plenty in a log line.
+fn round3(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
 /// The host the client asked for: `Host` (HTTP/1.1) or the URI authority (HTTP/2, absolute-form).
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -109,11 +114,13 @@ impl ProxyHttp for Tollgate {
         let path = session.req_header().uri.path();
         if has_dot_segment(path) {
             let msg = "the request path contains `.` or `..` segments";
+            ctx.own_error = Some(ProxyError::BadRequest.code());
             errors::respond(session, ProxyError::BadRequest, msg, &ctx.request_id).await?;
             return Ok(true);
         }
         let Some(route) = ctx.route.clone() else {
             let msg = format!("no route matches host and path `{path}`");
+            ctx.own_error = Some(ProxyError::RouteNotFound.code());
             errors::respond(session, ProxyError::RouteNotFound, &msg, &ctx.request_id).await?;
             return Ok(true);
         };
@@ -122,6 +129,7 @@ impl ProxyHttp for Tollgate {
             let mut h = ResponseHeader::build(401, Some(5))?;
             h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
             let body = errors::body(ProxyError::UnknownApiKey, msg, &ctx.request_id);
+            ctx.own_error = Some(ProxyError::UnknownApiKey.code());
             errors::respond_with(session, h, body, &ctx.request_id).await?;
             return Ok(true);
         }
@@ -129,6 +137,13 @@ impl ProxyHttp for Tollgate {
             let now = crate::ratelimit::unix_nanos_now();
             ctx.limit = limit::decide(self.limiter.as_ref(), &ctx.config, &route, caller, now);
             if let Some(applied) = ctx.limit.as_ref().filter(|a| a.refuses()) {
+                ctx.own_error = Some(
+                    if applied.decision.refused_by == Some(crate::ratelimit::Policy::Daily) {
+                        "daily_quota_exhausted"
+                    } else {
+                        "rate_limited"
+                    },
+                );
                 let mut h = ResponseHeader::build(429, Some(8))?;
                 h.insert_header(
                     http::header::RETRY_AFTER,
@@ -150,6 +165,10 @@ impl ProxyHttp for Tollgate {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.upstream_started.is_some() {
+            // The previous attempt connected but failed before response headers (a retry).
+            count_upstream(ctx, "error");
+        }
         let route = ctx
             .route
             .as_ref()
@@ -284,8 +303,11 @@ impl ProxyHttp for Tollgate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let elapsed = ctx.started.elapsed();
-        // An attempt that connected but got no response headers ended in an error.
-        if ctx.upstream_started.is_some() && e.is_some() {
+        // An attempt that connected but got no response headers ended in an error: the
+        // upstream's, unless the client went away first (not the upstream's fault).
+        let upstream_fault =
+            e.is_some_and(|e| *e.esource() != pingora_core::ErrorSource::Downstream);
+        if ctx.upstream_started.is_some() && upstream_fault {
             let timed_out = e.is_some_and(|e| {
                 matches!(
                     e.etype(),
@@ -344,8 +366,8 @@ impl ProxyHttp for Tollgate {
             path: req.uri.path().to_string(),
             status,
             bytes,
-            duration_ms: millis(elapsed),
-            upstream_ms: ctx.upstream_ttfb.map(millis),
+            duration_ms: round3(millis(elapsed)),
+            upstream_ms: ctx.upstream_ttfb.map(|d| round3(millis(d))),
             upstream: ctx.endpoint.clone(),
             attempts: ctx.attempts,
             cache: "none",
@@ -355,7 +377,9 @@ impl ProxyHttp for Tollgate {
                 Some(a) if a.shadow => "shadow_limited",
                 Some(_) => "limited",
             },
-            error: e.map(|e| format!("{:?}", e.etype())),
+            error: e
+                .map(|e| format!("{:?}", e.etype()))
+                .or_else(|| ctx.own_error.map(str::to_owned)),
         });
     }
 }

@@ -80,6 +80,21 @@ struct Shared {
     sse: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
 
+impl Shared {
+    /// Fresh state, and the sender that feeds its `/sse` stream.
+    fn new(name: &str) -> (Arc<Shared>, mpsc::UnboundedSender<String>) {
+        let (sse_tx, sse_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            sni: Mutex::new(None),
+            requests: Mutex::new(Vec::new()),
+            reply: Mutex::new(Reply::default()),
+            sse: Mutex::new(Some(sse_rx)),
+        });
+        (shared, sse_tx)
+    }
+}
+
 /// A running mock upstream; stops when dropped.
 pub struct MockUpstream {
     addr: SocketAddr,
@@ -96,14 +111,7 @@ impl MockUpstream {
 
     /// Start with a name, sent back in an `x-upstream` response header (to tell upstreams apart).
     pub async fn named(name: &str) -> MockUpstream {
-        let (sse_tx, sse_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            sni: Mutex::new(None),
-            requests: Mutex::new(Vec::new()),
-            reply: Mutex::new(Reply::default()),
-            sse: Mutex::new(Some(sse_rx)),
-        });
+        let (shared, sse_tx) = Shared::new(name);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = router(shared.clone());
@@ -128,14 +136,7 @@ impl MockUpstream {
     pub async fn start_tls(name: &str) -> MockUpstream {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         use hyper_util::service::TowerToHyperService;
-        let (sse_tx, sse_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            sni: Mutex::new(None),
-            requests: Mutex::new(Vec::new()),
-            reply: Mutex::new(Reply::default()),
-            sse: Mutex::new(Some(sse_rx)),
-        });
+        let (shared, sse_tx) = Shared::new(name);
         let acceptor = Arc::new(self_signed_acceptor());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
