@@ -21,6 +21,8 @@ pub struct Route {
     pub upstream: Arc<UpstreamGroup>,
     /// Rate limiting on this route; `None`: not limited (no tiers, or `enabled: false`).
     pub limit: Option<RouteLimit>,
+    /// Response compression; `None`: off on this route.
+    pub compression: Option<crate::compress::Policy>,
 }
 
 /// A route's rate-limit policy, compiled.
@@ -204,6 +206,7 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
                 name: name.into(),
                 upstream: upstreams[&r.upstream].clone(),
                 limit,
+                compression: r.compression.as_ref().map(crate::compress::Policy::new),
             });
             (
                 HostMatch::parse(r.matcher.host.as_deref()),

@@ -234,6 +234,62 @@ pub struct RouteConfig {
     /// Rate limiting on this route. Absent: the caller's tier limits apply (when tiers exist).
     #[serde(default)]
     pub rate_limit: Option<RouteRateLimitConfig>,
+    /// Response compression on this route. Absent: responses pass as the upstream sent them.
+    #[serde(default)]
+    pub compression: Option<CompressionConfig>,
+}
+
+/// `compression:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// gzip (level 1-9, default 6). When no algorithm is listed, gzip at level 6 is used.
+    pub gzip: Option<AlgorithmConfig>,
+    /// brotli (level 1-11, default 4).
+    pub brotli: Option<AlgorithmConfig>,
+    /// zstd (level 1-22, default 3).
+    pub zstd: Option<AlgorithmConfig>,
+    /// Responses with a `Content-Length` below this many bytes pass untouched. Responses of
+    /// unknown length (streamed) are compressed when their type qualifies.
+    pub min_size: u64,
+    /// Content types compressed: `type/subtype`, `type/*`, or `+suffix` (`+json`).
+    pub content_types: Vec<String>,
+    /// A request carrying this header is answered uncompressed.
+    pub opt_out_header: String,
+    /// Decompress an upstream's encoded response for a client that does not accept its coding.
+    pub decompress: bool,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            gzip: None,
+            brotli: None,
+            zstd: None,
+            min_size: 1024,
+            content_types: [
+                "text/*",
+                "application/json",
+                "application/javascript",
+                "+json",
+                "+xml",
+                "image/svg+xml",
+            ]
+            .map(String::from)
+            .to_vec(),
+            opt_out_header: "x-no-compression".into(),
+            decompress: true,
+        }
+    }
+}
+
+/// One algorithm under `compression:`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlgorithmConfig {
+    /// Compression level; absent: the algorithm's default.
+    #[serde(default)]
+    pub level: Option<u32>,
 }
 
 /// `rate_limit:` of a route.

@@ -271,6 +271,7 @@ fn placeholder_route() -> RouteConfig {
         },
         upstream: String::new(),
         rate_limit: None,
+        compression: None,
     }
 }
 

@@ -17,6 +17,11 @@ pub fn validate(
     let upstream_names = &parsed.upstream_names;
     validate_limits(config, &parsed.tier_names, from_env, errors);
     validate_observability(config, errors);
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(c) = &r.compression {
+            validate_compression(c, &format!("routes[{i}].compression"), errors);
+        }
+    }
     for (i, l) in config.listen.iter().enumerate() {
         let path = if config.listen.len() == 1 {
             "listen".to_string()
@@ -176,6 +181,61 @@ pub fn validate(
             errors.push(ConfigError::at(
                 format!("{base}.match"),
                 format!("same host and path_prefix as routes[{first}]: this route could never be chosen"),
+            ));
+        }
+    }
+}
+
+/// Levels in range, a valid opt-out header, some content types.
+fn validate_compression(
+    c: &super::model::CompressionConfig,
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if c.brotli.is_some() {
+        // Pingora 0.9.1's brotli encoder flushes but never finishes the stream at the end of
+        // the body (no final meta-block): strict decoders reject it. Refuse rather than serve
+        // responses clients cannot read.
+        errors.push(ConfigError::at(
+            format!("{base}.brotli"),
+            "brotli is not available: the Pingora 0.9.1 brotli encoder leaves the stream \
+             unterminated and clients fail to decode it; use gzip and/or zstd",
+        ));
+    }
+    for (name, algo, max) in [
+        ("gzip", &c.gzip, 9),
+        ("brotli", &c.brotli, 11),
+        ("zstd", &c.zstd, 22),
+    ] {
+        if let Some(level) = algo.as_ref().and_then(|a| a.level) {
+            if !(1..=max).contains(&level) {
+                errors.push(ConfigError::at(
+                    format!("{base}.{name}.level"),
+                    format!("{name} levels go from 1 to {max}, got {level}"),
+                ));
+            }
+        }
+    }
+    if http::header::HeaderName::from_bytes(c.opt_out_header.as_bytes()).is_err() {
+        errors.push(ConfigError::at(
+            format!("{base}.opt_out_header"),
+            format!("`{}` is not a valid header name", c.opt_out_header),
+        ));
+    }
+    if c.content_types.is_empty() {
+        errors.push(ConfigError::at(
+            format!("{base}.content_types"),
+            "list at least one content type",
+        ));
+    }
+    for (i, t) in c.content_types.iter().enumerate() {
+        if !(t.starts_with('+')
+            || t.split_once('/')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()))
+        {
+            errors.push(ConfigError::at(
+                format!("{base}.content_types[{i}]"),
+                format!("`{t}` is not a content type: write `text/html`, `text/*` or `+json`"),
             ));
         }
     }

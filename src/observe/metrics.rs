@@ -120,6 +120,25 @@ pub static UPSTREAM_REQUESTS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// `tollgate_compression_input_bytes_total{algorithm}`: body bytes fed to a coder (`gzip`,
+/// `br`, `zstd`; `de-gzip` and the like when decompressing for a client).
+pub static COMPRESSION_INPUT_BYTES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_compression_input_bytes_total",
+        "Response body bytes before compression (or decompression), by algorithm.",
+        &["algorithm"],
+    )
+});
+
+/// `tollgate_compression_output_bytes_total{algorithm}`: body bytes the coder produced.
+pub static COMPRESSION_OUTPUT_BYTES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_compression_output_bytes_total",
+        "Response body bytes after compression (or decompression), by algorithm.",
+        &["algorithm"],
+    )
+});
+
 /// `tollgate_config_reloads_total{result}`: config reload attempts.
 pub static CONFIG_RELOADS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
@@ -194,6 +213,8 @@ pub fn init(buckets: &[f64]) {
     Lazy::force(&HTTP_RESPONSE_BODY_BYTES_TOTAL);
     Lazy::force(&UPSTREAM_REQUESTS_TOTAL);
     Lazy::force(&CONFIG_RELOADS_TOTAL);
+    Lazy::force(&COMPRESSION_INPUT_BYTES_TOTAL);
+    Lazy::force(&COMPRESSION_OUTPUT_BYTES_TOTAL);
     Lazy::force(&RATELIMIT_DECISIONS_TOTAL);
     Lazy::force(&RATELIMIT_TRACKED_KEYS);
     Lazy::force(&ACCESS_LOG_WRITTEN);

@@ -34,6 +34,11 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     /// Time to upstream response headers of the attempt that answered.
     pub upstream_ttfb: Option<Duration>,
+    /// The coding negotiated for this response (compression routes only).
+    pub compress: Option<pingora_core::protocols::http::compression::Algorithm>,
+    /// The client's `Accept-Encoding`, when it was rewritten for the compression module: it is
+    /// restored on the upstream request so the upstream sees what the client sent.
+    pub client_accept_encoding: Option<Option<http::HeaderValue>>,
     /// The error code when tollgate answered with an error of its own (404, 400, 401, 429).
     pub own_error: Option<&'static str>,
     /// Counts this request in `tollgate_http_requests_in_flight` until dropped.
@@ -57,6 +62,8 @@ impl RequestCtx {
             upstream_started: None,
             upstream_ttfb: None,
             own_error: None,
+            compress: None,
+            client_accept_encoding: None,
             _in_flight: InFlight::start(),
         }
     }

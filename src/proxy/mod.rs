@@ -11,6 +11,7 @@ pub mod errors;
 pub mod headers;
 pub mod limit;
 
+use crate::compress;
 use crate::config::RuntimeConfig;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::{metrics, request_id};
@@ -19,6 +20,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
 use errors::ProxyError;
+use pingora_core::modules::http::compression::ResponseCompression;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -97,6 +99,12 @@ impl ProxyHttp for Tollgate {
             .routes
             .find(request_host(req), req.uri.path())
             .cloned();
+        if let Some(route) = ctx.route.clone() {
+            if let Some(policy) = &route.compression {
+                prepare_compression(session, ctx, policy)?;
+            }
+        }
+        let req = session.req_header();
         if ctx.route.as_ref().is_some_and(|r| r.limit.is_some()) {
             let peer = session
                 .client_addr()
@@ -227,15 +235,42 @@ impl ProxyHttp for Tollgate {
         let host = request_host(session.req_header()).map(str::to_owned);
         headers::set_forwarded(upstream_request, client_ip, host.as_deref());
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        match &ctx.client_accept_encoding {
+            Some(Some(original)) => {
+                upstream_request.insert_header(http::header::ACCEPT_ENCODING, original.clone())?
+            }
+            Some(None) => {
+                upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
+            }
+            None => {}
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.compress.is_some() {
+            let policy = ctx
+                .route
+                .as_ref()
+                .and_then(|r| r.compression.as_ref())
+                .expect("compress implies policy");
+            if compress::should_compress(policy, session.req_header(), upstream_response).is_err() {
+                // Keep decompression as configured, drop compression for this response.
+                if let Some(m) = session
+                    .downstream_modules_ctx
+                    .get_mut::<ResponseCompression>()
+                {
+                    if m.is_header_phase() {
+                        m.adjust_level(0);
+                    }
+                }
+            }
+        }
         headers::strip_response_hop_by_hop(upstream_response);
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         let obs = &ctx.config.source.observability;
@@ -345,6 +380,19 @@ impl ProxyHttp for Tollgate {
             }
         }
 
+        if let Some((algorithm, bytes_in, bytes_out, _)) = session
+            .downstream_modules_ctx
+            .get::<ResponseCompression>()
+            .and_then(|m| m.get_info())
+        {
+            metrics::COMPRESSION_INPUT_BYTES_TOTAL
+                .with_label_values(&[algorithm])
+                .inc_by(bytes_in as u64);
+            metrics::COMPRESSION_OUTPUT_BYTES_TOTAL
+                .with_label_values(&[algorithm])
+                .inc_by(bytes_out as u64);
+        }
+
         let Some(log) = &self.access_log else { return };
         let cfg = &ctx.config.source.observability.access_log;
         if !cfg.enabled
@@ -382,6 +430,48 @@ impl ProxyHttp for Tollgate {
                 .or_else(|| ctx.own_error.map(str::to_owned)),
         });
     }
+}
+
+/// Set up Pingora's compression module for this request (before the module reads the request):
+/// the negotiated coding at its level, decompression as configured, and an `Accept-Encoding`
+/// the module understands (chosen coding first; the client's header is restored upstream).
+fn prepare_compression(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    policy: &compress::Policy,
+) -> Result<()> {
+    let req = session.req_header();
+    if req.headers.contains_key(&policy.opt_out_header) {
+        return Ok(());
+    }
+    let original = req.headers.get(http::header::ACCEPT_ENCODING).cloned();
+    let chosen = compress::negotiate(policy, original.as_ref().and_then(|v| v.to_str().ok()));
+    let Some(m) = session
+        .downstream_modules_ctx
+        .get_mut::<ResponseCompression>()
+    else {
+        return Ok(());
+    };
+    m.adjust_level(0);
+    m.adjust_decompression(policy.decompress);
+    if let Some((alg, level)) = chosen {
+        m.adjust_algorithm_level(alg, level);
+        ctx.compress = Some(alg);
+    }
+    let for_module = compress::module_accept_encoding(
+        chosen.map(|(a, _)| a),
+        original.as_ref().and_then(|v| v.to_str().ok()),
+    );
+    if chosen.is_some() || policy.decompress {
+        let req = session.req_header_mut();
+        if for_module.is_empty() {
+            req.remove_header(&http::header::ACCEPT_ENCODING);
+        } else {
+            req.insert_header(http::header::ACCEPT_ENCODING, for_module)?;
+        }
+        ctx.client_accept_encoding = Some(original);
+    }
+    Ok(())
 }
 
 /// Count one upstream attempt's outcome and close the attempt.
