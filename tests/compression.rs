@@ -6,9 +6,7 @@
 mod common;
 
 use common::{metric_value, MockUpstream, Reply, Tollgate};
-use futures_util::StreamExt;
 use std::io::Read;
-use std::time::Duration;
 
 fn config(app: std::net::SocketAddr, compression: &str) -> String {
     format!(
@@ -279,22 +277,7 @@ async fn event_streams_are_left_alone_and_arrive_on_time() {
     tx.send("event-0".into()).unwrap();
     let r = get(&tg, "/sse", &[("accept-encoding", "gzip, br")]).await;
     assert!(r.headers().get("content-encoding").is_none());
-    let mut body = r.bytes_stream();
-    let mut seen = String::new();
-    for i in 0..3 {
-        if i > 0 {
-            tx.send(format!("event-{i}")).unwrap();
-        }
-        let want = format!("data: event-{i}\n\n");
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !seen.contains(&want) {
-                let chunk = body.next().await.expect("stream ended").unwrap();
-                seen.push_str(std::str::from_utf8(&chunk).unwrap());
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("event {i} not delivered while the stream was open: {seen:?}"));
-    }
+    common::expect_events_one_by_one(r, &tx, 3).await;
 }
 
 #[test]

@@ -317,26 +317,7 @@ async fn server_sent_events_arrive_one_by_one_as_written() {
     let r = tg.get("/sse").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let mut body = r.bytes_stream();
-    let mut seen = String::new();
-    for i in 0..5 {
-        if i > 0 {
-            // The next event is written only after the previous one reached the client: a proxy
-            // that buffered the stream would never deliver it, and the timeout below fails.
-            tx.send(format!("event-{i}")).unwrap();
-        }
-        let want = format!("data: event-{i}\n\n");
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !seen.contains(&want) {
-                let chunk = body.next().await.expect("stream ended early").unwrap();
-                seen.push_str(std::str::from_utf8(&chunk).unwrap());
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!("event {i} did not arrive while the stream was open; got {seen:?}")
-        });
-    }
+    common::expect_events_one_by_one(r, &tx, 5).await;
 }
 
 #[tokio::test]

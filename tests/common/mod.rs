@@ -297,6 +297,35 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         .and_then(|v| v.parse().ok())
 }
 
+/// Read `n` Server-Sent Events from `resp`, sending `event-i` on `tx` (the mock's `/sse` feed)
+/// only after `event-(i-1)` reached the client; `event-0` must already be sent. A proxy that
+/// buffered the stream would never deliver the next event: the 10 s timeout fails the test.
+pub async fn expect_events_one_by_one(
+    resp: reqwest::Response,
+    tx: &tokio::sync::mpsc::UnboundedSender<String>,
+    n: usize,
+) {
+    use futures_util::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    for i in 0..n {
+        if i > 0 {
+            tx.send(format!("event-{i}")).unwrap();
+        }
+        let want = format!("data: event-{i}\n\n");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !seen.contains(&want) {
+                let chunk = body.next().await.expect("stream ended early").unwrap();
+                seen.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("event {i} did not arrive while the stream was open; got {seen:?}")
+        });
+    }
+}
+
 /// Run `tollgate check FILE`: (exit code, stdout, stderr).
 pub fn check_file(path: &Path) -> (i32, String, String) {
     let out = Command::new(bin()).arg("check").arg(path).output().unwrap();
