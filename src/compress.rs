@@ -203,17 +203,31 @@ pub fn should_compress(
     if !policy.type_allowed(ct) {
         return Err("content_type");
     }
-    // Unknown length (chunked, streamed): compressed, since it is usually large; the threshold
-    // applies to responses that say their length.
-    if let Some(len) = resp
+    // Unknown length (chunked, streamed) is left alone: Pingora's encoders do not flush per
+    // chunk, so compressing would hold a streamed body (NDJSON, long polls, LLM tokens) back
+    // until its end.
+    match resp
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
-        if len < policy.min_size {
-            return Err("too_small");
-        }
+        None => Err("unknown_length"),
+        Some(len) if len < policy.min_size => Err("too_small"),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Add `Accept-Encoding` to `Vary` unless it is already listed.
+pub fn add_vary_accept_encoding(resp: &mut ResponseHeader) -> pingora_core::Result<()> {
+    let listed = resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*")
+        })
+    });
+    if !listed {
+        resp.append_header(http::header::VARY, "Accept-Encoding")?;
     }
     Ok(())
 }
@@ -317,7 +331,7 @@ mod tests {
         assert_eq!(should_compress(&p, &get, &json("1024")), Ok(()));
         assert_eq!(should_compress(&p, &get, &json("1025")), Ok(()));
         let chunked = resp(200, &[("content-type", "application/json")]);
-        assert_eq!(should_compress(&p, &get, &chunked), Ok(()));
+        assert_eq!(should_compress(&p, &get, &chunked), Err("unknown_length"));
         assert_eq!(should_compress(&p, &get, &resp(304, &[])), Err("status"));
         assert_eq!(
             should_compress(&p, &get, &resp(206, &[("content-type", "text/plain")])),

@@ -139,10 +139,19 @@ async fn negotiation_follows_q_values() {
     assert_eq!(enc("identity").await, None);
     assert_eq!(enc("gzip;q=0").await, None);
     assert_eq!(enc("*").await.as_deref(), Some("zstd"));
+    let plain = get(&tg, "/x", &[]).await;
     assert_eq!(
-        get(&tg, "/x", &[]).await.headers().get("content-encoding"),
+        plain.headers().get("content-encoding"),
         None,
         "no Accept-Encoding"
+    );
+    let vary = plain.headers()["vary"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        vary.contains("accept-encoding"),
+        "an uncompressed copy of a compressible response varies too: {vary}"
     );
 }
 
@@ -210,10 +219,15 @@ async fn encoded_upstream_bodies_pass_or_are_decompressed() {
     let r = get(&tg, "/x", &[("accept-encoding", "br, gzip")]).await;
     assert_eq!(r.headers()["content-encoding"], "gzip");
     assert_eq!(r.bytes().await.unwrap().to_vec(), gzipped);
-    // A client that does not gets it decompressed.
-    let r = get(&tg, "/x", &[("accept-encoding", "identity")]).await;
-    assert!(r.headers().get("content-encoding").is_none());
-    assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+    // A client that does not gets it decompressed, opt-out header or not ("no compression"
+    // is not "no decompression").
+    for extra in [None, Some(("x-no-compression", "1"))] {
+        let mut h = vec![("accept-encoding", "identity")];
+        h.extend(extra);
+        let r = get(&tg, "/x", &h).await;
+        assert!(r.headers().get("content-encoding").is_none());
+        assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+    }
 }
 
 #[tokio::test]
@@ -280,6 +294,21 @@ async fn event_streams_are_left_alone_and_arrive_on_time() {
     common::expect_events_one_by_one(r, &tx, 3).await;
 }
 
+#[tokio::test]
+async fn tollgates_own_error_answers_are_never_compressed() {
+    let dead = common::closed_addr();
+    let tg = Tollgate::start(&config(
+        dead,
+        "      gzip: { level: 6 }\n      min_size: 10\n",
+    ))
+    .await;
+    let r = get(&tg, "/x", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(r.status(), 502);
+    assert!(r.headers().get("content-encoding").is_none());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unreachable");
+}
+
 #[test]
 fn brotli_is_refused_with_the_reason() {
     let (code, _, err) = common::check_yaml(
@@ -294,6 +323,17 @@ fn brotli_is_refused_with_the_reason() {
         err.contains(":8: routes[0].compression.gzip.level: gzip levels go from 1 to 9, got 12"),
         "{err}"
     );
+    let (code, _, err) = common::check_yaml(
+        "upstreams:\n  app: { endpoints: [\"127.0.0.1:1\"] }\nroutes:\n  - match: { path_prefix: / }\n    upstream: app\n    compression: { content_types: [\"*/*\", \"text/html; charset=utf-8\", \"+\", \"text/*\"] }\n",
+    );
+    assert_eq!(code, 1);
+    for bad in ["`*/*`", "`text/html; charset=utf-8`", "`+`"] {
+        assert!(
+            err.contains(&format!("{bad} is not a content type")),
+            "{bad}: {err}"
+        );
+    }
+    assert!(!err.contains("`text/*` is not"), "{err}");
 }
 
 #[tokio::test]

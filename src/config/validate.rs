@@ -229,10 +229,19 @@ fn validate_compression(
         ));
     }
     for (i, t) in c.content_types.iter().enumerate() {
-        if !(t.starts_with('+')
-            || t.split_once('/')
-                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()))
-        {
+        // A media type `type/subtype` (parameters not allowed), `type/*`, or `+suffix`.
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+        };
+        let ok = match t.strip_prefix('+') {
+            Some(suffix) => token(suffix),
+            None => t
+                .split_once('/')
+                .is_some_and(|(a, b)| token(a) && (b == "*" || token(b))),
+        };
+        if !ok {
             errors.push(ConfigError::at(
                 format!("{base}.content_types[{i}]"),
                 format!("`{t}` is not a content type: write `text/html`, `text/*` or `+json`"),

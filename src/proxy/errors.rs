@@ -114,6 +114,15 @@ pub async fn respond_with(
         h.insert_header(crate::observe::request_id::HEADER, request_id)?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
+    // tollgate's own small JSON answers go out as they are, whatever the route's compression.
+    if let Some(m) = session
+        .downstream_modules_ctx
+        .get_mut::<pingora_core::modules::http::compression::ResponseCompression>()
+    {
+        if m.is_header_phase() {
+            m.adjust_level(0);
+        }
+    }
     session
         .write_response_header(Box::new(h), head_only)
         .await?;

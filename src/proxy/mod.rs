@@ -253,13 +253,10 @@ impl ProxyHttp for Tollgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.compress.is_some() {
-            let policy = ctx
-                .route
-                .as_ref()
-                .and_then(|r| r.compression.as_ref())
-                .expect("compress implies policy");
-            if compress::should_compress(policy, session.req_header(), upstream_response).is_err() {
+        if let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.as_ref()) {
+            let eligible =
+                compress::should_compress(policy, session.req_header(), upstream_response).is_ok();
+            if ctx.compress.is_some() && !eligible {
                 // Keep decompression as configured, drop compression for this response.
                 if let Some(m) = session
                     .downstream_modules_ctx
@@ -269,6 +266,10 @@ impl ProxyHttp for Tollgate {
                         m.adjust_level(0);
                     }
                 }
+            } else if ctx.compress.is_none() && eligible {
+                // Sent uncompressed only because of this client's Accept-Encoding: a shared
+                // cache must not hand this copy to clients that asked for compression.
+                compress::add_vary_accept_encoding(upstream_response)?;
             }
         }
         headers::strip_response_hop_by_hop(upstream_response);
@@ -441,11 +442,13 @@ fn prepare_compression(
     policy: &compress::Policy,
 ) -> Result<()> {
     let req = session.req_header();
-    if req.headers.contains_key(&policy.opt_out_header) {
-        return Ok(());
-    }
+    let opted_out = req.headers.contains_key(&policy.opt_out_header);
     let original = req.headers.get(http::header::ACCEPT_ENCODING).cloned();
-    let chosen = compress::negotiate(policy, original.as_ref().and_then(|v| v.to_str().ok()));
+    // Opting out means "no compression", not "no decompression".
+    let chosen = match opted_out {
+        true => None,
+        false => compress::negotiate(policy, original.as_ref().and_then(|v| v.to_str().ok())),
+    };
     let Some(m) = session
         .downstream_modules_ctx
         .get_mut::<ResponseCompression>()
