@@ -218,16 +218,16 @@ pub fn should_compress(
     }
 }
 
-/// Add `Accept-Encoding` to `Vary` unless it is already listed.
-pub fn add_vary_accept_encoding(resp: &mut ResponseHeader) -> pingora_core::Result<()> {
+/// Add `name` to `Vary` unless it (or `*`) is already listed.
+pub fn add_vary(resp: &mut ResponseHeader, name: &str) -> pingora_core::Result<()> {
     let listed = resp.headers.get_all(http::header::VARY).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
             s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*")
+                .any(|t| t.trim().eq_ignore_ascii_case(name) || t.trim() == "*")
         })
     });
     if !listed {
-        resp.append_header(http::header::VARY, "Accept-Encoding")?;
+        resp.append_header(http::header::VARY, name.to_string())?;
     }
     Ok(())
 }

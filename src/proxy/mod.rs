@@ -254,9 +254,11 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.as_ref()) {
-            let eligible =
-                compress::should_compress(policy, session.req_header(), upstream_response).is_ok();
-            if ctx.compress.is_some() && !eligible {
+            let verdict =
+                compress::should_compress(policy, session.req_header(), upstream_response);
+            // Compressible but for this request's headers: the representation depends on them.
+            let varies = verdict.is_ok() || verdict == Err("opt_out");
+            if ctx.compress.is_some() && verdict.is_err() {
                 // Keep decompression as configured, drop compression for this response.
                 if let Some(m) = session
                     .downstream_modules_ctx
@@ -266,10 +268,12 @@ impl ProxyHttp for Tollgate {
                         m.adjust_level(0);
                     }
                 }
-            } else if ctx.compress.is_none() && eligible {
-                // Sent uncompressed only because of this client's Accept-Encoding: a shared
-                // cache must not hand this copy to clients that asked for compression.
-                compress::add_vary_accept_encoding(upstream_response)?;
+            }
+            if varies {
+                // A shared cache must not hand an uncompressed copy to clients that asked for
+                // compression, nor a compressed one to a client that opted out.
+                compress::add_vary(upstream_response, "accept-encoding")?;
+                compress::add_vary(upstream_response, policy.opt_out_header.as_str())?;
             }
         }
         headers::strip_response_hop_by_hop(upstream_response);
