@@ -19,12 +19,20 @@ pub struct Reloader {
     path: PathBuf,
     config: Arc<ArcSwap<RuntimeConfig>>,
     poll: Duration,
+    /// The config the process started with: what restart-only settings really are.
+    boot: Arc<RuntimeConfig>,
 }
 
 impl Reloader {
     /// Watch `path`, polling its content every `poll`.
     pub fn new(path: PathBuf, config: Arc<ArcSwap<RuntimeConfig>>, poll: Duration) -> Self {
-        Reloader { path, config, poll }
+        let boot = config.load_full();
+        Reloader {
+            path,
+            config,
+            poll,
+            boot,
+        }
     }
 
     /// Load the file and swap it in if valid. Returns whether the swap happened.
@@ -32,7 +40,8 @@ impl Reloader {
         match config::load(&self.path) {
             Ok(mut new) => {
                 let old = self.config.load();
-                let (o, n) = (&old.source.observability, &new.source.observability);
+                // Compared with the values the process started with, which are what it runs.
+                let (o, n) = (&self.boot.source.observability, &new.source.observability);
                 if o.latency_buckets != n.latency_buckets
                     || o.access_log.output != n.access_log.output
                     || o.access_log.buffer_lines != n.access_log.buffer_lines

@@ -225,6 +225,13 @@ async fn forwarding_headers_request_ids_and_hop_by_hop() {
 async fn unreachable_upstream_is_502_json_with_request_id() {
     let dead = closed_addr();
     let tg = Tollgate::start(&one_route(dead)).await;
+    // The error answer announces that the connection closes after it.
+    let raw_502 = raw(tg.addr, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(raw_502.starts_with("HTTP/1.1 502"), "{raw_502}");
+    assert!(
+        raw_502.to_ascii_lowercase().contains("connection: close"),
+        "{raw_502}"
+    );
     let r = tg.get("/x").await;
     assert_eq!(r.status(), 502);
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();

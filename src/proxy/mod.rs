@@ -309,6 +309,9 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let kind = ProxyError::from_pingora(e);
+        // The connection is closed after an error answer (`can_reuse_downstream: false`):
+        // say so in the response, or a client may reuse it and meet a reset.
+        session.set_keepalive(None);
         let code = match kind {
             // The response has started (error mid-body): nothing more can be said to the client.
             Some(k) if session.response_written().is_some() => k.status(),
