@@ -120,7 +120,7 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
         if !endpoints.is_empty() {
             upstreams.insert(
                 name.clone(),
-                Arc::new(UpstreamGroup::new(name.clone(), endpoints, timeouts)),
+                Arc::new(UpstreamGroup::new(name.clone(), endpoints)),
             );
         }
     }

@@ -6,22 +6,7 @@
 
 use super::error::ConfigError;
 
-/// Replace every `${NAME}` / `${NAME:-default}` with the value `lookup` gives.
-/// `${NAME:-default}` uses the default when NAME is unset or empty, as in POSIX shells.
-/// Collects one error per unresolved or malformed reference; such a reference is left in the
-/// text as written, so parsing and validation can go on and report the file's other problems.
 pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> (String, Vec<ConfigError>) {
-    let (out, errors, _) = interpolate_tracked(text, lookup);
-    (out, errors)
-}
-
-/// Like [`interpolate`], also returning each environment variable value substituted, with its
-/// (1-based) line: secrets such as plain API keys are accepted only when a value is exactly one
-/// of these.
-pub fn interpolate_tracked(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> (String, Vec<ConfigError>, Vec<(usize, String)>) {
@@ -127,8 +112,8 @@ mod tests {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<String, Vec<ConfigError>> {
         match super::interpolate(text, lookup) {
-            (out, e) if e.is_empty() => Ok(out),
-            (_, e) => Err(e),
+            (out, e, _) if e.is_empty() => Ok(out),
+            (_, e, _) => Err(e),
         }
     }
 
@@ -177,7 +162,7 @@ mod tests {
 
     #[test]
     fn unresolved_references_stay_as_written_so_parsing_goes_on() {
-        let (out, errs) = super::interpolate("a: ${MISSING}\nb: ${HOST}\n", env);
+        let (out, errs, _) = super::interpolate("a: ${MISSING}\nb: ${HOST}\n", env);
         assert_eq!(out, "a: ${MISSING}\nb: 10.0.0.1:80\n");
         assert_eq!(errs.len(), 1);
     }

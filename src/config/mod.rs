@@ -46,7 +46,7 @@ pub fn load_str(
         origin: origin.to_string(),
         errors,
     };
-    let (text, mut errors, env_lines) = interpolate::interpolate_tracked(text, env);
+    let (text, mut errors, env_lines) = interpolate::interpolate(text, env);
     let parsed = parse::parse(&text, &mut errors);
     let index = locate::LocationIndex::build(&text);
     if let Some(p) = &parsed {

@@ -72,8 +72,14 @@ pub fn add_headers(
     applied: &Applied,
     legacy: bool,
 ) -> pingora_core::Result<()> {
-    resp.insert_header("ratelimit-policy", headers::policy_header(&applied.limits))?;
-    resp.insert_header("ratelimit", headers::ratelimit_header(&applied.decision))?;
+    resp.insert_header(
+        headers::RATELIMIT_POLICY,
+        headers::policy_header(&applied.limits),
+    )?;
+    resp.insert_header(
+        headers::RATELIMIT,
+        headers::ratelimit_header(&applied.decision),
+    )?;
     if legacy {
         for (name, value) in headers::x_ratelimit(&applied.decision, &applied.limits) {
             resp.insert_header(name, value)?;
@@ -82,22 +88,44 @@ pub fn add_headers(
     Ok(())
 }
 
+impl Applied {
+    /// The limit that refused: `burst` or `daily`.
+    pub fn refusing_policy(&self) -> &'static str {
+        self.decision.refused_by.map_or("burst", |p| p.name())
+    }
+
+    /// The error code of a refusal (429 body `error`, access log `error`).
+    pub fn error_code(&self) -> &'static str {
+        match self.refusing_policy() {
+            "daily" => "daily_quota_exhausted",
+            _ => "rate_limited",
+        }
+    }
+}
+
+/// The 429 header: status, `Retry-After` and the RateLimit fields.
+pub fn too_many_requests_header(
+    applied: &Applied,
+    legacy: bool,
+) -> pingora_core::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(429, Some(8))?;
+    if let Some(secs) = headers::retry_after(&applied.decision) {
+        h.insert_header(headers::RETRY_AFTER, secs)?;
+    }
+    add_headers(&mut h, applied, legacy)?;
+    Ok(h)
+}
+
 /// The 429 body: `{error, status, message, tier, policy, retry_after, request_id}`.
 pub fn too_many_requests_body(applied: &Applied, request_id: &str) -> serde_json::Value {
-    let policy = applied.decision.refused_by.map_or("burst", |p| p.name());
-    let (error, message) = if policy == "daily" {
-        (
-            "daily_quota_exhausted",
-            "the daily quota of this tier is used up until 00:00 UTC",
-        )
+    let policy = applied.refusing_policy();
+    let message = if policy == "daily" {
+        "the daily quota of this tier is used up until 00:00 UTC"
     } else {
-        (
-            "rate_limited",
-            "too many requests: slow down and retry after `retry_after` seconds",
-        )
+        "too many requests: slow down and retry after `retry_after` seconds"
     };
     serde_json::json!({
-        "error": error,
+        "error": applied.error_code(),
         "status": 429,
         "message": message,
         "tier": &*applied.tier.name,

@@ -145,19 +145,9 @@ impl ProxyHttp for Tollgate {
             let now = crate::ratelimit::unix_nanos_now();
             ctx.limit = limit::decide(self.limiter.as_ref(), &ctx.config, &route, caller, now);
             if let Some(applied) = ctx.limit.as_ref().filter(|a| a.refuses()) {
-                ctx.own_error = Some(
-                    if applied.decision.refused_by == Some(crate::ratelimit::Policy::Daily) {
-                        "daily_quota_exhausted"
-                    } else {
-                        "rate_limited"
-                    },
-                );
-                let mut h = ResponseHeader::build(429, Some(8))?;
-                h.insert_header(
-                    http::header::RETRY_AFTER,
-                    applied.decision.retry_after_secs.to_string(),
-                )?;
-                limit::add_headers(&mut h, applied, ctx.config.legacy_ratelimit_headers)?;
+                ctx.own_error = Some(applied.error_code());
+                let h =
+                    limit::too_many_requests_header(applied, ctx.config.legacy_ratelimit_headers)?;
                 let body =
                     serde_json::to_vec(&limit::too_many_requests_body(applied, &ctx.request_id))
                         .expect("json");

@@ -36,8 +36,6 @@ pub struct Tls {
 pub struct Endpoint {
     /// As written in the config (`host:port`): the label in logs and metrics.
     pub label: Arc<str>,
-    /// Resolved address.
-    pub addr: SocketAddr,
     peer: HttpPeer,
 }
 
@@ -66,7 +64,6 @@ impl Endpoint {
         }
         Endpoint {
             label: label.into(),
-            addr,
             peer,
         }
     }
@@ -84,19 +81,16 @@ pub struct UpstreamGroup {
     pub name: String,
     /// Its endpoints, never empty.
     pub endpoints: Vec<Endpoint>,
-    /// Timeouts, kept for reporting.
-    pub timeouts: Timeouts,
     next: AtomicUsize,
 }
 
 impl UpstreamGroup {
     /// A group over `endpoints` (must not be empty: validation guarantees it).
-    pub fn new(name: String, endpoints: Vec<Endpoint>, timeouts: Timeouts) -> Self {
+    pub fn new(name: String, endpoints: Vec<Endpoint>) -> Self {
         assert!(!endpoints.is_empty(), "upstream group without endpoints");
         UpstreamGroup {
             name,
             endpoints,
-            timeouts,
             next: AtomicUsize::new(0),
         }
     }
