@@ -13,6 +13,12 @@
 # instead: the upstream serves a fixed 10240-byte JSON file uncompressed, nginx and
 # tollgate gzip it at level 6, wrk sends Accept-Encoding: gzip; targets direct (the
 # upstream, uncompressed, for reference), nginx and tollgate.
+#
+# SCENARIO=cache compares cache hits: the upstream sends the 45-byte JSON with
+# Cache-Control: max-age=300, nginx (proxy_cache) and tollgate (a caching route) store it
+# once and serve the load from cache; each must show X-Cache-Status: HIT before the load,
+# and the upstream's request counter (stub_status) shows the load never reached it.
+# Targets direct (the upstream, for reference), nginx and tollgate.
 # See benches/README.md for the knobs. Every process it starts is stopped on exit.
 set -euo pipefail
 
@@ -26,7 +32,7 @@ CONNS=${CONNS:-32}
 DURATION=${DURATION:-5s}
 WRK_THREADS=${WRK_THREADS:-1}
 SCENARIO=${SCENARIO:-passthrough}
-if [[ $SCENARIO == gzip ]]; then
+if [[ $SCENARIO == gzip || $SCENARIO == cache ]]; then
     TARGETS=${TARGETS:-direct nginx tollgate}
 else
     TARGETS=${TARGETS:-direct nginx pingora tollgate-quiet tollgate tollgate-limits envoy}
@@ -43,8 +49,14 @@ EXPECTED_BODY='{"ok":true,"msg":"hello from the upstream!!"}'
 EXPECTED_LEN=45
 # SCENARIO=gzip: the upstream serves a generated JSON file of exactly this many bytes.
 GZIP_BODY_LEN=10240
-# Targets of SCENARIO=gzip (the others have no compression to compare, see gzip_skip_reason).
-GZIP_TARGETS=(direct nginx tollgate)
+# Targets of SCENARIO=gzip and SCENARIO=cache (the others have nothing to compare there,
+# see scenario_skip_reason).
+SCENARIO_TARGETS=(direct nginx tollgate)
+# SCENARIO=cache: the freshness the upstream gives its response (Cache-Control: max-age, in
+# seconds). Keep in step with benches/nginx/upstream-cache.conf.in.
+CACHE_MAX_AGE=300
+# SCENARIO=cache: the upstream's stub_status location (its request counter, see upstream_requests).
+UPSTREAM_STATUS_PATH=/__upstream_status
 
 log() { printf '[load.sh] %s\n' "$*" >&2; }
 die() {
@@ -55,8 +67,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------- arguments
 case $SCENARIO in
-passthrough | gzip) ;;
-*) die "unknown SCENARIO '$SCENARIO' (known: passthrough, gzip)" ;;
+passthrough | gzip | cache) ;;
+*) die "unknown SCENARIO '$SCENARIO' (known: passthrough, gzip, cache)" ;;
 esac
 is_posint() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 for var in THREADS CONNS WRK_THREADS UPSTREAM_WORKERS READY_TIMEOUT ROUNDS; do
@@ -86,29 +98,31 @@ done
 # The report's command line shows TARGETS as given, before the scenario filters it.
 TARGETS_ASKED=$TARGETS
 
-# SCENARIO=gzip runs only direct, nginx and tollgate; any other target asked for is
-# dropped here, said so on stderr and listed as skipped in the report.
-gzip_skip_reason() {
-    case $1 in
-    pingora) echo "bare Pingora has no compression" ;;
-    tollgate-quiet | tollgate-limits) echo "a feature-cost variant of the pass-through scenario, not part of the gzip comparison" ;;
-    envoy) echo "no compression filter is configured for envoy in this script" ;;
+# SCENARIO=gzip and SCENARIO=cache run only direct, nginx and tollgate; any other target
+# asked for is dropped here, said so on stderr and listed as skipped in the report.
+scenario_skip_reason() {
+    case $SCENARIO:$1 in
+    gzip:pingora) echo "bare Pingora has no compression" ;;
+    cache:pingora) echo "bare Pingora has no cache" ;;
+    *:tollgate-quiet | *:tollgate-limits) echo "a feature-cost variant of the pass-through scenario, not part of the $SCENARIO comparison" ;;
+    gzip:envoy) echo "no compression filter is configured for envoy in this script" ;;
+    cache:envoy) echo "no cache is configured for envoy in this script" ;;
     esac
 }
 SCENARIO_SKIPPED=()
-if [[ $SCENARIO == gzip ]]; then
+if [[ $SCENARIO == gzip || $SCENARIO == cache ]]; then
     kept=""
     for t in $TARGETS; do
         case $t in
         direct | nginx | tollgate) kept+="$t " ;;
         *)
-            log "SCENARIO=gzip: skipping target '$t': $(gzip_skip_reason "$t") (this scenario runs: ${GZIP_TARGETS[*]})"
+            log "SCENARIO=$SCENARIO: skipping target '$t': $(scenario_skip_reason "$t") (this scenario runs: ${SCENARIO_TARGETS[*]})"
             SCENARIO_SKIPPED+=("$t")
             ;;
         esac
     done
     TARGETS=${kept% }
-    [[ -n $TARGETS ]] || die "SCENARIO=gzip: none of TARGETS ($TARGETS_ASKED) takes part in this scenario (it runs: ${GZIP_TARGETS[*]})"
+    [[ -n $TARGETS ]] || die "SCENARIO=$SCENARIO: none of TARGETS ($TARGETS_ASKED) takes part in this scenario (it runs: ${SCENARIO_TARGETS[*]})"
 fi
 
 # ---------------------------------------------------------------- prerequisites
@@ -150,6 +164,16 @@ if [[ -n $MISSING ]]; then
     fi
 fi
 NGINX_BIN=$(find_nginx)
+# SCENARIO=cache counts the requests that reach the upstream with nginx's stub_status. Without
+# that module the counts are n/a (said so); the curl hit check before the load still runs.
+UPSTREAM_COUNTS=0
+if [[ $SCENARIO == cache ]]; then
+    if "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-http_stub_status_module'; then
+        UPSTREAM_COUNTS=1
+    else
+        log "WARNING: $NGINX_BIN has no ngx_http_stub_status_module: the upstream's request counts (the proof that the load was served from cache) will be n/a"
+    fi
+fi
 
 # ---------------------------------------------------------------- tollgate + bare pingora binaries
 # A relative path given in TOLLGATE_BIN / PINGORA_BIN is relative to where the script
@@ -416,11 +440,28 @@ server:
 upstreams:
   app:
     endpoints: ["127.0.0.1:$UPSTREAM_PORT"]
+EOF
+    if [[ $SCENARIO == cache ]]; then
+        # One caching route in place of the default route. Freshness comes from the upstream's
+        # Cache-Control: max-age (ttl only applies to responses whose origin gives none), as
+        # for nginx's proxy_cache.
+        cat >>"$dir/tollgate.yaml" <<'EOF'
+cache:
+  max_size: 256MiB
+routes:
+  - name: cached
+    match: { path_prefix: / }
+    upstream: app
+    cache: { ttl: 60s, scope: shared }
+EOF
+    else
+        cat >>"$dir/tollgate.yaml" <<'EOF'
 routes:
   - name: default
     match: { path_prefix: / }
     upstream: app
 EOF
+    fi
     if [[ $SCENARIO == gzip ]]; then
         # The default route (last in the base config) gzips like nginx: level 6, >= 1024 bytes.
         cat >>"$dir/tollgate.yaml" <<'EOF'
@@ -430,7 +471,7 @@ EOF
 EOF
     fi
     tollgate_extra_yaml "$name" >>"$dir/tollgate.yaml"
-    if [[ $SCENARIO == gzip ]]; then
+    if [[ $SCENARIO == gzip || $SCENARIO == cache ]]; then
         # Refuse to measure a config tollgate would not accept as written.
         if ! "$BIN" check -c "$dir/tollgate.yaml" >"$dir/check.log" 2>&1; then
             {
@@ -668,6 +709,68 @@ check_gzip() { # name port
     log "$name: GET / with Accept-Encoding: gzip -> 200, Content-Encoding: gzip, $n bytes, gunzip -> $m bytes = the payload (Vary: ${vary:-(none)}; $framing)"
 }
 
+# SCENARIO=cache: the upstream nginx's request counter (stub_status "requests"), or nothing
+# when unavailable. The read itself is one request: a difference of two reads is the
+# requests in between + 1.
+upstream_requests() {
+    ((UPSTREAM_COUNTS == 1)) || return 0
+    curl -fsS --max-time 2 "http://127.0.0.1:$UPSTREAM_PORT$UPSTREAM_STATUS_PATH" 2>/dev/null |
+        awk 'NR == 3 && $3 ~ /^[0-9]+$/ { print $3; exit }' || true
+}
+upstream_delta() { # before after -> requests that reached the upstream in between, or n/a
+    if [[ -n $1 && -n $2 ]]; then echo $(($2 - $1 - 1)); else echo n/a; fi
+}
+
+# SCENARIO=cache, before any load (after check_body's GET, the first through each proxy): a
+# warm-up GET, then a GET that must be a cache hit: 200, X-Cache-Status: HIT, the 45-byte body,
+# and (with stub_status) no request reaching the upstream in between. direct must send the
+# Cache-Control: max-age the proxies are meant to obey. CACHE_NOTE[target] goes to the report.
+declare -A CACHE_NOTE=()
+hdr_val() { # header-name (lower case) headers-file -> the first such header's value
+    awk -v h="$1" 'BEGIN { FS = ":[ \t]*" } tolower($1) == h { sub(/^[^:]*:[ \t]*/, ""); print; exit }' "$2"
+}
+check_cache() { # name port
+    local name=$1 port=$2 dir=$WORK/$1.cache i raw hdr body status cc xcs cst xrt u0 u1 up warm=""
+    mkdir -p "$dir"
+    if [[ $name == direct ]]; then
+        curl -s --max-time 5 -D "$dir/raw" -o "$dir/body" "http://127.0.0.1:$port/" ||
+            die "direct: curl -s http://127.0.0.1:$port/ failed (curl exit $?)"
+        tr -d '\r' <"$dir/raw" >"$dir/headers"
+        cc=$(hdr_val cache-control "$dir/headers")
+        [[ $cc == "max-age=$CACHE_MAX_AGE" ]] ||
+            die "direct: the upstream sent Cache-Control '${cc:-(none)}', want 'max-age=$CACHE_MAX_AGE' (benches/nginx/upstream-cache.conf.in): without it the proxies would not store the response the same way"
+        CACHE_NOTE[direct]="Cache-Control: $cc"
+        log "direct: GET / -> Cache-Control: $cc (the origin freshness both proxies obey)"
+        return
+    fi
+    for i in 1 2; do
+        raw=$dir/$i.raw hdr=$dir/$i.headers body=$dir/$i.body
+        if ((i == 2)); then u0=$(upstream_requests); fi
+        curl -s --max-time 5 -D "$raw" -o "$body" "http://127.0.0.1:$port/" ||
+            die "$name: cache check GET $i of http://127.0.0.1:$port/ failed (curl exit $?)"
+        if ((i == 2)); then u1=$(upstream_requests); fi
+        tr -d '\r' <"$raw" >"$hdr"
+        status=$(head -n 1 "$hdr")
+        [[ $status =~ ^HTTP/[0-9.]+\ 200 ]] ||
+            die "$name: cache check GET $i -> '$status', want 200 (headers: $(tr '\n' ' ' <"$hdr"))"
+        cmp -s "$body" "$WORK/expected.body" ||
+            die "$name: cache check GET $i: body differs from the $EXPECTED_LEN-byte upstream body: $(head -c 200 "$body")"
+        xcs=$(hdr_val x-cache-status "$hdr")
+        if ((i == 1)); then warm=${xcs:-(none)}; fi
+    done
+    cst=$(hdr_val cache-status "$hdr")
+    xrt=$(hdr_val x-response-time "$hdr")
+    up=$(upstream_delta "${u0:-}" "${u1:-}")
+    if [[ ${xcs^^} != HIT ]]; then
+        die "$name: NOT A CACHE HIT: after a warm-up GET (X-Cache-Status: $warm) a second GET / answered X-Cache-Status: '${xcs:-(none)}', Cache-Status: '${cst:-(none)}', want HIT; refusing to benchmark cache misses (headers: $(tr '\n' ' ' <"$hdr"))"
+    fi
+    if [[ $up != n/a && $up -ne 0 ]]; then
+        die "$name: the second GET / said X-Cache-Status: HIT but the upstream counted $up request(s) meanwhile; refusing to benchmark (headers: $(tr '\n' ' ' <"$hdr"))"
+    fi
+    CACHE_NOTE[$name]="X-Cache-Status: $xcs${cst:+, Cache-Status: $cst}, upstream requests during that GET: $up"
+    log "$name: warm-up GET / -> X-Cache-Status: $warm; second GET / -> 200, X-Cache-Status: $xcs${cst:+, Cache-Status: $cst}, Cache-Control: $(hdr_val cache-control "$hdr"), body matches, upstream requests meanwhile: $up$(if [[ $name == tollgate ]]; then if [[ -n $xrt ]]; then echo ", X-Response-Time present"; else echo ", no X-Response-Time"; fi; fi)"
+}
+
 port_of() {
     case $1 in
     direct) echo "$UPSTREAM_PORT" ;;
@@ -723,8 +826,17 @@ cpu_pids() { # target -> pids whose CPU is charged to it
     esac
     [[ -n $pid ]] || return 0
     case $1 in
-    # nginx: the workers (children of the master) do the work.
-    direct | nginx) children_of "$pid" ;;
+    # nginx: the workers (children of the master) do the work. With proxy_cache the master also
+    # runs a cache manager (charged: it is part of the cache's cost) and a cache loader, which
+    # scans the cache dir once, about a minute after start, then exits (not charged: it would
+    # only show up as "a process exited during the run").
+    direct | nginx)
+        local c
+        for c in $(children_of "$pid"); do
+            if [[ $(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null) == *"cache loader"* ]]; then continue; fi
+            echo "$c"
+        done
+        ;;
     # The process itself, plus anything it spawned (e.g. a launcher wrapping envoy).
     *)
         echo "$pid"
@@ -760,6 +872,9 @@ declare -A V_RPS=() V_P50=() V_P99=() V_CPU=() V_STATUS=()
 declare -A R_RPS=() R_P50=() R_P99=() R_CPU=() R_STATUS=()
 # SCENARIO=gzip: bytes wrk read per response (headers + body), per round and median.
 declare -A V_BPR=() R_BPR=()
+# SCENARIO=cache: requests that reached the upstream during the measured run, per round and
+# the largest of the rounds.
+declare -A V_UPS=() R_UPS=()
 FAILED=0
 
 # Extra wrk arguments (warm-up and measured run): SCENARIO=gzip asks every target for gzip.
@@ -796,7 +911,7 @@ run_wrk() { # outfile wrk-args...
 
 run_load() { # name round
     local name=$1 round=$2 port url out rps p50 p99 total non2xx sockerr sockline status=ok bpr=""
-    local tag pids cpu0 cpu1 cpu
+    local tag pids cpu0 cpu1 cpu ups0="" ups1="" ups=""
     port=$(port_of "$name")
     url=http://127.0.0.1:$port/
     out=$WORK/$name.r$round.wrk.txt
@@ -808,10 +923,13 @@ run_load() { # name round
     pids=($(cpu_pids "$name"))
     [[ ${#pids[@]} -gt 0 ]] || log "$tag: no process found to charge CPU to; cpu us/req will be n/a"
     log "$tag: measure  wrk ${WRK_HDR_SHOW}-t$WRK_THREADS -c$CONNS -d$DURATION --latency $url  (cpu: pid(s) ${pids[*]:-none})"
+    # The upstream's counter is read outside the CPU window (it is a request to the upstream).
+    if [[ $SCENARIO == cache ]]; then ups0=$(upstream_requests); fi
     cpu0=$(cpu_ticks "${pids[@]+"${pids[@]}"}" | tr '\n' ' ')
     run_wrk "$out" "${WRK_HDR[@]+"${WRK_HDR[@]}"}" -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" ||
         die_with_log "$tag: wrk failed" "$out"
     cpu1=$(cpu_ticks "${pids[@]+"${pids[@]}"}" | tr '\n' ' ')
+    if [[ $SCENARIO == cache ]]; then ups1=$(upstream_requests); fi
 
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
@@ -849,12 +967,22 @@ run_load() { # name round
             fi
         fi
     fi
+    if [[ $SCENARIO == cache ]]; then
+        # The pre-load curl saw one hit; this checks the load itself. A proxy whose upstream
+        # saw more than 1% of the run's requests was not serving from cache (an entry
+        # refreshed at expiry costs a handful of requests, not thousands).
+        ups=$(upstream_delta "$ups0" "$ups1")
+        V_UPS[$name:$round]=$ups
+        if [[ $status == ok && $name != direct && $ups != n/a ]] && ((ups * 100 > total)); then
+            status="FAIL: not served from cache: the upstream got $ups of the $total requests"
+        fi
+    fi
     if [[ $status != ok ]]; then
         FAILED=1
         log "$tag: $status - raw wrk output follows"
         cat "$out" >&2
     fi
-    log "$tag: ${rps:-?} rps, p50 ${p50:-?}, p99 ${p99:-?}, ${total:-?} requests, $cpu cpu us/req${bpr:+, $bpr bytes read/response}"
+    log "$tag: ${rps:-?} rps, p50 ${p50:-?}, p99 ${p99:-?}, ${total:-?} requests, $cpu cpu us/req${bpr:+, $bpr bytes read/response}${ups:+, $ups request(s) reached the upstream}"
     V_RPS[$name:$round]=${rps:-}
     V_P50[$name:$round]=$(to_ms "$p50")
     V_P99[$name:$round]=$(to_ms "$p99")
@@ -893,6 +1021,8 @@ aggregate() { # name: medians over rounds into R_*, first failure into R_STATUS
     R_P99[$name]=$(median 3 "${p99[@]}")
     R_CPU[$name]=$(median 2 "${cpu[@]}")
     R_BPR[$name]=$(median 0 "${bpr[@]}")
+    R_UPS[$name]=$(for ((r = 1; r <= ROUNDS; r++)); do echo "${V_UPS[$name:$r]:-n/a}"; done |
+        awk '/^-?[0-9]+$/ { if (!seen || $1 + 0 > m) m = $1 + 0; seen = 1 } END { print seen ? m : "n/a" }')
     R_STATUS[$name]=$status
 }
 
@@ -937,6 +1067,14 @@ log "work dir $WORK; ports: upstream=$UPSTREAM_PORT nginx=$NGINX_PORT pingora=$P
 if [[ $SCENARIO == gzip ]]; then
     UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream-file.conf.in
     PROXY_TMPL=$SCRIPT_DIR/nginx/proxy-gzip.conf.in
+elif [[ $SCENARIO == cache ]]; then
+    UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream-cache.conf.in
+    PROXY_TMPL=$SCRIPT_DIR/nginx/proxy-cache.conf.in
+    if ((UPSTREAM_COUNTS == 0)); then
+        # No stub_status in this nginx: the same upstream without the counter location.
+        grep -v 'stub_status;' "$UPSTREAM_TMPL" >"$WORK/upstream-cache.nostub.conf.in"
+        UPSTREAM_TMPL=$WORK/upstream-cache.nostub.conf.in
+    fi
 else
     UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream.conf.in
     PROXY_TMPL=$SCRIPT_DIR/nginx/proxy.conf.in
@@ -953,8 +1091,11 @@ done
 
 for t in "${RUN[@]}"; do
     check_body "$t" "$(port_of "$t")"
-    if is_tollgate_target "$t"; then check_headers "$t" "$(port_of "$t")"; fi
+    # SCENARIO=cache: check_cache stands in for check_headers (whose HEAD would go through the
+    # cache too); it logs X-Response-Time for tollgate.
+    if is_tollgate_target "$t" && [[ $SCENARIO != cache ]]; then check_headers "$t" "$(port_of "$t")"; fi
     if [[ $SCENARIO == gzip ]]; then check_gzip "$t" "$(port_of "$t")"; fi
+    if [[ $SCENARIO == cache ]]; then check_cache "$t" "$(port_of "$t")"; fi
 done
 
 # ---------------------------------------------------------------- load
@@ -984,7 +1125,7 @@ metric_sum() { # metrics-file metric-name [label-substring] -> integer sum of th
 
 declare -A FEATURE_NOTE=()
 feature_check() { # name
-    local name=$1 mf=$WORK/$1.metrics reqs written dropped allowed limited problem="" note gz_in gz_out
+    local name=$1 mf=$WORK/$1.metrics reqs written dropped allowed limited problem="" note gz_in gz_out by_cache cache_samples
     if ! curl -fsS --max-time 5 -o "$mf" "http://127.0.0.1:${TG_ADMIN[$name]}/metrics"; then
         problem="could not read http://127.0.0.1:${TG_ADMIN[$name]}/metrics"
         note="/metrics unreadable"
@@ -1022,6 +1163,15 @@ feature_check() { # name
             fi
             ((gz_out > 0)) || problem="no gzip output counted (tollgate_compression_output_bytes_total{algorithm=\"gzip\"} is 0)"
         fi
+    fi
+    if [[ $SCENARIO == cache && -s $mf ]]; then
+        # Informational (not checked: the label values are the cache's own): requests by the
+        # request duration histogram's `cache` label, and any tollgate_cache_* samples.
+        by_cache=$(awk 'index($0, "tollgate_http_request_duration_seconds_count{") == 1 && match($0, /cache="[^"]*"/) {
+                v = substr($0, RSTART + 7, RLENGTH - 8); s[v] += $NF
+            } END { sep = ""; for (v in s) { printf "%s%s=%.0f", sep, v, s[v]; sep = " " } }' "$mf")
+        cache_samples=$(grep '^tollgate_cache' "$mf" | head -n 12 | tr '\n' ';' | sed 's/;$//; s/;/; /g' || true)
+        note+=", requests by cache label: ${by_cache:-none}, tollgate_cache_* samples: ${cache_samples:-none}"
     fi
     FEATURE_NOTE[$name]=$note
     log "$name: /metrics after the load: $note"
@@ -1071,6 +1221,23 @@ if [[ $SCENARIO == gzip ]]; then
     echo "- load: \`wrk -H 'Accept-Encoding: gzip' -t$WRK_THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/\` after a \`wrk -H 'Accept-Encoding: gzip' -t1 -c32 -d1s\` warm-up per target; $ROUNDS round(s), interleaved; table values are medians over rounds"
     echo "- cpu us/req: utime+stime (/proc/PID/stat, CLK_TCK=$CLK_TCK) of the proxy process(es) over the measured run / requests completed (nginx: its workers; direct: the upstream nginx workers)"
     echo "- bytes/resp: bytes wrk read per response (status line, headers and body) in the measured run; a target whose responses are not below the $EXPECTED_LEN-byte payload fails"
+elif [[ $SCENARIO == cache ]]; then
+    echo "## tollgate cache-hit load benchmark"
+    echo
+    echo "- scenario: cache (SCENARIO=cache): cache hits. The upstream answers with Cache-Control: max-age=$CACHE_MAX_AGE; nginx (proxy_cache) and tollgate (a caching route) store the response once and serve the load from cache; direct = the upstream itself, for reference"
+    echo "- command: \`$CMD\`"
+    echo "- body: $EXPECTED_LEN-byte JSON (application/json, Cache-Control: max-age=$CACHE_MAX_AGE: benches/nginx/upstream-cache.conf.in), one URL (GET /), HTTP/1.1 keep-alive, all on 127.0.0.1"
+    echo "- hit check before the load (a warm-up GET, then a GET that must answer X-Cache-Status: HIT with the body and reach no upstream): $(for t in "${RUN[@]}"; do if [[ -n ${CACHE_NOTE[$t]:-} ]]; then printf '%s: %s; ' "$t" "${CACHE_NOTE[$t]}"; fi; done | sed 's/; $//')"
+    echo "- nginx proxy (benches/nginx/proxy-cache.conf.in): proxy.conf.in + proxy_cache_path levels=1:2 keys_zone=tg:10m max_size=256m inactive=10m use_temp_path=off (files in the temp dir); proxy_cache tg; proxy_cache_key \$scheme\$host\$request_uri; proxy_cache_lock on; add_header X-Cache-Status \$upstream_cache_status; freshness from the origin's Cache-Control (no proxy_cache_valid)"
+    echo "- tollgate: same base config as the pass-through tollgate target (request metrics, X-Response-Time, access log) with cache: { max_size: 256MiB } and one route cached: { path_prefix: / } with cache: { ttl: 60s, scope: shared } (in-memory store; ttl only applies when the origin gives no freshness, so max-age=$CACHE_MAX_AGE governs)$(if want tollgate; then echo ", accepted by \`tollgate check\`"; else echo ' (not run: tollgate is not in TARGETS)'; fi)"
+    echo "- proxy workers (THREADS): $THREADS (nginx worker_processes, tollgate server.threads); upstream nginx workers: $UPSTREAM_WORKERS"
+    echo "- load: \`wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/\` after a \`wrk -t1 -c32 -d1s\` warm-up per target; $ROUNDS round(s), interleaved; table values are medians over rounds"
+    echo "- cpu us/req: utime+stime (/proc/PID/stat, CLK_TCK=$CLK_TCK) of the proxy process(es) over the measured run / requests completed (nginx: its workers and cache manager; direct: the upstream nginx workers)"
+    if ((UPSTREAM_COUNTS == 1)); then
+        echo "- upstream reqs/run: requests that reached the upstream during a measured run (its stub_status request counter read right before and after), the largest over the rounds; for direct that is the load itself, for a proxy it must stay at or below 1% of the run's requests (a cache-hit run: 0) or the target fails"
+    else
+        echo "- upstream reqs/run: n/a ($NGINX_BIN has no stub_status module); only the curl hit check shows the proxies serve from cache"
+    fi
 else
     echo "## tollgate pass-through load benchmark"
     echo
@@ -1105,7 +1272,16 @@ if [[ $SCENARIO == gzip ]]; then
         echo "| $t | ${R_RPS[$t]} | ${R_P50[$t]} | ${R_P99[$t]} | ${R_CPU[$t]} | ${R_BPR[$t]} | ${R_STATUS[$t]} |"
     done
     for t in "${SCENARIO_SKIPPED[@]+"${SCENARIO_SKIPPED[@]}"}"; do
-        echo "| $t | - | - | - | - | - | skipped (SCENARIO=gzip: $(gzip_skip_reason "$t")) |"
+        echo "| $t | - | - | - | - | - | skipped (SCENARIO=gzip: $(scenario_skip_reason "$t")) |"
+    done
+elif [[ $SCENARIO == cache ]]; then
+    echo "| target | rps | p50 (ms) | p99 (ms) | cpu us/req | upstream reqs/run | status |"
+    echo "|---|---:|---:|---:|---:|---:|---|"
+    for t in "${RUN[@]}"; do
+        echo "| $t | ${R_RPS[$t]} | ${R_P50[$t]} | ${R_P99[$t]} | ${R_CPU[$t]} | ${R_UPS[$t]} | ${R_STATUS[$t]} |"
+    done
+    for t in "${SCENARIO_SKIPPED[@]+"${SCENARIO_SKIPPED[@]}"}"; do
+        echo "| $t | - | - | - | - | - | skipped (SCENARIO=cache: $(scenario_skip_reason "$t")) |"
     done
 else
     echo "| target | rps | p50 (ms) | p99 (ms) | cpu us/req | status |"
@@ -1119,7 +1295,7 @@ else
 fi
 if ((ROUNDS > 1)); then
     echo
-    echo "Per round (rps / cpu us/req):"
+    echo "Per round (rps / cpu us/req$([[ $SCENARIO == cache ]] && echo ' / upstream reqs')):"
     echo
     hdr="| target |"
     sep="|---|"
@@ -1133,6 +1309,7 @@ if ((ROUNDS > 1)); then
         row="| $t |"
         for ((r = 1; r <= ROUNDS; r++)); do
             row+=" ${V_RPS[$t:$r]:-n/a} / ${V_CPU[$t:$r]:-n/a}"
+            if [[ $SCENARIO == cache ]]; then row+=" / ${V_UPS[$t:$r]:-n/a}"; fi
             [[ ${V_STATUS[$t:$r]:-ok} == ok ]] || row+=" (FAIL)"
             row+=" |"
         done
@@ -1144,6 +1321,10 @@ if [[ $SCENARIO == gzip ]]; then
     echo "tollgate/nginx rps ratio: $(ratio tollgate nginx)"
     echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu)"
     echo "tollgate/direct rps ratio: $(ratio tollgate direct)"
+elif [[ $SCENARIO == cache ]]; then
+    echo "tollgate/nginx rps ratio: $(ratio tollgate nginx) (goal: >= 1.00, at least nginx proxy_cache hits)"
+    echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu) (above 1: tollgate spends more CPU per cache hit)"
+    echo "tollgate/direct rps ratio: $(ratio tollgate direct) (direct: the upstream answering from a config string)"
 else
     echo "tollgate/nginx rps ratio: $(ratio tollgate nginx)"
     echo "tollgate/pingora rps ratio: $(ratio tollgate pingora)"
@@ -1158,6 +1339,6 @@ fi
 
 if [[ $FAILED -ne 0 ]]; then
     echo
-    echo "**FAILURES: at least one target returned non-2xx responses or socket errors, failed its feature check$([[ $SCENARIO == gzip ]] && echo ' or was not compressed under load'); the numbers above are not valid.**"
+    echo "**FAILURES: at least one target returned non-2xx responses or socket errors, failed its feature check$([[ $SCENARIO == gzip ]] && echo ' or was not compressed under load')$([[ $SCENARIO == cache ]] && echo ' or sent the load to the upstream instead of serving it from cache'); the numbers above are not valid.**"
     exit 1
 fi

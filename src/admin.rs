@@ -1,4 +1,5 @@
-//! The admin listener, on its own address: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener, on its own address: `/healthz`, `/readyz`, `/metrics`, and the
+//! token-protected `POST /cache/purge`.
 //!
 //! It is a separate Pingora service so that probes and scrapes never queue behind proxy
 //! traffic and the admin port can stay on loopback or a private interface.
@@ -65,12 +66,107 @@ async fn listeners_accepting(listen: &[SocketAddr]) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest purge request body read.
+const MAX_PURGE_BODY: usize = 64 * 1024;
+
+/// Compare secrets without an early exit, so timing does not leak how much of a guess matched.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminApp {
+    /// `POST /cache/purge`: check the admin token, read the JSON selector, remove entries.
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let config = self.config.load_full();
+        let Some(token) = config.source.admin.token.as_deref() else {
+            return json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "purge_disabled", "message": "admin actions are off: set `admin.token` (e.g. \"${TOLLGATE_ADMIN_TOKEN}\") to enable them"}),
+            );
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "unauthorized", "message": "send `Authorization: Bearer <admin.token>`"}),
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_PURGE_BODY {
+                        return json(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            serde_json::json!({"error": "too_large", "message": "purge requests are at most 64 KiB"}),
+                        );
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "bad_request", "message": format!("cannot read the body: {e}")}),
+                    )
+                }
+            }
+        }
+        let selector = serde_json::from_slice::<crate::cache::purge::PurgeRequest>(&body)
+            .map_err(|e| {
+                format!("the body must be a JSON object such as {{\"prefix\": \"/api/\"}}: {e}")
+            })
+            .and_then(|r| r.into_selector());
+        let selector = match selector {
+            Ok(s) => s,
+            Err(why) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "bad_purge_request", "message": why}),
+                )
+            }
+        };
+        let Some(cache) = crate::cache::get() else {
+            return json(StatusCode::OK, serde_json::json!({"purged": 0}));
+        };
+        let purged = selector.apply(cache.storage);
+        metrics::CACHE_PURGED_ENTRIES_TOTAL
+            .with_label_values(&["admin"])
+            .inc_by(purged as u64);
+        tracing::info!("cache purge {selector:?}: {purged} entries removed");
+        json(StatusCode::OK, serde_json::json!({"purged": purged}))
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();
+        if path == "/cache/purge" {
+            if method == http::Method::POST {
+                return self.purge(session).await;
+            }
+            let mut r = json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method_not_allowed", "message": "/cache/purge takes POST"}),
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            return r;
+        }
         if method != http::Method::GET && method != http::Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -103,7 +199,7 @@ impl ServeHttp for AdminApp {
             }
             _ => json(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /readyz, /metrics)")}),
+                serde_json::json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /readyz, /metrics, POST /cache/purge)")}),
             ),
         }
     }

@@ -5,6 +5,7 @@
 //! runnable Pingora server.
 
 pub mod admin;
+pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod demo;

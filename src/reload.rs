@@ -1,7 +1,8 @@
 //! Hot reload: on SIGHUP, or when the file's content changes (polled, which also catches the
 //! symlink swap Kubernetes does for ConfigMaps), load the file again and swap the config in.
 //! A file that fails validation is logged with every problem and the last good config keeps
-//! serving. Listener addresses and `server:` settings need a restart; a change there is logged.
+//! serving. Listener addresses, `server:` settings and the `cache:` store need a restart; a
+//! change there is logged.
 
 use crate::config::{self, RuntimeConfig};
 use crate::observe::metrics;
@@ -60,6 +61,13 @@ impl Reloader {
                     );
                     new.source.rate_limit.max_tracked_keys = old.source.rate_limit.max_tracked_keys;
                 }
+                if new.source.cache != self.boot.source.cache {
+                    tracing::warn!(
+                        "config reload: the `cache` section (max_size, max_object_size, \
+                         lock_timeout) takes effect only after a restart; the running cache is kept"
+                    );
+                    new.source.cache = self.boot.source.cache.clone();
+                }
                 if new.listen != old.listen
                     || new.admin_listen != old.admin_listen
                     || new.source.server != old.source.server
@@ -73,7 +81,8 @@ impl Reloader {
                     new.listen = old.listen.clone();
                     new.admin_listen = old.admin_listen;
                     new.source.listen = old.source.listen.clone();
-                    new.source.admin = old.source.admin.clone();
+                    // The admin token is not restart-only: rotating it takes effect at once.
+                    new.source.admin.listen = old.source.admin.listen.clone();
                     new.source.server = old.source.server.clone();
                 }
                 tracing::info!("config reloaded: {}", new.summary());

@@ -69,6 +69,7 @@ pub fn check_listeners(config: &RuntimeConfig) -> Result<(), String> {
 /// SIGHUP and when its content changes.
 pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::Result<Server> {
     crate::observe::metrics::init(&config.source.observability.latency_buckets);
+    crate::cache::init(&config.source.cache);
     let log_cfg = &config.source.observability.access_log;
     let access_log = if log_cfg.enabled {
         Some(

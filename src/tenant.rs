@@ -190,6 +190,12 @@ impl Identity {
         }
     }
 
+    /// Whether any caller can be identified as a tenant (tenants with keys, or a trusted tenant
+    /// header). Without, every caller is anonymous and tenant-scoped caches are shared.
+    pub fn identifies_tenants(&self) -> bool {
+        !self.by_key.is_empty() || self.tenant_header.is_some()
+    }
+
     /// Identify the caller of a request from `peer`, the TCP peer address.
     pub fn resolve(
         &self,

@@ -23,6 +23,8 @@ pub struct Route {
     pub limit: Option<RouteLimit>,
     /// Response compression; `None`: off on this route.
     pub compression: Option<crate::compress::Policy>,
+    /// Response caching; `None`: off on this route.
+    pub cache: Option<crate::cache::RoutePolicy>,
 }
 
 /// A route's rate-limit policy, compiled.
@@ -207,6 +209,7 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
                 upstream: upstreams[&r.upstream].clone(),
                 limit,
                 compression: r.compression.as_ref().map(crate::compress::Policy::new),
+                cache: r.cache.as_ref().map(crate::cache::RoutePolicy::new),
             });
             (
                 HostMatch::parse(r.matcher.host.as_deref()),

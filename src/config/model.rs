@@ -5,7 +5,7 @@
 //! durations as [`ConfigDuration`]); checking and indexing happen in `validate` and `compile`,
 //! which is what the proxy runs on (the River split: external schema outside, runtime shape inside).
 
-use super::units::ConfigDuration;
+use super::units::{ByteSize, ConfigDuration};
 use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -33,6 +33,107 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Metrics, timing headers and the access log.
     pub observability: ObservabilityConfig,
+    /// The response cache's store (routes opt in with their own `cache:`).
+    pub cache: CacheConfig,
+}
+
+/// Top-level `cache:` section: the in-memory store shared by every caching route.
+/// Restart-only: a reload keeps the running store (and warns).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Byte budget for stored responses (bodies, headers and per-entry bookkeeping).
+    /// Least recently used entries are evicted beyond it.
+    pub max_size: ByteSize,
+    /// Responses larger than this are passed through, not stored.
+    pub max_object_size: ByteSize,
+    /// How long a request waits for another request already fetching the same key (request
+    /// coalescing) before going to the upstream itself.
+    pub lock_timeout: ConfigDuration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: ByteSize::mib(256),
+            max_object_size: ByteSize::mib(8),
+            lock_timeout: ConfigDuration::from_secs(5),
+        }
+    }
+}
+
+/// `cache:` of a route: when and how its responses are stored and served.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteCacheConfig {
+    /// Freshness lifetime for responses whose origin gives none (no `max-age`, `s-maxage` or
+    /// `Expires`). Absent: only origin freshness counts, and a response with neither freshness
+    /// nor a validator is not stored.
+    pub ttl: Option<ConfigDuration>,
+    /// Serve a stale response at once while one background request refreshes it, this long
+    /// past expiry. The origin's `stale-while-revalidate` directive takes precedence.
+    pub stale_while_revalidate: ConfigDuration,
+    /// Serve a stale response when the upstream fails (down, timeout, 5xx), this long past
+    /// expiry. The origin's `stale-if-error` directive takes precedence.
+    pub stale_if_error: ConfigDuration,
+    /// `tenant`: entries of identified callers are keyed by tenant; `shared`: one entry for all.
+    pub scope: CacheScope,
+    /// Request methods served from cache (`GET`, `HEAD`).
+    pub methods: Vec<String>,
+    /// Response statuses that may be stored.
+    pub statuses: Vec<u16>,
+    /// How the query string enters the key: `keep` (as sent), `sort` (parameters sorted),
+    /// `ignore` (dropped).
+    pub query: QueryKey,
+    /// Store responses that carry `Set-Cookie` (the cookie is stored too and replayed to
+    /// every caller of the key: only for cookies that are not per-user).
+    pub store_set_cookie: bool,
+    /// A successful (2xx) POST/PUT/PATCH/DELETE through this route removes the cached entries
+    /// of the same path (tenant's scope and the shared scope).
+    pub invalidate_on_mutation: bool,
+    /// Path prefixes whose entries a successful mutation also removes (e.g. a list endpoint).
+    pub invalidate_prefixes: Vec<String>,
+}
+
+impl Default for RouteCacheConfig {
+    fn default() -> Self {
+        RouteCacheConfig {
+            ttl: None,
+            stale_while_revalidate: ConfigDuration::from_secs(0),
+            stale_if_error: ConfigDuration::from_secs(0),
+            scope: CacheScope::Tenant,
+            methods: vec!["GET".into(), "HEAD".into()],
+            // RFC 9110 §15.1: statuses cacheable by default (206 aside: ranges are cut from
+            // whole stored responses instead).
+            statuses: vec![200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501],
+            query: QueryKey::Keep,
+            store_set_cookie: false,
+            invalidate_on_mutation: true,
+            invalidate_prefixes: Vec::new(),
+        }
+    }
+}
+
+/// Whose entry a cached response is.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// Identified tenants get their own entries; anonymous callers share one.
+    Tenant,
+    /// One entry per URL for everybody.
+    Shared,
+}
+
+/// How the query string enters the cache key.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryKey {
+    /// As the client sent it.
+    Keep,
+    /// Parameters sorted, so `?b=1&a=2` and `?a=2&b=1` share an entry.
+    Sort,
+    /// Dropped: every query string shares the path's entry.
+    Ignore,
 }
 
 /// `observability:` section.
@@ -106,12 +207,17 @@ pub struct AdminConfig {
     /// Address of the admin listener. Keep it on loopback or a private interface.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Bearer token required by admin actions (`POST /cache/purge`); write it as
+    /// `${TOLLGATE_ADMIN_TOKEN}`. Absent: admin actions are refused.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            token: None,
         }
     }
 }
@@ -237,6 +343,9 @@ pub struct RouteConfig {
     /// Response compression on this route. Absent: responses pass as the upstream sent them.
     #[serde(default)]
     pub compression: Option<CompressionConfig>,
+    /// Response caching on this route. Absent: nothing is cached.
+    #[serde(default)]
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// `compression:` of a route.

@@ -25,6 +25,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "tenants",
     "rate_limit",
     "observability",
+    "cache",
 ];
 
 /// Result of the structural pass: what could be read, plus the names of upstream groups that
@@ -120,6 +121,7 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
         tenants: IndexMap::new(),
         rate_limit: RateLimitConfig::default(),
         observability: Default::default(),
+        cache: Default::default(),
     };
     let mut upstream_names = Vec::new();
     let mut tier_names = Vec::new();
@@ -210,6 +212,11 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
                     config.observability = o;
                 }
             }
+            "cache" => {
+                if let Some(c) = section(value, "cache", errors) {
+                    config.cache = c;
+                }
+            }
             "tiers" => {
                 let Some(entries) = mapping_of(value, "tiers", errors) else {
                     continue;
@@ -272,6 +279,7 @@ fn placeholder_route() -> RouteConfig {
         upstream: String::new(),
         rate_limit: None,
         compression: None,
+        cache: None,
     }
 }
 

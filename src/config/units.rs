@@ -1,4 +1,5 @@
-//! Human-friendly units used in the YAML schema: durations written `250ms`, `30s`, `5m`, `1h`.
+//! Human-friendly units used in the YAML schema: durations written `250ms`, `30s`, `5m`, `1h`,
+//! and byte sizes written `512KiB`, `256MiB`, `1GiB` (or a bare number of bytes).
 //!
 //! A bare number is rejected on purpose: `timeout: 30` is ambiguous (seconds? ms?) and the
 //! 3 a.m. reader of a config file should never have to guess.
@@ -83,9 +84,109 @@ impl fmt::Display for ConfigDuration {
     }
 }
 
+/// A size in bytes from the config file: a bare integer (bytes) or a number with a unit:
+/// `B`, `KB`/`MB`/`GB` (powers of 1000) or `KiB`/`MiB`/`GiB` (powers of 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Build from mebibytes.
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+/// Parse `256MiB`, `10MB`, `512KiB`, `1GiB`, `4096`. Returns a message fit for a config error.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let mult: u64 = match unit {
+        "" | "B" | "b" => 1,
+        "KB" | "kB" | "kb" => 1000,
+        "MB" | "mb" => 1000 * 1000,
+        "GB" | "gb" => 1000 * 1000 * 1000,
+        "KiB" | "K" | "k" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        "GiB" | "G" => 1024 * 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "invalid size `{t}`: units are B, KB, MB, GB, KiB, MiB, GiB (e.g. `256MiB`)"
+            ))
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size `{t}`: expected a number and a unit, e.g. `256MiB`"))?;
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("invalid size `{t}`: out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as `256MiB`, `10MB` or a number of bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_byte_size(v).map(ByteSize).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("invalid size `{v}`: must not be negative")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        const MIB: u64 = 1024 * 1024;
+        match self.0 {
+            b if b >= MIB && b % MIB == 0 => write!(f, "{}MiB", b / MIB),
+            b if b >= 1024 && b % 1024 == 0 => write!(f, "{}KiB", b / 1024),
+            b => write!(f, "{b}B"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("256MiB").unwrap(), 256 * 1024 * 1024);
+        assert_eq!(parse_byte_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_byte_size("512 KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_byte_size("4096").unwrap(), 4096);
+        assert_eq!(parse_byte_size("1.5GiB").unwrap(), 3 * 512 * 1024 * 1024);
+        assert!(parse_byte_size("12 parsecs").is_err());
+        assert!(parse_byte_size("MiB").is_err());
+    }
 
     #[test]
     fn parses_common_units() {

@@ -21,7 +21,11 @@ pub fn validate(
         if let Some(c) = &r.compression {
             validate_compression(c, &format!("routes[{i}].compression"), errors);
         }
+        if let Some(c) = &r.cache {
+            validate_route_cache(c, &format!("routes[{i}].cache"), errors);
+        }
     }
+    validate_cache_store(config, errors);
     for (i, l) in config.listen.iter().enumerate() {
         let path = if config.listen.len() == 1 {
             "listen".to_string()
@@ -245,6 +249,108 @@ fn validate_compression(
             errors.push(ConfigError::at(
                 format!("{base}.content_types[{i}]"),
                 format!("`{t}` is not a content type: write `text/html`, `text/*` or `+json`"),
+            ));
+        }
+    }
+}
+
+/// The store's budget, object cap and lock timeout; the admin token.
+fn validate_cache_store(config: &Config, errors: &mut Vec<ConfigError>) {
+    let c = &config.cache;
+    if c.max_size.bytes() < 1024 * 1024 {
+        errors.push(ConfigError::at(
+            "cache.max_size",
+            format!(
+                "{} is too small for a cache: give at least 1MiB",
+                c.max_size
+            ),
+        ));
+    }
+    if c.max_object_size.bytes() == 0 {
+        errors.push(ConfigError::at(
+            "cache.max_object_size",
+            "must be more than 0 bytes",
+        ));
+    } else if c.max_object_size.bytes() > c.max_size.bytes() / 2 {
+        errors.push(ConfigError::at(
+            "cache.max_object_size",
+            format!(
+                "{} is more than half of cache.max_size ({}): one object would evict most of the cache",
+                c.max_object_size, c.max_size
+            ),
+        ));
+    }
+    if c.lock_timeout.get().is_zero() {
+        errors.push(ConfigError::at(
+            "cache.lock_timeout",
+            "must be more than 0 (requests for a key being fetched wait at most this long)",
+        ));
+    }
+    if let Some(t) = &config.admin.token {
+        if t.trim().is_empty() {
+            errors.push(ConfigError::at(
+                "admin.token",
+                "is empty: set the variable it names (e.g. TOLLGATE_ADMIN_TOKEN) or remove the key",
+            ));
+        }
+    }
+}
+
+/// Methods, statuses, durations and prefixes of a route's `cache:`.
+fn validate_route_cache(
+    c: &super::model::RouteCacheConfig,
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if c.ttl.is_some_and(|t| t.get().is_zero()) {
+        errors.push(ConfigError::at(
+            format!("{base}.ttl"),
+            "must be more than 0s (remove it to use only the origin's freshness)",
+        ));
+    }
+    if c.methods.is_empty() {
+        errors.push(ConfigError::at(
+            format!("{base}.methods"),
+            "list at least one method (GET, HEAD)",
+        ));
+    }
+    for (i, m) in c.methods.iter().enumerate() {
+        if !m.eq_ignore_ascii_case("GET") && !m.eq_ignore_ascii_case("HEAD") {
+            errors.push(ConfigError::at(
+                format!("{base}.methods[{i}]"),
+                format!(
+                    "`{m}` responses cannot be cached: only GET and HEAD are (RFC 9110 §9.2.3)"
+                ),
+            ));
+        }
+    }
+    if c.statuses.is_empty() {
+        errors.push(ConfigError::at(
+            format!("{base}.statuses"),
+            "list at least one status (e.g. 200)",
+        ));
+    }
+    for (i, st) in c.statuses.iter().enumerate() {
+        let why = match st {
+            s if !(200..=599).contains(s) => Some("is not a final response status (200-599)"),
+            206 => {
+                Some("partial responses are not stored: ranges are cut from whole stored responses")
+            }
+            304 => Some("a 304 refreshes a stored response; it is never stored itself"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            errors.push(ConfigError::at(
+                format!("{base}.statuses[{i}]"),
+                format!("{st} {why}"),
+            ));
+        }
+    }
+    for (i, p) in c.invalidate_prefixes.iter().enumerate() {
+        if !p.starts_with('/') {
+            errors.push(ConfigError::at(
+                format!("{base}.invalidate_prefixes[{i}]"),
+                format!("`{p}` must start with `/`"),
             ));
         }
     }

@@ -190,6 +190,94 @@ pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> =
 pub static ACCESS_LOG_SAMPLED_OUT: Lazy<IntCounter> =
     Lazy::new(|| ACCESS_LOG_LINES_TOTAL.with_label_values(&["sampled_out"]));
 
+/// `tollgate_cache_requests_total{route,status}`: what the cache did per request on caching
+/// routes (`hit`, `updating`, `stale`, `miss`, `expired`, `revalidated`, `bypass`).
+pub static CACHE_REQUESTS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_cache_requests_total",
+        "Requests on caching routes by cache outcome.",
+        &["route", "status"],
+    )
+});
+
+/// `tollgate_cache_background_revalidations_total{route,outcome}`: stale-while-revalidate
+/// refreshes run in the background (`refreshed`: new response stored, `revalidated`: 304,
+/// `failed`: upstream error or uncacheable answer).
+pub static CACHE_BACKGROUND_REVALIDATIONS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_cache_background_revalidations_total",
+        "Background (stale-while-revalidate) refreshes by outcome.",
+        &["route", "outcome"],
+    )
+});
+
+/// `tollgate_cache_purged_entries_total{reason}`: entries removed by `admin` purges and by
+/// successful `mutation`s.
+pub static CACHE_PURGED_ENTRIES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_cache_purged_entries_total",
+        "Cache entries removed by admin purges and by mutations.",
+        &["reason"],
+    )
+});
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric");
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+}
+
+/// `tollgate_cache_used_bytes`: bytes the cache store accounts for (bodies, headers, bookkeeping).
+pub static CACHE_USED_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "tollgate_cache_used_bytes",
+        "Bytes held by the response cache (bodies, headers and per-entry bookkeeping).",
+    )
+});
+
+/// `tollgate_cache_max_bytes`: the store's budget (`cache.max_size`).
+pub static CACHE_MAX_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "tollgate_cache_max_bytes",
+        "Byte budget of the response cache (cache.max_size).",
+    )
+});
+
+/// `tollgate_cache_entries`: responses stored (each Vary variant counts).
+pub static CACHE_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "tollgate_cache_entries",
+        "Responses held by the response cache (each Vary variant counts).",
+    )
+});
+
+/// `tollgate_cache_evictions_total`: entries evicted to stay within the byte budget.
+pub static CACHE_EVICTIONS_TOTAL: Lazy<IntCounter> = Lazy::new(|| {
+    let c = IntCounter::new(
+        "tollgate_cache_evictions_total",
+        "Cache entries evicted (least recently used) to stay within the byte budget.",
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(c.clone())).expect("register");
+    c
+});
+
+/// Copy the cache store's figures into their metrics (called at each scrape: the store keeps
+/// them in atomics, so the hot path pays nothing for them).
+fn publish_cache_stats() {
+    let Some(cache) = crate::cache::get() else {
+        return;
+    };
+    let s = cache.storage.stats();
+    CACHE_USED_BYTES.set(s.used_bytes as i64);
+    CACHE_MAX_BYTES.set(s.max_bytes as i64);
+    CACHE_ENTRIES.set(s.entries as i64);
+    let seen = CACHE_EVICTIONS_TOTAL.get();
+    if s.evicted_entries > seen {
+        CACHE_EVICTIONS_TOTAL.inc_by(s.evicted_entries - seen);
+    }
+}
+
 /// Register every metric. Metrics without labels (and the pre-created series: build info,
 /// reload results, access log outcomes) show on `/metrics` at once; labelled ones appear with
 /// their first series (the prometheus crate exposes no empty families). `buckets` sets the
@@ -220,6 +308,13 @@ pub fn init(buckets: &[f64]) {
     Lazy::force(&ACCESS_LOG_WRITTEN);
     Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&ACCESS_LOG_SAMPLED_OUT);
+    Lazy::force(&CACHE_REQUESTS_TOTAL);
+    Lazy::force(&CACHE_BACKGROUND_REVALIDATIONS_TOTAL);
+    Lazy::force(&CACHE_PURGED_ENTRIES_TOTAL);
+    Lazy::force(&CACHE_USED_BYTES);
+    Lazy::force(&CACHE_MAX_BYTES);
+    Lazy::force(&CACHE_ENTRIES);
+    Lazy::force(&CACHE_EVICTIONS_TOTAL);
     for r in ["success", "failure"] {
         CONFIG_RELOADS_TOTAL.with_label_values(&[r]);
     }
@@ -227,6 +322,7 @@ pub fn init(buckets: &[f64]) {
 
 /// The Prometheus text exposition of the registry.
 pub fn render() -> Vec<u8> {
+    publish_cache_stats();
     let mut buf = Vec::with_capacity(16 * 1024);
     TextEncoder::new()
         .encode(&REGISTRY.gather(), &mut buf)

@@ -41,6 +41,23 @@ pub struct RequestCtx {
     pub client_accept_encoding: Option<Option<http::HeaderValue>>,
     /// The error code when tollgate answered with an error of its own (404, 400, 401, 429).
     pub own_error: Option<&'static str>,
+    /// This is a background stale-while-revalidate refresh, not a client's request.
+    pub background: bool,
+    /// What this request's cache entry is (scope, host, path, query): set when the route
+    /// caches and the request uses the cache.
+    pub cache_tag: Option<crate::cache::storage::EntryTag>,
+    /// The request carries `Authorization` outside a tenant scope (RFC 9111 §3.5 applies).
+    pub cache_auth_restricted: bool,
+    /// The upstream response was found storable.
+    pub cache_stored: bool,
+    /// Why the cache was not used or the response not stored (`Cache-Status` detail).
+    pub cache_detail: Option<&'static str>,
+    /// The status of the upstream error that made a stale response be served (0: no status).
+    pub cache_stale_error: Option<u16>,
+    /// What the cache did, once the response started.
+    pub cache_outcome: Option<crate::cache::status::Outcome>,
+    /// Status of the last upstream response headers.
+    pub upstream_status: Option<u16>,
     /// Counts this request in `tollgate_http_requests_in_flight` until dropped.
     _in_flight: InFlight,
 }
@@ -64,6 +81,14 @@ impl RequestCtx {
             own_error: None,
             compress: None,
             client_accept_encoding: None,
+            background: false,
+            cache_tag: None,
+            cache_auth_restricted: false,
+            cache_stored: false,
+            cache_detail: None,
+            cache_stale_error: None,
+            cache_outcome: None,
+            upstream_status: None,
             _in_flight: InFlight::start(),
         }
     }

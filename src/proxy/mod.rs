@@ -3,9 +3,14 @@
 //!
 //! Phase order for one request (see Pingora's `proxy_trait.rs`):
 //! `new_ctx` (config snapshot) -> `early_request_filter` (request id, route) -> `request_filter`
-//! (404 / 400 answered here) -> `upstream_peer` (endpoint) -> `upstream_request_filter`
-//! (forwarding headers) -> `response_filter` (request id back, hop-by-hop) -> `logging` (metrics).
+//! (404 / 400 / 401 / 429 answered here) -> `request_cache_filter`, `cache_key_callback`, cache
+//! lookup (hits, stale and coalesced requests are served from here) -> `upstream_peer`
+//! (endpoint) -> `upstream_request_filter` (forwarding headers) -> `upstream_response_filter`
+//! -> `response_cache_filter` (store or not) -> `response_filter` (request id back,
+//! hop-by-hop, Cache-Status) -> `logging` (metrics). Stale-while-revalidate refreshes run the
+//! same phases as a background subrequest (`ctx.background`).
 
+pub mod caching;
 pub mod ctx;
 pub mod errors;
 pub mod headers;
@@ -20,6 +25,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
 use errors::ProxyError;
+use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::modules::http::compression::ResponseCompression;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
@@ -61,7 +67,7 @@ fn round3(ms: f64) -> f64 {
 }
 
 /// The host the client asked for: `Host` (HTTP/1.1) or the URI authority (HTTP/2, absolute-form).
-fn request_host(req: &RequestHeader) -> Option<&str> {
+pub(crate) fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -90,6 +96,7 @@ impl ProxyHttp for Tollgate {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.background = session.subrequest_ctx.is_some();
         let req = session.req_header();
         ctx.request_id = request_id::accept_or_generate(
             req.headers.get(request_id::HEADER).map(|v| v.as_bytes()),
@@ -105,7 +112,7 @@ impl ProxyHttp for Tollgate {
             }
         }
         let req = session.req_header();
-        if ctx.route.as_ref().is_some_and(|r| r.limit.is_some()) {
+        if ctx.route.as_ref().is_some_and(|r| r.limit.is_some()) || caching::needs_caller(ctx) {
             let peer = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -141,7 +148,12 @@ impl ProxyHttp for Tollgate {
             errors::respond_with(session, h, body, &ctx.request_id).await?;
             return Ok(true);
         }
-        if let Some(caller) = &ctx.caller {
+        // A background refresh is tollgate's own request: it costs the caller nothing.
+        if let Some(caller) = ctx
+            .caller
+            .as_ref()
+            .filter(|_| !ctx.background && route.limit.is_some())
+        {
             let now = crate::ratelimit::unix_nanos_now();
             ctx.limit = limit::decide(self.limiter.as_ref(), &ctx.config, &route, caller, now);
             if let Some(applied) = ctx.limit.as_ref().filter(|a| a.refuses()) {
@@ -156,6 +168,42 @@ impl ProxyHttp for Tollgate {
             }
         }
         Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        caching::enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        caching::cache_key(session, ctx)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<pingora_cache::key::HashBinary> {
+        caching::variance(meta, ctx, req)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(caching::decide(resp, ctx))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        caching::serve_stale(ctx, error)
     }
 
     async fn upstream_peer(
@@ -195,10 +243,12 @@ impl ProxyHttp for Tollgate {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        caching::invalidate_after_mutation(session, upstream_response, ctx);
         if let (Some(started), Some(route)) = (ctx.upstream_started, &ctx.route) {
             let ttfb = started.elapsed();
             ctx.upstream_ttfb = Some(ttfb);
@@ -267,6 +317,9 @@ impl ProxyHttp for Tollgate {
             }
         }
         headers::strip_response_hop_by_hop(upstream_response);
+        if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
+            caching::add_status_headers(session, upstream_response, ctx)?;
+        }
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         let obs = &ctx.config.source.observability;
         if obs.response_time_header || obs.server_timing_header {
@@ -335,6 +388,10 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.background {
+            caching::log_background(session, ctx);
+            return;
+        }
         let elapsed = ctx.started.elapsed();
         // An attempt that connected but got no response headers ended in an error: the
         // upstream's, unless the client went away first (not the upstream's fault).
@@ -364,9 +421,15 @@ impl ProxyHttp for Tollgate {
             Some(_) => "other",
         };
         let bytes = session.body_bytes_sent();
+        let cache = ctx.cache_outcome.map_or("none", |o| o.label());
+        if let Some(outcome) = ctx.cache_outcome {
+            metrics::CACHE_REQUESTS_TOTAL
+                .with_label_values(&[route, outcome.label()])
+                .inc();
+        }
         if ctx.config.source.observability.request_metrics {
             metrics::http_request_duration()
-                .with_label_values(&[route, method, class, tier, "none"])
+                .with_label_values(&[route, method, class, tier, cache])
                 .observe(elapsed.as_secs_f64());
             metrics::HTTP_REQUESTS_TOTAL
                 .with_label_values(&[route, method, class, tenant])
@@ -416,7 +479,7 @@ impl ProxyHttp for Tollgate {
             upstream_ms: ctx.upstream_ttfb.map(|d| round3(millis(d))),
             upstream: ctx.endpoint.clone(),
             attempts: ctx.attempts,
-            cache: "none",
+            cache,
             ratelimit: match &ctx.limit {
                 None => "none",
                 Some(a) if a.decision.allowed => "allowed",

@@ -8,6 +8,7 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod origin;
 pub mod upstream;
 
 #[allow(unused_imports)]
@@ -59,8 +60,8 @@ pub struct Tollgate {
 }
 
 /// Fill in `listen`, `admin` and (unless the YAML has its own) a test-friendly `server` section.
-fn full_config(body: &str, addr: SocketAddr, admin: SocketAddr) -> String {
-    let mut out = format!("listen: {addr}\nadmin:\n  listen: {admin}\n");
+fn full_config(body: &str, admin_extra: &str, addr: SocketAddr, admin: SocketAddr) -> String {
+    let mut out = format!("listen: {addr}\nadmin:\n  listen: {admin}\n{admin_extra}");
     if !body.lines().any(|l| l.starts_with("server:")) {
         out.push_str("server:\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 1s\n  watch_interval: 0s\n");
     }
@@ -76,12 +77,22 @@ impl Tollgate {
 
     /// Like [`Tollgate::start`], with extra environment variables for `${VAR}` interpolation.
     pub async fn start_with_env(body: &str, env: &[(&str, &str)]) -> Tollgate {
+        Self::start_with_env_admin(body, "", env).await
+    }
+
+    /// Like [`Tollgate::start_with_env`], with more keys for the `admin:` section the harness
+    /// writes (indented lines, e.g. `"  token: x\n"`).
+    pub async fn start_with_env_admin(
+        body: &str,
+        admin_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Tollgate {
         for attempt in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let config_path = dir.path().join("tollgate.yaml");
-            std::fs::write(&config_path, full_config(body, addr, admin)).unwrap();
+            std::fs::write(&config_path, full_config(body, admin_extra, addr, admin)).unwrap();
             let log_path = dir.path().join("tollgate.log");
             let log = std::fs::File::create(&log_path).unwrap();
             let child = Command::new(bin())
@@ -243,7 +254,7 @@ impl Tollgate {
     /// Overwrite the config file with a new body (same listen/admin), as an operator would.
     pub fn write_config(&self, body: &str) {
         let tmp = self.config_path.with_extension("tmp");
-        std::fs::write(&tmp, full_config(body, self.addr, self.admin)).unwrap();
+        std::fs::write(&tmp, full_config(body, "", self.addr, self.admin)).unwrap();
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
@@ -328,7 +339,13 @@ pub async fn expect_events_one_by_one(
 
 /// Run `tollgate check FILE`: (exit code, stdout, stderr).
 pub fn check_file(path: &Path) -> (i32, String, String) {
-    let out = Command::new(bin()).arg("check").arg(path).output().unwrap();
+    // The secrets the shipped examples ask the operator to provide.
+    let out = Command::new(bin())
+        .arg("check")
+        .arg(path)
+        .env("TOLLGATE_ADMIN_TOKEN", "example-token")
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,0 +1,120 @@
+//! The response cache: Pingora's `HttpCache` state machine (lookup, coalescing lock,
+//! stale-while-revalidate, stale-if-error, revalidation) over tollgate's own bounded store.
+//!
+//! - [`storage`]: the in-memory store, bounded in bytes with LRU eviction and an index for purges.
+//! - [`key`]: cache keys (method, host, path, query as configured, scope) and `Vary` variance.
+//! - [`policy`]: RFC 9111 storage and freshness decisions as pure functions over headers.
+//! - [`status`]: the `Cache-Status` (RFC 9211) and `X-Cache-Status` answers.
+//! - [`purge`]: admin purges and invalidation by successful mutations.
+//!
+//! The store and the cache lock are process-wide (`&'static`, as Pingora requires): they are
+//! created once by [`init`] and survive config reloads, so a reload never empties the cache.
+
+pub mod key;
+pub mod policy;
+pub mod purge;
+pub mod status;
+pub mod storage;
+
+use crate::config::model::{CacheConfig, CacheScope, QueryKey, RouteCacheConfig};
+use once_cell::sync::OnceCell;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use std::sync::Arc;
+use std::time::Duration;
+use storage::MemoryStorage;
+
+/// The process-wide cache: store, lock and the limits they were built with.
+pub struct Cache {
+    /// Where responses live.
+    pub storage: &'static MemoryStorage,
+    /// Coalesces concurrent misses (and revalidations) of one key into one upstream request.
+    pub lock: &'static CacheKeyLockImpl,
+    /// Largest body stored.
+    pub max_object_size: usize,
+    /// How long a request waits on another's fetch of the same key.
+    pub lock_timeout: Duration,
+}
+
+static CACHE: OnceCell<Cache> = OnceCell::new();
+
+/// Create the process-wide cache from the `cache:` section. Later calls keep the first one:
+/// the store's size is fixed for the life of the process (a reload warns about changes).
+pub fn init(config: &CacheConfig) -> &'static Cache {
+    CACHE.get_or_init(|| Cache {
+        storage: Box::leak(Box::new(MemoryStorage::new(
+            config.max_size.bytes() as usize
+        ))),
+        // A writer holding the lock longer than this lets readers compete again.
+        lock: Box::leak(CacheLock::new_boxed(config.lock_timeout.get())),
+        max_object_size: config.max_object_size.bytes() as usize,
+        lock_timeout: config.lock_timeout.get(),
+    })
+}
+
+/// The process-wide cache, if [`init`] ran.
+pub fn get() -> Option<&'static Cache> {
+    CACHE.get()
+}
+
+/// A route's cache policy, compiled from its `cache:`.
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    /// Freshness when the origin gives none; `None`: origin freshness only.
+    pub ttl: Option<Duration>,
+    /// Default stale-while-revalidate window (seconds) when the origin names none.
+    pub stale_while_revalidate: u32,
+    /// Default stale-if-error window (seconds) when the origin names none.
+    pub stale_if_error: u32,
+    /// Per-tenant or shared entries.
+    pub scope: CacheScope,
+    /// GET requests use the cache.
+    pub get: bool,
+    /// HEAD requests use the cache (served from the GET entry).
+    pub head: bool,
+    /// Statuses that may be stored.
+    pub statuses: Vec<u16>,
+    /// Query string handling in the key.
+    pub query: QueryKey,
+    /// Store responses carrying `Set-Cookie`.
+    pub store_set_cookie: bool,
+    /// Successful mutations invalidate the path's entries.
+    pub invalidate_on_mutation: bool,
+    /// Extra prefixes a successful mutation invalidates.
+    pub invalidate_prefixes: Vec<Arc<str>>,
+}
+
+fn secs_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+impl RoutePolicy {
+    /// Compile a validated route `cache:` section.
+    pub fn new(c: &RouteCacheConfig) -> Self {
+        RoutePolicy {
+            ttl: c.ttl.map(|t| t.get()),
+            stale_while_revalidate: secs_u32(c.stale_while_revalidate.get()),
+            stale_if_error: secs_u32(c.stale_if_error.get()),
+            scope: c.scope,
+            get: c.methods.iter().any(|m| m.eq_ignore_ascii_case("GET")),
+            head: c.methods.iter().any(|m| m.eq_ignore_ascii_case("HEAD")),
+            statuses: c.statuses.clone(),
+            query: c.query,
+            store_set_cookie: c.store_set_cookie,
+            invalidate_on_mutation: c.invalidate_on_mutation,
+            invalidate_prefixes: c
+                .invalidate_prefixes
+                .iter()
+                .map(|p| Arc::from(p.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Does this request method use the cache?
+    pub fn serves(&self, method: &http::Method) -> bool {
+        match *method {
+            http::Method::GET => self.get,
+            http::Method::HEAD => self.head,
+            _ => false,
+        }
+    }
+}

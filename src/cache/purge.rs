@@ -1,0 +1,234 @@
+//! Invalidation: admin purges (`POST /cache/purge`) and the removal of a path's entries after a
+//! successful mutation through the proxy.
+//!
+//! Admin purge body (JSON), one selector at least:
+//! - `{"url": "/api/models?id=1"}`: that path with that query (as sent, or sorted); a `url`
+//!   without a query removes every query of the path. Full URLs (`http://host/path`) work too
+//!   and set `host`.
+//! - `{"prefix": "/api/models"}`: every path starting with it.
+//! - `{"tenant": "acme"}`: every entry of that tenant; with `url` or `prefix`, narrows them to it.
+//! - `{"shared": true}`: only entries shared by all callers (not a tenant's).
+//! - `{"host": "api.example"}`: narrows to one host.
+//! - `{"all": true}`: everything.
+
+use super::key::{normalize_query, tenant_scope, SHARED};
+use super::storage::{EntryTag, MemoryStorage};
+use super::RoutePolicy;
+use crate::config::model::QueryKey;
+use serde::Deserialize;
+
+/// A parsed admin purge request.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Exact path (and query, if given), or a full URL.
+    pub url: Option<String>,
+    /// Path prefix.
+    pub prefix: Option<String>,
+    /// Only this tenant's entries.
+    pub tenant: Option<String>,
+    /// Only the shared entries.
+    #[serde(default)]
+    pub shared: bool,
+    /// Only this host's entries.
+    pub host: Option<String>,
+    /// Everything.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// A purge request checked and normalized into a filter over entry tags.
+#[derive(Debug, PartialEq)]
+pub struct Selector {
+    path: Option<String>,
+    query: Option<String>,
+    prefix: Option<String>,
+    scope: Option<String>,
+    host: Option<String>,
+}
+
+impl PurgeRequest {
+    /// Check the request: a clear message for what is wrong.
+    pub fn into_selector(self) -> Result<Selector, String> {
+        if self.url.is_none() && self.prefix.is_none() && self.tenant.is_none() && !self.shared {
+            if self.all {
+                return Ok(Selector {
+                    path: None,
+                    query: None,
+                    prefix: None,
+                    scope: None,
+                    host: self.host.map(|h| h.to_ascii_lowercase()),
+                });
+            }
+            return Err(
+                "name what to purge: `url`, `prefix`, `tenant` or `shared` (or `all: true`)".into(),
+            );
+        }
+        if self.url.is_some() && self.prefix.is_some() {
+            return Err("give `url` or `prefix`, not both".into());
+        }
+        if self.tenant.is_some() && self.shared {
+            return Err("give `tenant` or `shared: true`, not both".into());
+        }
+        let mut host = self.host.map(|h| h.to_ascii_lowercase());
+        let (mut path, mut query) = (None, None);
+        if let Some(url) = self.url {
+            let rest = match url.split_once("://") {
+                Some((_, after)) => {
+                    let (authority, p) = match after.find('/') {
+                        Some(i) => after.split_at(i),
+                        None => (after, "/"),
+                    };
+                    host = Some(super::key::normalize_host(Some(authority)));
+                    p.to_string()
+                }
+                None => url,
+            };
+            if !rest.starts_with('/') {
+                return Err(format!(
+                    "`url` must be a path starting with `/` or a full URL, got `{rest}`"
+                ));
+            }
+            match rest.split_once('?') {
+                Some((p, q)) => {
+                    path = Some(p.to_string());
+                    query = Some(q.to_string());
+                }
+                None => path = Some(rest),
+            }
+        }
+        if let Some(p) = &self.prefix {
+            if !p.starts_with('/') {
+                return Err(format!("`prefix` must start with `/`, got `{p}`"));
+            }
+        }
+        let scope = match (self.tenant, self.shared) {
+            (Some(t), _) => Some(tenant_scope(&t)),
+            (None, true) => Some(SHARED.to_string()),
+            _ => None,
+        };
+        Ok(Selector {
+            path,
+            query,
+            prefix: self.prefix,
+            scope,
+            host,
+        })
+    }
+}
+
+impl Selector {
+    /// Whether an entry is selected.
+    pub fn matches(&self, tag: &EntryTag) -> bool {
+        if self.scope.as_deref().is_some_and(|s| s != &*tag.scope)
+            || self.host.as_deref().is_some_and(|h| h != &*tag.host)
+        {
+            return false;
+        }
+        if let Some(p) = &self.path {
+            if p != &*tag.path {
+                return false;
+            }
+            if let Some(q) = &self.query {
+                let sorted = normalize_query(Some(q), QueryKey::Sort);
+                if **q != *tag.query && sorted != *tag.query {
+                    return false;
+                }
+            }
+        }
+        if let Some(prefix) = &self.prefix {
+            if !tag.path.starts_with(prefix.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Remove the selected entries; returns how many.
+    pub fn apply(&self, storage: &MemoryStorage) -> usize {
+        storage.purge_where(|tag| self.matches(tag))
+    }
+}
+
+/// After a successful mutation of `path`: remove the path's entries (and the route's related
+/// prefixes) in the caller's scope and the shared scope. Returns how many entries went.
+pub fn after_mutation(
+    storage: &MemoryStorage,
+    policy: &RoutePolicy,
+    scope: &str,
+    host: &str,
+    path: &str,
+) -> usize {
+    let mut scopes = vec![SHARED];
+    if scope != SHARED {
+        scopes.push(scope);
+    }
+    let mut n = 0;
+    for s in scopes {
+        n += storage.purge_path(s, host, path);
+        for prefix in &policy.invalidate_prefixes {
+            n += storage.purge_prefix(s, host, prefix);
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(scope: &str, path: &str, query: &str) -> EntryTag {
+        EntryTag {
+            scope: scope.into(),
+            host: "api.example".into(),
+            path: path.into(),
+            query: query.into(),
+        }
+    }
+
+    fn sel(json: &str) -> Result<Selector, String> {
+        serde_json::from_str::<PurgeRequest>(json)
+            .map_err(|e| e.to_string())?
+            .into_selector()
+    }
+
+    #[test]
+    fn selectors() {
+        let s = sel(r#"{"url": "/a?y=2&x=1"}"#).unwrap();
+        assert!(s.matches(&tag("shared", "/a", "y=2&x=1")));
+        assert!(s.matches(&tag("tenant:t", "/a", "x=1&y=2")), "sorted query");
+        assert!(!s.matches(&tag("shared", "/a", "x=1")));
+        let s = sel(r#"{"url": "/a"}"#).unwrap();
+        assert!(
+            s.matches(&tag("shared", "/a", "x=1")),
+            "no query: all queries"
+        );
+        assert!(!s.matches(&tag("shared", "/ab", "")));
+        let s = sel(r#"{"url": "http://API.example:8080/a"}"#).unwrap();
+        assert!(s.matches(&tag("shared", "/a", "")));
+        let s = sel(r#"{"prefix": "/api/", "tenant": "acme"}"#).unwrap();
+        assert!(s.matches(&tag("tenant:acme", "/api/x", "")));
+        assert!(!s.matches(&tag("tenant:other", "/api/x", "")));
+        assert!(!s.matches(&tag("shared", "/api/x", "")));
+        let s = sel(r#"{"shared": true}"#).unwrap();
+        assert!(s.matches(&tag("shared", "/x", "")));
+        assert!(!s.matches(&tag("tenant:a", "/x", "")));
+        assert!(sel(r#"{"all": true}"#)
+            .unwrap()
+            .matches(&tag("tenant:a", "/", "")));
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        assert!(sel("{}").unwrap_err().contains("name what to purge"));
+        assert!(sel(r#"{"url": "/a", "prefix": "/b"}"#)
+            .unwrap_err()
+            .contains("not both"));
+        assert!(sel(r#"{"prefix": "api"}"#)
+            .unwrap_err()
+            .contains("start with"));
+        assert!(sel(r#"{"urll": "/a"}"#)
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+}

@@ -1,0 +1,224 @@
+//! The proxy's cache phases: turn the cache on for a request, key it, decide what is stored,
+//! tell the client what happened, and invalidate after mutations. The decisions themselves
+//! live in [`crate::cache`]; this is the glue to Pingora's `Session` and the request ctx.
+
+use super::ctx::RequestCtx;
+use super::request_host;
+use crate::cache::status::{self, Outcome, Report};
+use crate::cache::storage::EntryTag;
+use crate::cache::{key, policy};
+use crate::config::model::CacheScope;
+use crate::observe::metrics;
+use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, NoCacheReason, RespCacheable};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::time::SystemTime;
+
+/// The caller's tenant, when identified.
+fn tenant(ctx: &RequestCtx) -> Option<&str> {
+    ctx.caller.as_ref().and_then(|c| c.tenant.as_deref())
+}
+
+/// Whether the route needs the caller identified for its cache (tenant-scoped keys, and
+/// tenants to tell apart).
+pub fn needs_caller(ctx: &RequestCtx) -> bool {
+    ctx.config.identity.identifies_tenants()
+        && ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .is_some_and(|c| c.scope == CacheScope::Tenant)
+}
+
+/// `request_cache_filter`: switch the cache on when the route caches this method.
+pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
+    let Some(route) = ctx.route.clone() else {
+        return;
+    };
+    let (Some(policy), Some(cache)) = (route.cache.as_ref(), crate::cache::get()) else {
+        return;
+    };
+    let req = session.req_header();
+    if !policy.serves(&req.method) {
+        ctx.cache_detail = Some("method");
+        return;
+    }
+    if session.is_upgrade_req() {
+        ctx.cache_detail = Some("upgrade");
+        return;
+    }
+    let scope = key::scope_for(policy.scope, tenant(ctx));
+    let req = session.req_header();
+    ctx.cache_auth_restricted =
+        req.headers.contains_key(http::header::AUTHORIZATION) && &*scope == key::SHARED;
+    ctx.cache_tag = Some(EntryTag {
+        scope,
+        host: key::normalize_host(request_host(req)).into(),
+        path: req.uri.path().into(),
+        query: key::normalize_query(req.uri.query(), policy.query).into(),
+    });
+    let mut overrides = CacheOptionOverrides::default();
+    overrides.wait_timeout = Some(cache.lock_timeout);
+    session
+        .cache
+        .enable(cache.storage, None, None, Some(cache.lock), Some(overrides));
+    session.cache.set_max_file_size_bytes(cache.max_object_size);
+}
+
+/// `cache_key_callback`.
+pub fn cache_key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
+    let tag = ctx.cache_tag.clone().ok_or_else(|| {
+        Error::explain(
+            ErrorType::InternalError,
+            "cache enabled without an entry tag",
+        )
+    })?;
+    Ok(key::build(&session.req_header().method, tag))
+}
+
+/// `cache_vary_filter`: the variant this request wants. `Accept-Encoding` is taken as the
+/// client sent it (the compression module may have rewritten it).
+pub fn variance(
+    meta: &CacheMeta,
+    ctx: &RequestCtx,
+    req: &RequestHeader,
+) -> Option<pingora_cache::key::HashBinary> {
+    key::variance(meta, |name| {
+        if name == "accept-encoding" {
+            if let Some(original) = &ctx.client_accept_encoding {
+                return original.as_ref().map(|v| v.as_bytes());
+            }
+        }
+        req.headers.get(name).map(|v| v.as_bytes())
+    })
+}
+
+/// `response_cache_filter`.
+pub fn decide(resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
+    let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    // Known too large from its length: say so now (Pingora would stop storing it mid-body).
+    let too_large = crate::cache::get().is_some_and(|c| {
+        resp.headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|len| len > c.max_object_size)
+    });
+    let verdict = if too_large {
+        RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge)
+    } else {
+        policy::decide(policy, resp, ctx.cache_auth_restricted, SystemTime::now())
+    };
+    match &verdict {
+        RespCacheable::Cacheable(_) => ctx.cache_stored = true,
+        RespCacheable::Uncacheable(why) => ctx.cache_detail = Some(policy::reason_label(why)),
+    }
+    verdict
+}
+
+/// `should_serve_stale`: during revalidation (`None`) always, within the stored response's
+/// stale-while-revalidate window (Pingora checks the window); on an upstream failure (no
+/// answer, or a 5xx) within its stale-if-error window.
+pub fn serve_stale(ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
+    let Some(e) = error else {
+        return true;
+    };
+    let status = match e.etype() {
+        ErrorType::HTTPStatus(code) if *code >= 500 => Some(*code),
+        ErrorType::HTTPStatus(_) => return false,
+        _ if *e.esource() == ErrorSource::Upstream => Some(0),
+        _ => None,
+    };
+    ctx.cache_stale_error = status;
+    status.is_some()
+}
+
+fn ttl_secs(meta: &CacheMeta) -> i64 {
+    match meta.fresh_until().duration_since(SystemTime::now()) {
+        Ok(left) => left.as_secs() as i64,
+        Err(past) => -(past.duration().as_secs_f64().ceil() as i64),
+    }
+}
+
+/// `response_filter` on a caching route: `Cache-Status` and `X-Cache-Status`.
+pub fn add_status_headers(
+    session: &Session,
+    resp: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let enabled = ctx.cache_tag.is_some();
+    let (outcome, why) = status::classify(session.cache.phase(), enabled);
+    let from_cache = matches!(
+        outcome,
+        Outcome::Hit | Outcome::Updating | Outcome::Stale | Outcome::Revalidated
+    );
+    let ttl = if from_cache {
+        session.cache.maybe_cache_meta().map(ttl_secs)
+    } else {
+        None
+    };
+    let fwd_status = match outcome {
+        Outcome::Stale => ctx.cache_stale_error.filter(|s| *s != 0),
+        Outcome::Miss | Outcome::Expired | Outcome::Revalidated | Outcome::Bypass => {
+            ctx.upstream_status
+        }
+        _ => None,
+    };
+    let report = Report {
+        ttl,
+        fwd_status,
+        stored: ctx.cache_stored && matches!(outcome, Outcome::Miss | Outcome::Expired),
+        detail: why.or(ctx.cache_detail).filter(|_| {
+            // A stored miss needs no explanation.
+            !(ctx.cache_stored && matches!(outcome, Outcome::Miss | Outcome::Expired))
+        }),
+    };
+    resp.insert_header("cache-status", status::cache_status(outcome, &report))?;
+    resp.insert_header("x-cache-status", outcome.x_cache_status())?;
+    ctx.cache_outcome = Some(outcome);
+    Ok(())
+}
+
+/// `upstream_response_filter`: a successful mutation removes the path's cached entries (the
+/// caller's scope and the shared one) and the route's related prefixes.
+pub fn invalidate_after_mutation(session: &Session, resp: &ResponseHeader, ctx: &RequestCtx) {
+    let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+        return;
+    };
+    let req = session.req_header();
+    let mutation = matches!(
+        req.method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE
+    );
+    if !mutation || !policy.invalidate_on_mutation || !resp.status.is_success() {
+        return;
+    }
+    let Some(cache) = crate::cache::get() else {
+        return;
+    };
+    let scope = key::scope_for(policy.scope, tenant(ctx));
+    let host = key::normalize_host(request_host(req));
+    let n =
+        crate::cache::purge::after_mutation(cache.storage, policy, &scope, &host, req.uri.path());
+    if n > 0 {
+        metrics::CACHE_PURGED_ENTRIES_TOTAL
+            .with_label_values(&["mutation"])
+            .inc_by(n as u64);
+    }
+}
+
+/// `logging` of a background refresh: count it by what it achieved.
+pub fn log_background(session: &Session, ctx: &RequestCtx) {
+    use pingora_cache::CachePhase;
+    let outcome = match session.cache.phase() {
+        CachePhase::Expired | CachePhase::Miss => "refreshed",
+        CachePhase::Revalidated => "revalidated",
+        _ => "failed",
+    };
+    metrics::CACHE_BACKGROUND_REVALIDATIONS_TOTAL
+        .with_label_values(&[ctx.route_name(), outcome])
+        .inc();
+}
