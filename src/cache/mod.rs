@@ -19,6 +19,7 @@ pub mod storage;
 use crate::config::model::{CacheConfig, CacheScope, QueryKey, RouteCacheConfig};
 use once_cell::sync::OnceCell;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::predictor::{CacheablePredictor, Predictor};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::MemoryStorage;
@@ -29,6 +30,9 @@ pub struct Cache {
     pub storage: &'static MemoryStorage,
     /// Coalesces concurrent misses (and revalidations) of one key into one upstream request.
     pub lock: &'static CacheKeyLockImpl,
+    /// Remembers keys whose last response could not be stored, so their requests skip the
+    /// lock instead of queueing behind each other (they go straight to the upstream).
+    pub predictor: &'static (dyn CacheablePredictor + Sync),
     /// Largest body stored.
     pub max_object_size: usize,
     /// How long a request waits on another's fetch of the same key.
@@ -46,6 +50,8 @@ pub fn init(config: &CacheConfig) -> &'static Cache {
         ))),
         // A writer holding the lock longer than this lets readers compete again.
         lock: Box::leak(CacheLock::new_boxed(config.lock_timeout.get())),
+        // 16 x 4096 keys remembered as uncacheable (LRU: old ones are forgotten).
+        predictor: Box::leak(Box::new(Predictor::<16>::new(4096, None))),
         max_object_size: config.max_object_size.bytes() as usize,
         lock_timeout: config.lock_timeout.get(),
     })

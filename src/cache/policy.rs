@@ -3,8 +3,8 @@
 //! Precedence, highest first:
 //! 1. The origin forbids storing: `Cache-Control: no-store` or `private`, `Vary: *`. Never stored.
 //! 2. The route forbids storing: status not in `statuses`, `Set-Cookie` without
-//!    `store_set_cookie`, a request with `Authorization` outside a tenant scope (unless the
-//!    origin says `public`, `s-maxage` or `must-revalidate`, RFC 9111 §3.5).
+//!    `store_set_cookie`. (Requests with `Authorization` outside a tenant scope never reach
+//!    this: they bypass the cache.)
 //! 3. Freshness from the origin: `no-cache` (stored, revalidated on every use), `s-maxage`,
 //!    `max-age`, then `Expires` (minus `Date`), all minus the response's age on arrival
 //!    (`Age`, or `Date` in the past).
@@ -60,15 +60,9 @@ pub fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
     age_value.max(apparent)
 }
 
-/// Whether the route, the origin and the request allow storing this response, and if so for
-/// how long it is fresh and may be served stale. `authorization_restricted`: the request
-/// carried `Authorization` and is not in a tenant scope.
-pub fn decide(
-    policy: &RoutePolicy,
-    resp: &ResponseHeader,
-    authorization_restricted: bool,
-    now: SystemTime,
-) -> RespCacheable {
+/// Whether the route and the origin allow storing this response, and if so for how long it is
+/// fresh and may be served stale.
+pub fn decide(policy: &RoutePolicy, resp: &ResponseHeader, now: SystemTime) -> RespCacheable {
     use RespCacheable::Uncacheable;
     let status = resp.status.as_u16();
     if !policy.statuses.contains(&status) {
@@ -84,13 +78,6 @@ pub fn decide(
         return Uncacheable(NoCacheReason::Custom("set-cookie"));
     }
     let cc = CacheControl::from_resp_headers(resp);
-    if authorization_restricted
-        && !cc
-            .as_ref()
-            .is_some_and(|c| c.allow_caching_authorized_req())
-    {
-        return Uncacheable(NoCacheReason::Custom("authorization"));
-    }
     if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
         return Uncacheable(NoCacheReason::OriginNotCache);
     }
@@ -204,19 +191,17 @@ mod tests {
         let m = meta(decide(
             &p,
             &resp(200, &[("cache-control", "max-age=10")]),
-            false,
             now,
         ));
         assert_eq!(fresh_secs(&m, now), 10, "max-age beats the route ttl");
         let m = meta(decide(
             &p,
             &resp(200, &[("cache-control", "max-age=10, s-maxage=20")]),
-            false,
             now,
         ));
         assert_eq!(fresh_secs(&m, now), 20, "s-maxage beats max-age");
         assert_eq!(m.stale_while_revalidate_sec(), 0, "s-maxage forbids stale");
-        let m = meta(decide(&p, &resp(200, &[]), false, now));
+        let m = meta(decide(&p, &resp(200, &[]), now));
         assert_eq!(
             fresh_secs(&m, now),
             60,
@@ -230,7 +215,6 @@ mod tests {
                 200,
                 &[("cache-control", "max-age=5, stale-while-revalidate=7")],
             ),
-            false,
             now,
         ));
         assert_eq!(
@@ -241,7 +225,6 @@ mod tests {
         let m = meta(decide(
             &p,
             &resp(200, &[("cache-control", "max-age=5, must-revalidate")]),
-            false,
             now,
         ));
         assert_eq!(
@@ -259,14 +242,12 @@ mod tests {
         let m = meta(decide(
             &p,
             &resp(200, &[("date", &date), ("expires", &exp)]),
-            false,
             now,
         ));
         assert!((99..=100).contains(&fresh_secs(&m, now)));
         let m = meta(decide(
             &p,
             &resp(200, &[("cache-control", "max-age=100"), ("age", "30")]),
-            false,
             now,
         ));
         assert_eq!(fresh_secs(&m, now), 70, "age on arrival is used up");
@@ -274,7 +255,6 @@ mod tests {
         let m = meta(decide(
             &p,
             &resp(200, &[("expires", "garbage"), ("etag", "\"x\"")]),
-            false,
             now,
         ));
         assert!(fresh_secs(&m, now) < 0, "invalid Expires means expired");
@@ -294,42 +274,22 @@ mod tests {
             (&[("set-cookie", "a=b")], "set-cookie"),
         ];
         for (headers, why) in cases {
-            assert_eq!(reason(decide(&p, &resp(200, headers), false, now)), *why);
+            assert_eq!(reason(decide(&p, &resp(200, headers), now)), *why);
         }
-        assert_eq!(reason(decide(&p, &resp(500, &[]), false, now)), "status");
+        assert_eq!(reason(decide(&p, &resp(500, &[]), now)), "status");
         let bare = policy(None, 0, 0);
-        assert_eq!(
-            reason(decide(&bare, &resp(200, &[]), false, now)),
-            "no-freshness"
-        );
-        assert_eq!(
-            reason(decide(
-                &p,
-                &resp(200, &[("cache-control", "max-age=60")]),
-                true,
-                now
-            )),
-            "authorization"
-        );
-        // RFC 9111 §3.5: the origin may allow it explicitly.
-        meta(decide(
-            &p,
-            &resp(200, &[("cache-control", "public, max-age=60")]),
-            true,
-            now,
-        ));
+        assert_eq!(reason(decide(&bare, &resp(200, &[]), now)), "no-freshness");
     }
 
     #[test]
     fn validators_without_freshness_are_stored_stale() {
         let now = SystemTime::now();
         let p = policy(None, 30, 30);
-        let m = meta(decide(&p, &resp(200, &[("etag", "\"v1\"")]), false, now));
+        let m = meta(decide(&p, &resp(200, &[("etag", "\"v1\"")]), now));
         assert!(!m.is_fresh(now));
         let m = meta(decide(
             &p,
             &resp(200, &[("cache-control", "no-cache"), ("etag", "\"v1\"")]),
-            false,
             now,
         ));
         assert!(!m.is_fresh(now));
@@ -338,7 +298,6 @@ mod tests {
             reason(decide(
                 &p,
                 &resp(200, &[("cache-control", "no-cache")]),
-                false,
                 now
             )),
             "no-freshness"

@@ -57,7 +57,10 @@ impl PurgeRequest {
                     query: None,
                     prefix: None,
                     scope: None,
-                    host: self.host.map(|h| h.to_ascii_lowercase()),
+                    host: self
+                        .host
+                        .as_deref()
+                        .map(|h| super::key::normalize_host(Some(h))),
                 });
             }
             return Err(
@@ -70,7 +73,10 @@ impl PurgeRequest {
         if self.tenant.is_some() && self.shared {
             return Err("give `tenant` or `shared: true`, not both".into());
         }
-        let mut host = self.host.map(|h| h.to_ascii_lowercase());
+        let mut host = self
+            .host
+            .as_deref()
+            .map(|h| super::key::normalize_host(Some(h)));
         let (mut path, mut query) = (None, None);
         if let Some(url) = self.url {
             let rest = match url.split_once("://") {

@@ -94,9 +94,14 @@ pub struct EntryTag {
 }
 
 impl EntryTag {
-    /// Bytes of the four strings, charged to the entry's weight.
-    fn string_bytes(&self) -> usize {
-        self.scope.len() + self.host.len() + self.path.len() + self.query.len()
+    /// What the four `Arc<str>` allocations occupy (16-byte header each), charged to the
+    /// entry's weight. Counted per entry even when the proxy shares one `Arc` (say the scope)
+    /// between entries: an over-estimate, never an under-estimate.
+    fn allocated_bytes(&self) -> usize {
+        [&self.scope, &self.host, &self.path, &self.query]
+            .into_iter()
+            .map(|s| allocated(ARC_HEADER + s.len()))
+            .sum()
     }
 
     /// Whether the tag names nothing (no scope, host or path), so the index skips it.
@@ -125,18 +130,19 @@ pub struct StorageStats {
 struct Object {
     /// The full combined hash; the maps are keyed by its low 64 bits.
     hash: HashBinary,
-    /// `CacheMeta::serialize()` output (internal meta, compressed header), boxed so no spare
-    /// capacity hides outside the weight.
-    meta: (Box<[u8]>, Box<[u8]>),
-    body: Bytes,
+    meta: StoredMeta,
+    /// Exactly the body's bytes in one allocation, shared by the hits reading it (and kept when
+    /// only the meta is replaced). Not a `Bytes`: that would add a shared header allocation per
+    /// entry once read; a hit wraps a clone of this `Arc` instead.
+    body: Arc<[u8]>,
     tag: EntryTag,
     /// Accounted bytes, as admitted to the LRU.
     weight: usize,
 }
 
 impl Object {
-    fn new(hash: HashBinary, meta: (Box<[u8]>, Box<[u8]>), body: Bytes, tag: EntryTag) -> Self {
-        let weight = weigh(meta.0.len() + meta.1.len(), body.len(), &tag);
+    fn new(hash: HashBinary, meta: StoredMeta, body: Arc<[u8]>, tag: EntryTag) -> Self {
+        let weight = weigh(meta.bytes.len(), body.len(), &tag);
         Object {
             hash,
             meta,
@@ -147,16 +153,63 @@ impl Object {
     }
 }
 
+/// An entry's weight: the allocations holding its body (`Arc<[u8]>`), serialized meta and tag
+/// strings, at the size the allocator really reserves for them, plus [`ENTRY_OVERHEAD`].
 fn weigh(meta_len: usize, body_len: usize, tag: &EntryTag) -> usize {
-    body_len
-        .saturating_add(meta_len)
-        .saturating_add(tag.string_bytes())
+    allocated(ARC_HEADER.saturating_add(body_len))
+        .saturating_add(allocated(meta_len))
+        .saturating_add(tag.allocated_bytes())
         .saturating_add(ENTRY_OVERHEAD)
 }
 
-fn serialize_meta(meta: &CacheMeta) -> Result<(Box<[u8]>, Box<[u8]>)> {
-    let (internal, header) = meta.serialize()?;
-    Ok((internal.into_boxed_slice(), header.into_boxed_slice()))
+/// The two reference counts in front of an `Arc`'s data.
+const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
+
+/// The block the allocator reserves for an `n`-byte request: mimalloc's (v2, the `tollgate`
+/// binary's global allocator) size classes, checked against `mi_usable_size`: multiples of 16
+/// up to 128 B, then four classes per doubling up to 512 KiB, then multiples of 64 KiB. Charging
+/// this rather than `n` keeps the budget honest for sizes just past a class boundary (a 513-byte
+/// body occupies 640). Other allocators round less coarsely, except by a few bytes for tiny
+/// blocks, which [`ENTRY_OVERHEAD`]'s margin covers.
+fn allocated(n: usize) -> usize {
+    const LARGE: usize = 512 << 10;
+    match n {
+        0..=8 => 8,
+        9..=128 => n.next_multiple_of(16),
+        129..=LARGE => {
+            // 2^k < n <= 2^(k+1): classes every 2^k / 4.
+            let k = usize::BITS - 1 - (n - 1).leading_zeros();
+            n.next_multiple_of((1 << k) / 4)
+        }
+        _ => n.checked_next_multiple_of(64 << 10).unwrap_or(usize::MAX),
+    }
+}
+
+/// `CacheMeta::serialize()` output, the internal meta and the compressed header concatenated
+/// into one exact-size allocation (one allocation instead of two, and the serializers' spare
+/// capacity is not kept: shrinking a `Vec` in place can keep its whole block).
+struct StoredMeta {
+    bytes: Box<[u8]>,
+    /// Where the header starts.
+    split: usize,
+}
+
+impl StoredMeta {
+    fn new(meta: &CacheMeta) -> Result<Self> {
+        let (internal, header) = meta.serialize()?;
+        let mut bytes = Vec::with_capacity(internal.len() + header.len());
+        bytes.extend_from_slice(&internal);
+        bytes.extend_from_slice(&header);
+        Ok(StoredMeta {
+            bytes: bytes.into_boxed_slice(),
+            split: internal.len(),
+        })
+    }
+
+    fn deserialize(&self) -> Result<CacheMeta> {
+        let (internal, header) = self.bytes.split_at(self.split);
+        CacheMeta::deserialize(internal, header)
+    }
 }
 
 /// The map/LRU key: the low 64 bits of the combined hash.
@@ -386,7 +439,7 @@ impl MemoryStorage {
         &self,
         hash: &HashBinary,
         promote: bool,
-        f: impl FnOnce(&Object) -> Result<(Box<[u8]>, Box<[u8]>)>,
+        f: impl FnOnce(&Object) -> Result<StoredMeta>,
     ) -> Result<bool> {
         let key = short_key(hash);
         let mut graveyard = Vec::new();
@@ -430,6 +483,7 @@ impl std::fmt::Debug for MemoryStorage {
 /// bodies are handed out as zero-copy `Bytes` slices, a seek without an end reads to the end
 /// even after a bounded seek, and an empty range is rejected instead of panicking.
 struct Hit {
+    /// A `Bytes` owning a clone of the object's body `Arc` (one small allocation per hit).
     body: Bytes,
     weight: usize,
     done: bool,
@@ -502,7 +556,7 @@ struct Miss {
     storage: &'static MemoryStorage,
     hash: HashBinary,
     tag: EntryTag,
-    meta: (Box<[u8]>, Box<[u8]>),
+    meta: StoredMeta,
     chunks: Vec<Bytes>,
     body_len: usize,
     /// The body already makes the object heavier than the whole budget: stop buffering.
@@ -511,11 +565,7 @@ struct Miss {
 
 impl Miss {
     fn weight(&self) -> usize {
-        weigh(
-            self.meta.0.len() + self.meta.1.len(),
-            self.body_len,
-            &self.tag,
-        )
+        weigh(self.meta.bytes.len(), self.body_len, &self.tag)
     }
 }
 
@@ -543,15 +593,15 @@ impl HandleMiss for Miss {
             return Ok(MissFinishType::Created(0));
         }
         // Copy into one exact-size allocation: the chunks may be slices of larger read buffers
-        // that would otherwise stay alive, unaccounted, as long as the entry.
-        let mut body = Vec::with_capacity(self.body_len);
+        // that would otherwise stay alive, unaccounted, as long as the entry. (Collecting a
+        // `repeat_n` allocates the `Arc` once, at its final size; filling it is one copy.)
+        let mut body: Arc<[u8]> = std::iter::repeat_n(0, self.body_len).collect();
+        let dst = Arc::get_mut(&mut body).expect("just allocated, unshared");
+        let mut at = 0;
         for chunk in &self.chunks {
-            body.extend_from_slice(chunk);
+            dst[at..at + chunk.len()].copy_from_slice(chunk);
+            at += chunk.len();
         }
-        let body = Bytes::from(body);
-        // `Bytes::from(Vec)` allocates its shared header lazily on the first clone (the first
-        // hit). Do it now so an entry's footprint does not grow after it is accounted.
-        drop(body.clone());
         let Miss {
             storage,
             hash,
@@ -577,10 +627,10 @@ impl Storage for MemoryStorage {
         let Some(obj) = self.get(&hash) else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let meta = obj.meta.deserialize()?;
         self.lru.promote(short_key(&hash));
         let hit = Hit {
-            body: obj.body.clone(),
+            body: Bytes::from_owner(obj.body.clone()),
             weight: obj.weight,
             done: false,
             range_start: 0,
@@ -604,7 +654,7 @@ impl Storage for MemoryStorage {
             storage: self,
             hash: key.combined_bin(),
             tag,
-            meta: serialize_meta(meta)?,
+            meta: StoredMeta::new(meta)?,
             chunks: Vec::new(),
             body_len: 0,
             too_big: false,
@@ -648,9 +698,9 @@ impl Storage for MemoryStorage {
             }
         }
         let expired = self.replace_meta(&target.key().combined_bin(), false, |obj| {
-            let mut meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+            let mut meta = obj.meta.deserialize()?;
             meta.expire_at(SystemTime::now());
-            serialize_meta(&meta)
+            StoredMeta::new(&meta)
         })?;
         Ok(if expired {
             PurgeOutcome::Expired
@@ -667,7 +717,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let meta = serialize_meta(meta)?;
+        let meta = StoredMeta::new(meta)?;
         self.replace_meta(&key.combined_bin(), true, |_| Ok(meta))
     }
 
@@ -780,6 +830,34 @@ mod tests {
         assert!(stats.used_bytes <= stats.max_bytes);
     }
 
+    #[test]
+    fn allocated_follows_mimalloc_size_classes() {
+        // (request, mi_usable_size) pairs measured with mimalloc 2.3 (libmimalloc-sys 0.1.49).
+        let measured = [
+            (1, 8),
+            (9, 16),
+            (17, 32),
+            (100, 112),
+            (128, 128),
+            (129, 160),
+            (168, 192),
+            (257, 320),
+            (513, 640),
+            (4104, 5120),
+            (10255, 12288),
+            (131_141, 163_840),
+            (459_215, 524_288),
+            (524_339, 589_824),
+            (2_228_240, 2_359_296),
+        ];
+        for (n, usable) in measured {
+            assert_eq!(allocated(n), usable, "{n}");
+        }
+        for n in 1..1_000_000 {
+            assert!(allocated(n) >= n);
+        }
+    }
+
     #[tokio::test]
     async fn store_then_lookup_round_trips_meta_and_body() {
         let s = leak(1 << 20);
@@ -801,7 +879,10 @@ mod tests {
         let t = k.extensions.get::<EntryTag>().unwrap();
         assert_eq!(
             w,
-            11 + internal.len() + header.len() + t.string_bytes() + ENTRY_OVERHEAD
+            allocated(16 + 11)
+                + allocated(internal.len() + header.len())
+                + t.allocated_bytes()
+                + ENTRY_OVERHEAD
         );
         assert_eq!(
             s.stats(),
@@ -842,7 +923,7 @@ mod tests {
         let k = n_key(1);
         let w1 = store(s, &k, &meta(), &[b'a'; 100]).await;
         let w2 = store(s, &k, &meta(), &[b'b'; 300]).await;
-        assert_eq!(w2, w1 + 200);
+        assert_eq!(w2 - w1, allocated(16 + 300) - allocated(16 + 100));
         assert_eq!(body_of(s, &k).await.unwrap(), vec![b'b'; 300]);
         let stats = s.stats();
         assert_eq!((stats.entries, stats.used_bytes), (1, w2));

@@ -308,6 +308,17 @@ fn validate_route_cache(
             "must be more than 0s (remove it to use only the origin's freshness)",
         ));
     }
+    for (key, d) in [
+        ("stale_while_revalidate", c.stale_while_revalidate),
+        ("stale_if_error", c.stale_if_error),
+    ] {
+        if d.get().subsec_nanos() != 0 {
+            errors.push(ConfigError::at(
+                format!("{base}.{key}"),
+                format!("{d} is not whole seconds: stale windows count in seconds (RFC 5861)"),
+            ));
+        }
+    }
     if c.methods.is_empty() {
         errors.push(ConfigError::at(
             format!("{base}.methods"),
@@ -336,7 +347,7 @@ fn validate_route_cache(
             206 => {
                 Some("partial responses are not stored: ranges are cut from whole stored responses")
             }
-            304 => Some("a 304 refreshes a stored response; it is never stored itself"),
+            304 => Some("(Not Modified) refreshes a stored response; it is never stored itself"),
             _ => None,
         };
         if let Some(why) = why {

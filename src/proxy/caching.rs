@@ -48,10 +48,18 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
         ctx.cache_detail = Some("upgrade");
         return;
     }
+    if ctx.unknown_key {
+        ctx.cache_detail = Some("unknown-key");
+        return;
+    }
     let scope = key::scope_for(policy.scope, tenant(ctx));
     let req = session.req_header();
-    ctx.cache_auth_restricted =
-        req.headers.contains_key(http::header::AUTHORIZATION) && &*scope == key::SHARED;
+    if req.headers.contains_key(http::header::AUTHORIZATION) && &*scope == key::SHARED {
+        // Credentials tollgate cannot tie to a tenant: the answer may depend on them, so such
+        // requests neither read nor fill shared entries (as Varnish passes them by default).
+        ctx.cache_detail = Some("authorization");
+        return;
+    }
     ctx.cache_tag = Some(EntryTag {
         scope,
         host: key::normalize_host(request_host(req)).into(),
@@ -60,9 +68,13 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
     });
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(cache.lock_timeout);
-    session
-        .cache
-        .enable(cache.storage, None, None, Some(cache.lock), Some(overrides));
+    session.cache.enable(
+        cache.storage,
+        None,
+        Some(cache.predictor),
+        Some(cache.lock),
+        Some(overrides),
+    );
     session.cache.set_max_file_size_bytes(cache.max_object_size);
 }
 
@@ -110,7 +122,7 @@ pub fn decide(resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
     let verdict = if too_large {
         RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge)
     } else {
-        policy::decide(policy, resp, ctx.cache_auth_restricted, SystemTime::now())
+        policy::decide(policy, resp, SystemTime::now())
     };
     match &verdict {
         RespCacheable::Cacheable(_) => ctx.cache_stored = true,
@@ -150,7 +162,11 @@ pub fn add_status_headers(
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     let enabled = ctx.cache_tag.is_some();
-    let (outcome, why) = status::classify(session.cache.phase(), enabled);
+    let (outcome, why) = match session.cache.predicted_uncacheable_reason() {
+        // Skipped lookup and lock: the key's last response could not be stored either.
+        Some(reason) if enabled => (Outcome::Bypass, Some(policy::reason_label(&reason))),
+        _ => status::classify(session.cache.phase(), enabled),
+    };
     let from_cache = matches!(
         outcome,
         Outcome::Hit | Outcome::Updating | Outcome::Stale | Outcome::Revalidated
@@ -176,7 +192,17 @@ pub fn add_status_headers(
             !(ctx.cache_stored && matches!(outcome, Outcome::Miss | Outcome::Expired))
         }),
     };
-    resp.insert_header("cache-status", status::cache_status(outcome, &report))?;
+    // RFC 9211: each cache adds its member after those of caches nearer the origin.
+    let ours = status::cache_status(outcome, &report);
+    let value = match resp
+        .headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(upstream) if !upstream.trim().is_empty() => format!("{upstream}, {ours}"),
+        _ => ours,
+    };
+    resp.insert_header("cache-status", value)?;
     resp.insert_header("x-cache-status", outcome.x_cache_status())?;
     ctx.cache_outcome = Some(outcome);
     Ok(())

@@ -46,8 +46,6 @@ pub struct RequestCtx {
     /// What this request's cache entry is (scope, host, path, query): set when the route
     /// caches and the request uses the cache.
     pub cache_tag: Option<crate::cache::storage::EntryTag>,
-    /// The request carries `Authorization` outside a tenant scope (RFC 9111 §3.5 applies).
-    pub cache_auth_restricted: bool,
     /// The upstream response was found storable.
     pub cache_stored: bool,
     /// Why the cache was not used or the response not stored (`Cache-Status` detail).
@@ -83,7 +81,6 @@ impl RequestCtx {
             client_accept_encoding: None,
             background: false,
             cache_tag: None,
-            cache_auth_restricted: false,
             cache_stored: false,
             cache_detail: None,
             cache_stale_error: None,

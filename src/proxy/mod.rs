@@ -139,7 +139,9 @@ impl ProxyHttp for Tollgate {
             errors::respond(session, ProxyError::RouteNotFound, &msg, &ctx.request_id).await?;
             return Ok(true);
         };
-        if ctx.unknown_key {
+        // Unknown keys are refused where limits apply; a route that only caches lets the
+        // request through uncached (the cache cannot tell whose answer it would be).
+        if ctx.unknown_key && route.limit.is_some() {
             let msg = "the API key is not recognised";
             let mut h = ResponseHeader::build(401, Some(5))?;
             h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
