@@ -158,20 +158,37 @@ pub fn should_compress(
     req: &RequestHeader,
     resp: &ResponseHeader,
 ) -> Result<(), &'static str> {
-    use http::header::{
-        CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
-    };
+    use http::header::{CONTENT_RANGE, RANGE};
     if req.method == http::Method::HEAD {
         return Err("head");
     }
     if req.headers.contains_key(&policy.opt_out_header) {
         return Err("opt_out");
     }
+    if !(200..300).contains(&resp.status.as_u16())
+        || resp.status.as_u16() == 204
+        || resp.status.as_u16() == 206
+    {
+        return Err("status");
+    }
+    if req.headers.contains_key(RANGE) || resp.headers.contains_key(CONTENT_RANGE) {
+        return Err("range");
+    }
+    response_compressible(policy, resp)
+}
+
+/// The response-side half of [`should_compress`]: whether this response could be compressed
+/// for some client (status, existing coding, `no-transform`, type, length). Used before a
+/// response is stored, where the request that fetched it is not the only one it will serve.
+pub fn response_compressible(policy: &Policy, resp: &ResponseHeader) -> Result<(), &'static str> {
+    use http::header::{
+        CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    };
     let status = resp.status.as_u16();
     if !(200..300).contains(&status) || status == 204 || status == 206 {
         return Err("status");
     }
-    if req.headers.contains_key(RANGE) || resp.headers.contains_key(CONTENT_RANGE) {
+    if resp.headers.contains_key(CONTENT_RANGE) {
         return Err("range");
     }
     if resp

@@ -830,3 +830,95 @@ routes:
     assert_eq!(get_with(&tg, "/api/me", &acme).await.x_cache, "HIT");
     assert_eq!(origin.count(), 3);
 }
+
+#[tokio::test]
+async fn compressed_routes_store_one_encoded_variant_per_coding() {
+    use std::io::Read;
+    let doc: String = (0..200)
+        .map(|i| format!("{{\"id\":{i},\"name\":\"item-{i}\"}},"))
+        .collect();
+    let body = format!("[{}]", doc.trim_end_matches(','));
+    let origin_body = body.clone();
+    let origin = Origin::start(move |_s: &Seen, _| {
+        Answer::ok(
+            origin_body.clone(),
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "application/json"),
+            ],
+        )
+    })
+    .await;
+    let yaml = format!(
+        r#"upstreams:
+  app:
+    endpoints: ["{}"]
+routes:
+  - name: api
+    match: {{ path_prefix: / }}
+    upstream: app
+    cache: {{ scope: shared }}
+    compression: {{ gzip: {{ level: 6 }} }}
+"#,
+        origin.addr()
+    );
+    let tg = Tollgate::start(&yaml).await;
+    let fetch = |ae: Option<&'static str>, opt_out: bool| {
+        let mut req = tg.client.get(tg.url("/list"));
+        if let Some(ae) = ae {
+            req = req.header("accept-encoding", ae);
+        }
+        if opt_out {
+            req = req.header("x-no-compression", "1");
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let enc = r
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_string());
+            let x = r.headers()["x-cache-status"].to_str().unwrap().to_string();
+            let raw = r.bytes().await.unwrap().to_vec();
+            (x, enc, raw)
+        }
+    };
+    let gunzip = |raw: &[u8]| {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(raw)
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    };
+
+    let (x, enc, raw) = fetch(Some("gzip"), false).await;
+    assert_eq!((x.as_str(), enc.as_deref()), ("MISS", Some("gzip")));
+    assert_eq!(gunzip(&raw), body);
+    assert_eq!(origin.seen()[0].header("accept-encoding"), "gzip");
+    // Another way of asking for gzip: the same (gzip) variant, served as stored.
+    let (x, enc, raw) = fetch(Some("br;q=1, gzip;q=0.8"), false).await;
+    assert_eq!((x.as_str(), enc.as_deref()), ("HIT", Some("gzip")));
+    assert_eq!(gunzip(&raw), body);
+
+    // No Accept-Encoding: the identity variant, fetched once.
+    let (x, enc, raw) = fetch(None, false).await;
+    assert_eq!((x.as_str(), enc.as_deref()), ("MISS", None));
+    assert_eq!(String::from_utf8(raw).unwrap(), body);
+    assert_eq!(origin.seen()[1].header("accept-encoding"), "");
+    let (x, enc, _) = fetch(None, false).await;
+    assert_eq!((x.as_str(), enc.as_deref()), ("HIT", None));
+    // Opting out is the identity variant too.
+    let (x, enc, raw) = fetch(Some("gzip"), true).await;
+    assert_eq!((x.as_str(), enc.as_deref()), ("HIT", None));
+    assert_eq!(String::from_utf8(raw).unwrap(), body);
+    assert_eq!(origin.count(), 2);
+
+    // Compressed once, when the gzip variant was stored: hits are not compressed again.
+    let input = tg
+        .metric_reaches(
+            "tollgate_compression_input_bytes_total",
+            &[("algorithm", "gzip")],
+            body.len() as f64,
+        )
+        .await;
+    assert_eq!(input, Some(body.len() as f64));
+}

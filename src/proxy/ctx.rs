@@ -36,6 +36,13 @@ pub struct RequestCtx {
     pub upstream_ttfb: Option<Duration>,
     /// The coding negotiated for this response (compression routes only).
     pub compress: Option<pingora_core::protocols::http::compression::Algorithm>,
+    /// Its level.
+    pub compress_level: u32,
+    /// Compression happens before the cache (this request fills a cache entry on a route that
+    /// compresses): the stored object is the encoded variant.
+    pub compress_upstream: bool,
+    /// The upstream response could be compressed for some client: its entry varies by coding.
+    pub upstream_compressible: bool,
     /// The client's `Accept-Encoding`, when it was rewritten for the compression module: it is
     /// restored on the upstream request so the upstream sees what the client sent.
     pub client_accept_encoding: Option<Option<http::HeaderValue>>,
@@ -78,6 +85,9 @@ impl RequestCtx {
             upstream_ttfb: None,
             own_error: None,
             compress: None,
+            compress_level: 0,
+            compress_upstream: false,
+            upstream_compressible: false,
             client_accept_encoding: None,
             background: false,
             cache_tag: None,

@@ -250,6 +250,7 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        caching::vary_by_coding(upstream_response, ctx)?;
         caching::invalidate_after_mutation(session, upstream_response, ctx);
         if let (Some(started), Some(route)) = (ctx.upstream_started, &ctx.route) {
             let ttfb = started.elapsed();
@@ -286,6 +287,18 @@ impl ProxyHttp for Tollgate {
             }
             None => {}
         }
+        caching::compress_before_storing(session, upstream_request, ctx)?;
+        Ok(())
+    }
+
+    async fn adjust_upstream_modules(
+        &self,
+        session: &mut Session,
+        upstream_response: &ResponseHeader,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        caching::decide_upstream_compression(session, upstream_response, ctx);
         Ok(())
     }
 
@@ -443,11 +456,14 @@ impl ProxyHttp for Tollgate {
             }
         }
 
-        if let Some((algorithm, bytes_in, bytes_out, _)) = session
-            .downstream_modules_ctx
-            .get::<ResponseCompression>()
-            .and_then(|m| m.get_info())
-        {
+        // Compressed before the cache (a fill) or on the way out (everything else).
+        let info = session.upstream_compression.get_info().or_else(|| {
+            session
+                .downstream_modules_ctx
+                .get::<ResponseCompression>()
+                .and_then(|m| m.get_info())
+        });
+        if let Some((algorithm, bytes_in, bytes_out, _)) = info {
             metrics::COMPRESSION_INPUT_BYTES_TOTAL
                 .with_label_values(&[algorithm])
                 .inc_by(bytes_in as u64);
@@ -522,6 +538,7 @@ fn prepare_compression(
     if let Some((alg, level)) = chosen {
         m.adjust_algorithm_level(alg, level);
         ctx.compress = Some(alg);
+        ctx.compress_level = level;
     }
     let for_module = compress::module_accept_encoding(
         chosen.map(|(a, _)| a),
