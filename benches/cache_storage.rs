@@ -3,6 +3,8 @@
 //! distinct small responses cost in memory against the byte budget.
 //!
 //! Run: `cargo bench --bench cache_storage`. Set `TOLLGATE_BENCH_NO_REPORT=1` to skip the report.
+//! Under `cargo test --all-targets` (no `--bench` argument) the report is skipped, since its
+//! floods take half a minute and a gigabyte, and criterion runs each bench once as a test.
 //!
 //! Each memory scenario runs in a child process (this binary, re-run with
 //! `TOLLGATE_CACHE_MEMORY` set) so its RSS figures are not blurred by another scenario's freed
@@ -60,6 +62,34 @@ fn key(i: usize) -> CacheKey {
     key
 }
 
+/// What the stored responses look like.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// ~200-byte JSON bodies with typical API response headers.
+    Json,
+    /// A few bytes of body and two headers: the per-entry overhead dominates.
+    Tiny,
+}
+
+/// The i-th response: meta and body.
+fn response(i: usize, shape: Shape) -> (CacheMeta, Vec<u8>) {
+    match shape {
+        Shape::Json => {
+            let body = body(i);
+            (meta(i, body.len()), body)
+        }
+        Shape::Tiny => {
+            let body = format!("{{\"id\":{i}}}").into_bytes();
+            let mut h = ResponseHeader::build(200, Some(2)).unwrap();
+            h.append_header("content-type", "application/json").unwrap();
+            h.append_header("content-length", body.len()).unwrap();
+            let now = SystemTime::now();
+            let meta = CacheMeta::new(now + Duration::from_secs(300), now, 0, 0, h);
+            (meta, body)
+        }
+    }
+}
+
 /// Typical JSON API response headers; `etag` and `x-request-id` differ per response.
 fn meta(i: usize, body_len: usize) -> CacheMeta {
     let mut h = ResponseHeader::build(200, Some(10)).unwrap();
@@ -99,9 +129,9 @@ fn body(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-fn store(s: &'static MemoryStorage, i: usize) {
-    let body = body(i);
-    let (key, meta) = (key(i), meta(i, body.len()));
+fn store(s: &'static MemoryStorage, i: usize, shape: Shape) {
+    let (meta, body) = response(i, shape);
+    let key = key(i);
     let span = Span::inactive().handle();
     let mut miss = now(s.get_miss_handler(&key, &meta, &span)).unwrap();
     now(miss.write_body(body.into(), true)).unwrap();
@@ -125,20 +155,23 @@ fn mib(kib: u64) -> f64 {
 
 /// One flood: a million distinct responses into one storage.
 fn memory_scenario(name: &str) {
-    let budget = match name {
-        "unbounded" => 64 << 30,
-        "64MiB" => 64 * MIB,
-        "256MiB" => 256 * MIB,
+    let (budget, shape) = match name {
+        "unbounded" => (64 << 30, Shape::Json),
+        "64MiB" => (64 * MIB, Shape::Json),
+        "256MiB" => (256 * MIB, Shape::Json),
+        "tiny-unbounded" => (64 << 30, Shape::Tiny),
+        "tiny-64MiB" => (64 * MIB, Shape::Tiny),
         other => panic!("unknown scenario {other}"),
     };
+    let unbounded = name.ends_with("unbounded");
     // Warm what is allocated once (zstd contexts of the header serializer, the runtime-free
     // future machinery) before the baseline.
-    let _ = meta(0, 0).serialize().unwrap();
+    let _ = response(0, shape).0.serialize().unwrap();
     let s: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(budget)));
     let base = status_kib("VmRSS:");
     let started = Instant::now();
     for i in 0..FLOOD {
-        store(s, i);
+        store(s, i, shape);
     }
     let insert_ns = started.elapsed().as_nanos() as f64 / FLOOD as f64;
     let (rss, hwm) = (status_kib("VmRSS:"), status_kib("VmHWM:"));
@@ -146,11 +179,11 @@ fn memory_scenario(name: &str) {
     let grown = rss.saturating_sub(base);
     let hwm_grown = hwm.saturating_sub(base);
     println!(
-        "  {name:<9} {FLOOD} inserts ({insert_ns:.0} ns each, building key, meta and body \
+        "  {name:<14} {FLOOD} inserts ({insert_ns:.0} ns each, building key, meta and body \
          included): {} entries, used {:.1} MiB of {}, evicted {} ({:.1} MiB)",
         st.entries,
         st.used_bytes as f64 / MIB as f64,
-        if name == "unbounded" {
+        if unbounded {
             "no limit".to_string()
         } else {
             format!("{} MiB", budget / MIB)
@@ -159,7 +192,7 @@ fn memory_scenario(name: &str) {
         st.evicted_bytes as f64 / MIB as f64,
     );
     println!(
-        "  {:<9} RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB), peak +{:.1} MiB",
+        "  {:<14} RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB), peak +{:.1} MiB",
         "",
         mib(base),
         mib(rss),
@@ -169,11 +202,11 @@ fn memory_scenario(name: &str) {
     let per_entry_payload =
         (st.used_bytes as f64 / st.entries.max(1) as f64) - ENTRY_OVERHEAD as f64;
     let per_entry_rss = grown as f64 * 1024.0 / st.entries.max(1) as f64;
-    if name == "unbounded" {
+    if unbounded {
         println!(
-            "  {:<9} per entry: RSS {per_entry_rss:.0} B, payload charged {per_entry_payload:.0} B \
-             (body, meta, tag strings) -> overhead {:.0} B (ENTRY_OVERHEAD = {ENTRY_OVERHEAD}); \
-             weight {:.0} B",
+            "  {:<14} per entry: RSS {per_entry_rss:.0} B, charged for body, meta and tag \
+             allocations {per_entry_payload:.0} B -> fixed overhead {:.0} B \
+             (ENTRY_OVERHEAD = {ENTRY_OVERHEAD}); weight {:.0} B",
             "",
             per_entry_rss - per_entry_payload,
             st.used_bytes as f64 / st.entries.max(1) as f64,
@@ -181,7 +214,7 @@ fn memory_scenario(name: &str) {
     } else {
         let over = |kib: u64| mib(kib) - (budget / MIB) as f64;
         println!(
-            "  {:<9} RSS growth minus budget: {:+.1} MiB now, {:+.1} MiB at peak",
+            "  {:<14} RSS growth minus budget: {:+.1} MiB now, {:+.1} MiB at peak",
             "",
             over(grown),
             over(hwm_grown),
@@ -190,7 +223,7 @@ fn memory_scenario(name: &str) {
     unsafe { mi_collect(true) };
     let collected = status_kib("VmRSS:");
     println!(
-        "  {:<9} after mi_collect: RSS {:.1} MiB (+{:.1} MiB)",
+        "  {:<14} after mi_collect: RSS {:.1} MiB (+{:.1} MiB)",
         "",
         mib(collected),
         mib(collected.saturating_sub(base)),
@@ -206,10 +239,10 @@ fn memory_scenario(name: &str) {
         let m = s.purge_prefix("shared", &tag.host, "/v1/items/99");
         let prefix_took = t.elapsed();
         let t = Instant::now();
-        let w = s.purge_where(|t| t.query.is_empty() && t.path.ends_with('7'));
+        let w = s.purge_where(|t| t.path.ends_with('7'));
         let where_took = t.elapsed();
         println!(
-            "  {:<9} purge_path {n} in {path_took:.1?}, purge_prefix {m} in {prefix_took:.1?}, \
+            "  {:<14} purge_path {n} in {path_took:.1?}, purge_prefix {m} in {prefix_took:.1?}, \
              purge_where (full scan of {}) {w} in {where_took:.1?}",
             "", st.entries,
         );
@@ -220,10 +253,16 @@ fn report() {
     println!("cache storage report");
     println!(
         "  memory, {FLOOD} distinct ~200-byte JSON responses with typical headers \
-         (ENTRY_OVERHEAD = {ENTRY_OVERHEAD} B):"
+         (tiny-: ~12-byte bodies, two headers; ENTRY_OVERHEAD = {ENTRY_OVERHEAD} B):"
     );
     let exe = std::env::current_exe().expect("current exe");
-    for scenario in ["unbounded", "64MiB", "256MiB"] {
+    for scenario in [
+        "unbounded",
+        "64MiB",
+        "256MiB",
+        "tiny-unbounded",
+        "tiny-64MiB",
+    ] {
         let status = std::process::Command::new(&exe)
             .env(MEMORY_ENV, scenario)
             .status()
@@ -239,7 +278,7 @@ fn bench_storage(c: &mut Criterion) {
     let s: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(256 * MIB)));
     let keys: Vec<CacheKey> = (0..10_000).map(key).collect();
     for i in 0..keys.len() {
-        store(s, i);
+        store(s, i, Shape::Json);
     }
     let next = Cell::new(0usize);
     c.bench_function("cache_storage/lookup_hit", |b| {
@@ -262,7 +301,7 @@ fn bench_storage(c: &mut Criterion) {
     let full: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(64 * MIB)));
     let mut i = 0;
     while full.stats().evicted_entries == 0 {
-        store(full, i);
+        store(full, i, Shape::Json);
         i += 1;
     }
     let i = Cell::new(i);
@@ -270,8 +309,8 @@ fn bench_storage(c: &mut Criterion) {
         b.iter_batched(
             || {
                 i.set(i.get() + 1);
-                let body = body(i.get());
-                (key(i.get()), meta(i.get(), body.len()), body)
+                let (meta, body) = response(i.get(), Shape::Json);
+                (key(i.get()), meta, body)
             },
             |(key, meta, body)| {
                 let mut miss = now(full.get_miss_handler(&key, &meta, &span)).unwrap();
@@ -291,7 +330,8 @@ fn main() {
         memory_scenario(&scenario);
         return;
     }
-    if std::env::var_os("TOLLGATE_BENCH_NO_REPORT").is_none() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    if benchmarking && std::env::var_os("TOLLGATE_BENCH_NO_REPORT").is_none() {
         report();
     }
     benches();

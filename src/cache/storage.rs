@@ -7,21 +7,22 @@
 //!
 //! # Design
 //!
-//! * **Objects** live in [`SHARDS`] `RwLock<HashMap<u64, Arc<Object>>>` maps. The map key is the
+//! * **Objects** live in 16 `RwLock<HashMap<u64, Arc<Object>>>` maps. The map key is the
 //!   low 64 bits of the entry's 128-bit combined hash ([`CacheKey::combined_bin`], primary key
 //!   plus Vary variance); the object keeps the full hash and a lookup checks it, so a 64-bit
 //!   collision is a miss, never a wrong body. Keying the map and the LRU by the same `u64` keeps
 //!   them one to one: two hashes sharing 64 bits replace each other instead of leaving an object
 //!   in the map that the LRU no longer weighs (which a map keyed by the full hash would allow).
 //! * **Eviction order** is a [`pingora_lru::Lru`] (16 shards) keyed by the same `u64`, weighted by
-//!   each object's accounted bytes ([`Object::weight`]) and limited to `max_bytes`. Inserting
+//!   each object's accounted bytes (its weight, below) and limited to `max_bytes`. Inserting
 //!   admits to the LRU and then evicts to the limit synchronously, so after every insert
 //!   `used_bytes <= max_bytes`. A hit promotes. The LRU is strict within each of its shards and
 //!   picks the shard to evict from by "power of two choices" on shard length, so the global
 //!   order is least-recently-used only approximately.
-//! * **Weight** is what an entry costs in memory: body, serialized meta, tag strings and a
-//!   measured fixed [`ENTRY_OVERHEAD`] for everything else (map slot, `Arc<Object>`, LRU node,
-//!   index element, allocator rounding). So the budget bounds RSS, not just payload bytes.
+//! * **Weight** is what an entry costs in memory: the allocations holding body, serialized meta
+//!   and tag strings, at the allocator's size class (a 513-byte body occupies a 640-byte block),
+//!   plus a measured fixed [`ENTRY_OVERHEAD`] for everything else (`Arc<Object>`, map slot, LRU
+//!   node, index element). So the budget bounds RSS, not just payload bytes.
 //! * **Invalidation index**: an ordered set of `(scope, host, path, key)` for every entry that
 //!   carries an [`EntryTag`]. [`MemoryStorage::purge_path`] and [`MemoryStorage::purge_prefix`]
 //!   are range scans, O(log n + k); they remove every query string and every Vary variant of a
@@ -42,7 +43,8 @@
 //!
 //! Bodies are stored whole: a miss handler buffers the body and the object appears at `finish`
 //! (no streaming partial reads, [`Storage::support_streaming_partial_write`] is false). A fill in
-//! progress is not counted against the budget; pingora's cache lock bounds how many run per key.
+//! progress is not counted against the budget (with pingora's cache lock on, one runs per key);
+//! a body that alone outweighs the budget stops being buffered as soon as it does.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -66,18 +68,20 @@ use std::time::SystemTime;
 /// low on a few cores without making `purge_where`'s per-shard scan fragmented.
 const SHARDS: usize = 16;
 
-/// Bytes charged per entry on top of body, meta and tag string lengths: what an entry costs the
-/// process beyond its payload.
+/// Bytes charged per entry on top of the allocations holding its body, meta and tag strings
+/// (see `weigh`): what an entry costs the process beyond its own data.
 ///
-/// Measured, not guessed (`examples`/bench `cache_storage`, mimalloc as in the binary, 1M
-/// distinct small objects into an unbounded store, RSS growth per entry minus the payload
-/// charged): about 520 B per entry on x86-64. It is made up of the `Arc<Object>` (~176 B
-/// allocation class), the object-map slot (16 B slot + control byte at 44–88 % load), the LRU
-/// node (hash-map slot, 24 B boxed node, 16 B list node), the index element (56 B in B-tree
-/// nodes about two-thirds full), the three or four `Arc<str>` headers of the tag, the body's
-/// `Bytes` shared header, and allocator size-class rounding of the body, meta and tag
-/// allocations. Rounded up so that `used_bytes` bounds the RSS the entries hold with margin.
-pub const ENTRY_OVERHEAD: usize = 600;
+/// Measured, not guessed: `cargo bench --bench cache_storage` (mimalloc, as in the binary)
+/// stores a million distinct small responses and reports RSS growth per entry minus the
+/// charged allocations. What it covers, x86-64: the `Arc<Object>` (144 B, a 160 B block), the
+/// object-map slot (16 B + 1 control byte at 44–88 % load: 19–39 B), the LRU's slot (the same),
+/// boxed node (24 B, a 32 B block) and list node (16 B + growth slack), and the index element
+/// (56 B in B-tree nodes 50–100 % full, plus inner nodes: ~65–130 B). Measured: 397 B per
+/// entry with all 1M entries kept; 405–495 B per entry under eviction churn with tiny and JSON
+/// bodies at 16–256 MiB budgets (the extra is mimalloc pages left partly free by random
+/// evictions). 544 = the worst of those plus 10 %, so `used_bytes` bounds the RSS the entries
+/// hold even when the objects are tiny.
+pub const ENTRY_OVERHEAD: usize = 544;
 
 /// What an entry is about, for invalidation. The proxy puts one in `CacheKey::extensions` before lookup;
 /// a key without one is stored under an empty tag (purgeable only by `purge_where`).
@@ -167,22 +171,21 @@ const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
 
 /// The block the allocator reserves for an `n`-byte request: mimalloc's (v2, the `tollgate`
 /// binary's global allocator) size classes, checked against `mi_usable_size`: multiples of 16
-/// up to 128 B, then four classes per doubling up to 512 KiB, then multiples of 64 KiB. Charging
-/// this rather than `n` keeps the budget honest for sizes just past a class boundary (a 513-byte
-/// body occupies 640). Other allocators round less coarsely, except by a few bytes for tiny
-/// blocks, which [`ENTRY_OVERHEAD`]'s margin covers.
+/// up to 128 B, then four classes per doubling up to 512 KiB. Past that mimalloc rounds to
+/// 64 KiB–4 MiB steps that grow with the size; eight classes per doubling is at or above every
+/// measured block. Charging this rather than `n` keeps the budget honest for sizes just past a
+/// class boundary (a 513-byte body occupies 640). Other allocators round less coarsely, except
+/// by a few bytes for tiny blocks, which [`ENTRY_OVERHEAD`]'s margin covers.
 fn allocated(n: usize) -> usize {
     const LARGE: usize = 512 << 10;
-    match n {
-        0..=8 => 8,
-        9..=128 => n.next_multiple_of(16),
-        129..=LARGE => {
-            // 2^k < n <= 2^(k+1): classes every 2^k / 4.
-            let k = usize::BITS - 1 - (n - 1).leading_zeros();
-            n.next_multiple_of((1 << k) / 4)
-        }
-        _ => n.checked_next_multiple_of(64 << 10).unwrap_or(usize::MAX),
+    if n <= 128 {
+        return n.max(1).next_multiple_of(if n <= 8 { 8 } else { 16 });
     }
+    // 2^k < n <= 2^(k+1)
+    let k = usize::BITS - 1 - (n - 1).leading_zeros();
+    let classes_per_doubling = if n <= LARGE { 4 } else { 8 };
+    n.checked_next_multiple_of((1 << k) / classes_per_doubling)
+        .unwrap_or(usize::MAX)
 }
 
 /// `CacheMeta::serialize()` output, the internal meta and the compressed header concatenated
@@ -431,28 +434,29 @@ impl MemoryStorage {
         }
     }
 
-    /// Swap the meta of the object stored for `hash` for `f(old meta)`, re-weighing it.
-    /// `promote` moves it to the LRU head (a revalidation is an access; an expiry is not).
-    /// Returns `Ok(false)` when nothing is stored for `hash`, or when the new weight no longer
-    /// fits the budget (the entry is then removed).
+    /// Swap the meta of the object stored for `hash` for `f(old meta)`, re-weighing it (the
+    /// body is shared, not copied). `promote` moves it to the LRU head (a revalidation is an
+    /// access; an expiry is not).
     fn replace_meta(
         &self,
         hash: &HashBinary,
         promote: bool,
         f: impl FnOnce(&Object) -> Result<StoredMeta>,
-    ) -> Result<bool> {
+    ) -> Result<MetaSwap> {
         let key = short_key(hash);
         let mut graveyard = Vec::new();
         let mut index = self.index.lock();
         // Holding the writer lock: nothing else can replace or remove the object meanwhile.
         let Some(old) = self.get(hash) else {
-            return Ok(false);
+            return Ok(MetaSwap::Missing);
         };
         let meta = f(&old)?;
         let new = Object::new(old.hash, meta, old.body.clone(), old.tag.clone());
         if new.weight > self.max_bytes {
+            // The grown entry no longer fits at all.
             graveyard.extend(self.remove_locked(&mut index, key, |_| true));
-            return Ok(false);
+            drop(index);
+            return Ok(MetaSwap::Removed);
         }
         let weight = new.weight;
         {
@@ -466,8 +470,18 @@ impl MemoryStorage {
         }
         self.evict_locked(&mut index, &mut graveyard);
         drop(index);
-        Ok(true)
+        Ok(MetaSwap::Swapped)
     }
+}
+
+/// What [`MemoryStorage::replace_meta`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum MetaSwap {
+    Swapped,
+    /// Nothing is stored for the key.
+    Missing,
+    /// The entry with its new meta would outweigh the whole budget, so it was removed.
+    Removed,
 }
 
 impl std::fmt::Debug for MemoryStorage {
@@ -697,15 +711,15 @@ impl Storage for MemoryStorage {
                 return Ok(PurgeOutcome::NotFound);
             }
         }
-        let expired = self.replace_meta(&target.key().combined_bin(), false, |obj| {
+        let swap = self.replace_meta(&target.key().combined_bin(), false, |obj| {
             let mut meta = obj.meta.deserialize()?;
             meta.expire_at(SystemTime::now());
             StoredMeta::new(&meta)
         })?;
-        Ok(if expired {
-            PurgeOutcome::Expired
-        } else {
-            PurgeOutcome::NotFound
+        Ok(match swap {
+            MetaSwap::Swapped => PurgeOutcome::Expired,
+            MetaSwap::Missing => PurgeOutcome::NotFound,
+            MetaSwap::Removed => PurgeOutcome::Purged(None),
         })
     }
 
@@ -718,7 +732,8 @@ impl Storage for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let meta = StoredMeta::new(meta)?;
-        self.replace_meta(&key.combined_bin(), true, |_| Ok(meta))
+        let swap = self.replace_meta(&key.combined_bin(), true, |_| Ok(meta))?;
+        Ok(swap == MetaSwap::Swapped)
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -848,12 +863,24 @@ mod tests {
             (131_141, 163_840),
             (459_215, 524_288),
             (524_339, 589_824),
-            (2_228_240, 2_359_296),
         ];
         for (n, usable) in measured {
             assert_eq!(allocated(n), usable, "{n}");
         }
-        for n in 1..1_000_000 {
+        // Past 512 KiB the model may round up more than mimalloc, never less.
+        let large = [
+            (1_049_994, 1_114_112),
+            (2_228_240, 2_359_296),
+            (4_195_315, 4_456_448),
+            (8_402_850, 9_437_184),
+            (16_797_668, 17_825_792),
+            (33_579_492, 37_748_736),
+        ];
+        for (n, usable) in large {
+            assert!(allocated(n) >= usable, "{n}");
+            assert!(allocated(n) <= n + n / 8, "{n}");
+        }
+        for n in (1..1_000_000).chain([usize::MAX / 2, usize::MAX]) {
             assert!(allocated(n) >= n);
         }
     }
@@ -1121,6 +1148,43 @@ mod tests {
         assert!(s.stats().used_bytes > w, "re-weighed");
         assert_consistent(s);
         assert!(!s.update_meta(&n_key(2), &fresh, &span()).await.unwrap());
+
+        // Grown past the whole budget: removed, and reported as not updated.
+        let tight = leak(w + 64);
+        store(tight, &k, &meta(), b"body").await;
+        assert!(!tight.update_meta(&k, &fresh, &span()).await.unwrap());
+        assert!(tight.lookup(&k, &span()).await.unwrap().is_none());
+        assert_consistent(tight);
+    }
+
+    #[tokio::test]
+    async fn hashes_sharing_64_bits_never_serve_each_other() {
+        let s = leak(1 << 20);
+        let t = tag("shared", "h", "/c", "");
+        let (mut a, mut b) = (key(&t), key(&t));
+        let (mut ha, mut hb) = ([7u8; 16], [7u8; 16]);
+        ha[0] = 1;
+        hb[0] = 2; // same low 64 bits (bytes 8..16), different hash
+        a.set_primary_bin_override(ha);
+        b.set_primary_bin_override(hb);
+        store(s, &a, &meta(), b"a").await;
+        assert!(s.lookup(&b, &span()).await.unwrap().is_none());
+        let compact = b.to_compact();
+        let out = s
+            .purge(
+                PurgeTarget::Active(&compact),
+                PurgeType::Invalidation,
+                &span(),
+            )
+            .await;
+        assert_eq!(out.unwrap(), PurgeOutcome::NotFound);
+        assert!(!s.update_meta(&b, &meta(), &span()).await.unwrap());
+        // Storing b takes the slot: one entry, a's body never served for b.
+        store(s, &b, &meta(), b"b").await;
+        assert_eq!(body_of(s, &b).await.unwrap(), b"b");
+        assert!(s.lookup(&a, &span()).await.unwrap().is_none());
+        assert_eq!(s.stats().entries, 1);
+        assert_consistent(s);
     }
 
     #[tokio::test]
@@ -1210,30 +1274,47 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writers_keep_accounting_consistent() {
         let s = leak(400_000);
-        let tasks: Vec<_> = (0..8)
-            .map(|t| {
-                tokio::spawn(async move {
-                    let m = meta();
-                    for i in 0..600 {
-                        // Overlapping keys across tasks, so replacements race too.
-                        let k = n_key((t * 300 + i) % 2000);
-                        let len = (t * 131 + i * 17) % 1500;
-                        store(s, &k, &m, &vec![b'c'; len]).await;
-                        if i % 50 == 0 {
-                            s.purge_prefix("shared", "h", &format!("/k/{t}"));
-                        }
-                        if i % 97 == 0 {
-                            s.purge_where(|tag| tag.path.ends_with('7'));
-                        }
-                        if i % 3 == 0 {
-                            let _ = s.lookup(&k, &span()).await.unwrap();
-                            let _ = s.update_meta(&k, &m, &span()).await.unwrap();
-                        }
-                        tokio::task::yield_now().await;
+        // Each body starts with its key's number, so a reader can tell a wrong body.
+        let body_for = |n: usize, len: usize| {
+            let mut b = format!("{n}:").into_bytes();
+            b.resize(b.len() + len, b'c');
+            b
+        };
+        let writers = (0..8).map(|t| {
+            tokio::spawn(async move {
+                let m = meta();
+                for i in 0..600 {
+                    // Overlapping keys across tasks, so replacements race too.
+                    let n = (t * 300 + i) % 2000;
+                    let k = n_key(n);
+                    store(s, &k, &m, &body_for(n, (t * 131 + i * 17) % 1500)).await;
+                    if i % 50 == 0 {
+                        s.purge_prefix("shared", "h", &format!("/k/{t}"));
                     }
-                })
+                    if i % 97 == 0 {
+                        s.purge_where(|tag| tag.path.ends_with('7'));
+                    }
+                    if i % 3 == 0 {
+                        let _ = s.update_meta(&k, &m, &span()).await.unwrap();
+                        let compact = k.to_compact();
+                        let _ = s.expire(PurgeTarget::Active(&compact), &span()).await;
+                    }
+                    tokio::task::yield_now().await;
+                }
             })
-            .collect();
+        });
+        let readers = (0..2).map(|r| {
+            tokio::spawn(async move {
+                for i in 0..3000 {
+                    let n = (i * 7 + r) % 2000;
+                    if let Some(body) = body_of(s, &n_key(n)).await {
+                        assert!(body.starts_with(format!("{n}:").as_bytes()), "key {n}");
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        });
+        let tasks: Vec<_> = writers.chain(readers).collect();
         for t in tasks {
             t.await.unwrap();
         }
