@@ -922,3 +922,27 @@ routes:
         .await;
     assert_eq!(input, Some(body.len() as f64));
 }
+
+#[tokio::test]
+async fn a_stale_entry_without_validators_is_fetched_again_and_replaced() {
+    let origin = Origin::start(|_s: &Seen, n| {
+        if n == 0 {
+            // Stored (it had a lifetime) but stale on arrival, and nothing to revalidate with.
+            Answer::ok("old", &[("cache-control", "max-age=10"), ("age", "10")])
+        } else {
+            fresh("new")
+        }
+    })
+    .await;
+    let tg = start(&origin, "").await;
+    assert_eq!(get(&tg, "/e").await.x_cache, "MISS");
+    let r = get(&tg, "/e").await;
+    assert_eq!((r.x_cache.as_str(), r.body.as_str()), ("EXPIRED", "new"));
+    assert_eq!(
+        r.cache_status,
+        "tollgate; fwd=stale; fwd-status=200; stored"
+    );
+    let r = get(&tg, "/e").await;
+    assert_eq!((r.x_cache.as_str(), r.body.as_str()), ("HIT", "new"));
+    assert_eq!(origin.count(), 2);
+}
