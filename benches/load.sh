@@ -19,6 +19,15 @@
 # once and serve the load from cache; each must show X-Cache-Status: HIT before the load,
 # and the upstream's request counter (stub_status) shows the load never reached it.
 # Targets direct (the upstream, for reference), nginx and tollgate.
+#
+# SCENARIO=cache-gzip combines the two: cache hits of the gzip scenario's 10240-byte JSON
+# (upstream: the same file, plus Cache-Control: max-age=300) served gzip-encoded to wrk's
+# Accept-Encoding: gzip. nginx (proxy_cache + gzip level 6) stores the identity response and
+# gzips every hit; tollgate (a caching route with gzip level 6) stores the gzip-encoded
+# variant once and serves hits as stored. Each proxy must show X-Cache-Status: HIT,
+# Content-Encoding: gzip and a body that gunzips to the payload before the load; the upstream's
+# request counter shows the load never reached it. Targets direct (uncompressed, for
+# reference), nginx and tollgate.
 # See benches/README.md for the knobs. Every process it starts is stopped on exit.
 set -euo pipefail
 
@@ -32,7 +41,11 @@ CONNS=${CONNS:-32}
 DURATION=${DURATION:-5s}
 WRK_THREADS=${WRK_THREADS:-1}
 SCENARIO=${SCENARIO:-passthrough}
-if [[ $SCENARIO == gzip || $SCENARIO == cache ]]; then
+# What a scenario is made of: the generated 10240-byte JSON body, served gzip-encoded to
+# Accept-Encoding: gzip (gzip, cache-gzip); served from the proxies' caches (cache, cache-gzip).
+scenario_gzip() { [[ $SCENARIO == gzip || $SCENARIO == cache-gzip ]]; }
+scenario_cache() { [[ $SCENARIO == cache || $SCENARIO == cache-gzip ]]; }
+if [[ $SCENARIO != passthrough ]]; then
     TARGETS=${TARGETS:-direct nginx tollgate}
 else
     TARGETS=${TARGETS:-direct nginx pingora tollgate-quiet tollgate tollgate-limits envoy}
@@ -47,15 +60,17 @@ ALL_TARGETS=(direct nginx pingora tollgate-quiet tollgate tollgate-limits envoy)
 TOLLGATE_TARGETS=(tollgate-quiet tollgate tollgate-limits)
 EXPECTED_BODY='{"ok":true,"msg":"hello from the upstream!!"}'
 EXPECTED_LEN=45
-# SCENARIO=gzip: the upstream serves a generated JSON file of exactly this many bytes.
+# SCENARIO=gzip and cache-gzip: the upstream serves a generated JSON file of exactly this many bytes.
 GZIP_BODY_LEN=10240
-# Targets of SCENARIO=gzip and SCENARIO=cache (the others have nothing to compare there,
+# Targets of SCENARIO=gzip, cache and cache-gzip (the others have nothing to compare there,
 # see scenario_skip_reason).
 SCENARIO_TARGETS=(direct nginx tollgate)
-# SCENARIO=cache: the freshness the upstream gives its response (Cache-Control: max-age, in
-# seconds). Keep in step with benches/nginx/upstream-cache.conf.in.
+# SCENARIO=cache and cache-gzip: the freshness the upstream gives its response (Cache-Control:
+# max-age, in seconds). Keep in step with benches/nginx/upstream-cache.conf.in and
+# benches/nginx/upstream-file-cache.conf.in.
 CACHE_MAX_AGE=300
-# SCENARIO=cache: the upstream's stub_status location (its request counter, see upstream_requests).
+# SCENARIO=cache and cache-gzip: the upstream's stub_status location (its request counter, see
+# upstream_requests).
 UPSTREAM_STATUS_PATH=/__upstream_status
 
 log() { printf '[load.sh] %s\n' "$*" >&2; }
@@ -67,8 +82,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------- arguments
 case $SCENARIO in
-passthrough | gzip | cache) ;;
-*) die "unknown SCENARIO '$SCENARIO' (known: passthrough, gzip, cache)" ;;
+passthrough | gzip | cache | cache-gzip) ;;
+*) die "unknown SCENARIO '$SCENARIO' (known: passthrough, gzip, cache, cache-gzip)" ;;
 esac
 is_posint() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 for var in THREADS CONNS WRK_THREADS UPSTREAM_WORKERS READY_TIMEOUT ROUNDS; do
@@ -98,19 +113,21 @@ done
 # The report's command line shows TARGETS as given, before the scenario filters it.
 TARGETS_ASKED=$TARGETS
 
-# SCENARIO=gzip and SCENARIO=cache run only direct, nginx and tollgate; any other target
+# SCENARIO=gzip, cache and cache-gzip run only direct, nginx and tollgate; any other target
 # asked for is dropped here, said so on stderr and listed as skipped in the report.
 scenario_skip_reason() {
     case $SCENARIO:$1 in
     gzip:pingora) echo "bare Pingora has no compression" ;;
     cache:pingora) echo "bare Pingora has no cache" ;;
+    cache-gzip:pingora) echo "bare Pingora has no cache and no compression" ;;
     *:tollgate-quiet | *:tollgate-limits) echo "a feature-cost variant of the pass-through scenario, not part of the $SCENARIO comparison" ;;
     gzip:envoy) echo "no compression filter is configured for envoy in this script" ;;
     cache:envoy) echo "no cache is configured for envoy in this script" ;;
+    cache-gzip:envoy) echo "no cache and no compression filter are configured for envoy in this script" ;;
     esac
 }
 SCENARIO_SKIPPED=()
-if [[ $SCENARIO == gzip || $SCENARIO == cache ]]; then
+if [[ $SCENARIO != passthrough ]]; then
     kept=""
     for t in $TARGETS; do
         case $t in
@@ -141,8 +158,8 @@ missing_prereqs() {
     have wrk || out+=(wrk)
     have curl || out+=(curl)
     have python3 || out+=(python3)
-    # SCENARIO=gzip checks that the proxies' bodies gunzip to the payload.
-    if [[ $SCENARIO == gzip ]]; then have gzip || out+=(gzip); fi
+    # SCENARIO=gzip and cache-gzip check that the proxies' bodies gunzip to the payload.
+    if scenario_gzip; then have gzip || out+=(gzip); fi
     echo "${out[*]}"
 }
 
@@ -164,10 +181,11 @@ if [[ -n $MISSING ]]; then
     fi
 fi
 NGINX_BIN=$(find_nginx)
-# SCENARIO=cache counts the requests that reach the upstream with nginx's stub_status. Without
-# that module the counts are n/a (said so); the curl hit check before the load still runs.
+# SCENARIO=cache and cache-gzip count the requests that reach the upstream with nginx's
+# stub_status. Without that module the counts are n/a (said so); the curl hit check before the
+# load still runs.
 UPSTREAM_COUNTS=0
-if [[ $SCENARIO == cache ]]; then
+if scenario_cache; then
     if "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-http_stub_status_module'; then
         UPSTREAM_COUNTS=1
     else
@@ -231,7 +249,7 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
 # nginx workers drop privileges when started as root; let them traverse the dir.
 chmod 755 "$WORK"
-# SCENARIO=gzip: the upstream's document root (the generated JSON file).
+# SCENARIO=gzip and cache-gzip: the upstream's document root (the generated JSON file).
 DOCROOT=$WORK/docroot
 
 PROC_NAMES=()
@@ -441,7 +459,7 @@ upstreams:
   app:
     endpoints: ["127.0.0.1:$UPSTREAM_PORT"]
 EOF
-    if [[ $SCENARIO == cache ]]; then
+    if scenario_cache; then
         # One caching route in place of the default route. Freshness comes from the upstream's
         # Cache-Control: max-age (ttl only applies to responses whose origin gives none), as
         # for nginx's proxy_cache.
@@ -462,8 +480,11 @@ routes:
     upstream: app
 EOF
     fi
-    if [[ $SCENARIO == gzip ]]; then
-        # The default route (last in the base config) gzips like nginx: level 6, >= 1024 bytes.
+    if scenario_gzip; then
+        # The route (last in the base config: default, or cached with SCENARIO=cache-gzip)
+        # gzips like nginx: level 6, >= 1024 bytes (min_size 1024 is also tollgate's default).
+        # With cache-gzip, tollgate stores the gzip-encoded variant once (compressed before it
+        # is stored) and serves hits as stored.
         cat >>"$dir/tollgate.yaml" <<'EOF'
     compression:
       gzip: { level: 6 }
@@ -471,7 +492,7 @@ EOF
 EOF
     fi
     tollgate_extra_yaml "$name" >>"$dir/tollgate.yaml"
-    if [[ $SCENARIO == gzip || $SCENARIO == cache ]]; then
+    if [[ $SCENARIO != passthrough ]]; then
         # Refuse to measure a config tollgate would not accept as written.
         if ! "$BIN" check -c "$dir/tollgate.yaml" >"$dir/check.log" 2>&1; then
             {
@@ -610,7 +631,7 @@ print(len(items))
 PYEOF
 }
 
-if [[ $SCENARIO == gzip ]]; then
+if scenario_gzip; then
     mkdir -p "$DOCROOT"
     chmod 755 "$DOCROOT"
     PAYLOAD_OBJECTS=$(gen_payload "$DOCROOT/payload.json" "$GZIP_BODY_LEN") ||
@@ -667,49 +688,70 @@ check_headers() { # name port
     log "$name: HEAD / -> 200, X-Response-Time $(has_header x-response-time && echo present || echo absent), no RateLimit-Policy"
 }
 
-# SCENARIO=gzip, before any load: a GET with Accept-Encoding: gzip (what wrk sends). The
-# upstream (direct) must answer uncompressed, byte for byte the payload; nginx and tollgate
-# must answer Content-Encoding: gzip with a body that gunzips to exactly the payload.
-# GZ_SIZE[target] is the compressed body size.
-declare -A GZ_SIZE=()
+hdr_val() { # header-name (lower case) headers-file -> the first such header's value
+    awk -v h="$1" 'BEGIN { FS = ":[ \t]*" } tolower($1) == h { sub(/^[^:]*:[ \t]*/, ""); print; exit }' "$2"
+}
+
+# The upstream's config file, for messages.
+upstream_conf_name() {
+    case $SCENARIO in
+    gzip) echo benches/nginx/upstream-file.conf.in ;;
+    cache) echo benches/nginx/upstream-cache.conf.in ;;
+    cache-gzip) echo benches/nginx/upstream-file-cache.conf.in ;;
+    *) echo benches/nginx/upstream.conf.in ;;
+    esac
+}
+
+# SCENARIO=gzip and cache-gzip: one response to a GET with Accept-Encoding: gzip (what wrk
+# sends), already fetched (status checked). The upstream (direct) must answer uncompressed,
+# byte for byte the payload; nginx and tollgate must answer Content-Encoding: gzip with a body
+# that gunzips to exactly the payload. GZ_SIZE[target] is the compressed body size,
+# GZ_NOTE[target] a summary for the report.
+declare -A GZ_SIZE=() GZ_NOTE=()
+verify_gzip_response() { # name headers-file body-file what (for messages)
+    local name=$1 hdr=$2 body=$3 what=$4 dec=$3.decoded enc vary framing n m
+    enc=$(hdr_val content-encoding "$hdr")
+    vary=$(hdr_val vary "$hdr")
+    if [[ -n $(hdr_val content-length "$hdr") ]]; then
+        framing="Content-Length: $(hdr_val content-length "$hdr")"
+    else
+        framing="Transfer-Encoding: $(hdr_val transfer-encoding "$hdr")"
+    fi
+    n=$(wc -c <"$body")
+    if [[ $name == direct ]]; then
+        [[ -z $enc ]] ||
+            die "direct: the upstream answered Content-Encoding: $enc; it must serve the payload uncompressed (gzip off in $(upstream_conf_name))"
+        cmp -s "$body" "$WORK/expected.body" ||
+            die "direct: got $n bytes with Accept-Encoding: gzip, not the $EXPECTED_LEN-byte payload"
+        GZ_NOTE[direct]="no Content-Encoding, $n bytes = the payload"
+        log "direct: $what -> 200, no Content-Encoding, $n bytes = the payload ($(hdr_val content-type "$hdr"), $framing)"
+        return
+    fi
+    [[ ${enc,,} == gzip ]] ||
+        die "$name: $what -> Content-Encoding '${enc:-(none)}', want gzip (headers: $(tr '\n' ' ' <"$hdr"))"
+    gzip -dc <"$body" >"$dec" 2>"$dec.err" ||
+        die "$name: $what: the $n-byte Content-Encoding: gzip body does not gunzip: $(cat "$dec.err")"
+    m=$(wc -c <"$dec")
+    cmp -s "$dec" "$WORK/expected.body" ||
+        die "$name: $what: the gzip body gunzips to $m bytes that differ from the $EXPECTED_LEN-byte payload"
+    GZ_SIZE[$name]=$n
+    GZ_NOTE[$name]="Content-Encoding: gzip, $n bytes, gunzip -> the payload, Vary: ${vary:-(none)}, $framing"
+    log "$name: $what -> 200, Content-Encoding: gzip, $n bytes, gunzip -> $m bytes = the payload (Vary: ${vary:-(none)}; $framing)"
+}
+
+# SCENARIO=gzip, before any load: a GET with Accept-Encoding: gzip, checked by verify_gzip_response.
 check_gzip() { # name port
-    local name=$1 port=$2 raw=$WORK/$1.gz.headers.raw hdr=$WORK/$1.gz.headers body=$WORK/$1.gz.body
-    local dec=$WORK/$1.gz.decoded status enc vary framing n m
+    local name=$1 port=$2 raw=$WORK/$1.gz.headers.raw hdr=$WORK/$1.gz.headers body=$WORK/$1.gz.body status
     curl -s --max-time 5 -H 'Accept-Encoding: gzip' -D "$raw" -o "$body" "http://127.0.0.1:$port/" ||
         die "$name: curl -s -H 'Accept-Encoding: gzip' http://127.0.0.1:$port/ failed (curl exit $?)"
     tr -d '\r' <"$raw" >"$hdr"
     status=$(head -n 1 "$hdr")
     [[ $status =~ ^HTTP/[0-9.]+\ 200 ]] ||
         die "$name: GET / with Accept-Encoding: gzip -> '$status', want 200 (headers: $(tr '\n' ' ' <"$hdr"))"
-    hval() { awk -v h="$1" 'BEGIN { FS = ":[ \t]*" } tolower($1) == h { sub(/^[^:]*:[ \t]*/, ""); print; exit }' "$hdr"; }
-    enc=$(hval content-encoding)
-    vary=$(hval vary)
-    if [[ -n $(hval content-length) ]]; then
-        framing="Content-Length: $(hval content-length)"
-    else
-        framing="Transfer-Encoding: $(hval transfer-encoding)"
-    fi
-    n=$(wc -c <"$body")
-    if [[ $name == direct ]]; then
-        [[ -z $enc ]] ||
-            die "direct: the upstream answered Content-Encoding: $enc; it must serve the payload uncompressed (gzip off in benches/nginx/upstream-file.conf.in)"
-        cmp -s "$body" "$WORK/expected.body" ||
-            die "direct: got $n bytes with Accept-Encoding: gzip, not the $EXPECTED_LEN-byte payload"
-        log "direct: GET / with Accept-Encoding: gzip -> 200, no Content-Encoding, $n bytes = the payload ($(hval content-type), $framing)"
-        return
-    fi
-    [[ ${enc,,} == gzip ]] ||
-        die "$name: GET / with Accept-Encoding: gzip -> Content-Encoding '${enc:-(none)}', want gzip (headers: $(tr '\n' ' ' <"$hdr"))"
-    gzip -dc <"$body" >"$dec" 2>"$dec.err" ||
-        die "$name: the $n-byte Content-Encoding: gzip body does not gunzip: $(cat "$dec.err")"
-    m=$(wc -c <"$dec")
-    cmp -s "$dec" "$WORK/expected.body" ||
-        die "$name: the gzip body gunzips to $m bytes that differ from the $EXPECTED_LEN-byte payload"
-    GZ_SIZE[$name]=$n
-    log "$name: GET / with Accept-Encoding: gzip -> 200, Content-Encoding: gzip, $n bytes, gunzip -> $m bytes = the payload (Vary: ${vary:-(none)}; $framing)"
+    verify_gzip_response "$name" "$hdr" "$body" "GET / with Accept-Encoding: gzip"
 }
 
-# SCENARIO=cache: the upstream nginx's request counter (stub_status "requests"), or nothing
+# SCENARIO=cache and cache-gzip: the upstream nginx's request counter (stub_status "requests"), or nothing
 # when unavailable. The read itself is one request: a difference of two reads is the
 # requests in between + 1.
 upstream_requests() {
@@ -721,40 +763,51 @@ upstream_delta() { # before after -> requests that reached the upstream in betwe
     if [[ -n $1 && -n $2 ]]; then echo $(($2 - $1 - 1)); else echo n/a; fi
 }
 
-# SCENARIO=cache, before any load (after check_body's GET, the first through each proxy): a
-# warm-up GET, then a GET that must be a cache hit: 200, X-Cache-Status: HIT, the 45-byte body,
-# and (with stub_status) no request reaching the upstream in between. direct must send the
-# Cache-Control: max-age the proxies are meant to obey. CACHE_NOTE[target] goes to the report.
+# SCENARIO=cache and cache-gzip, before any load (after check_body's GET, the first through each
+# proxy): a warm-up GET, then a GET that must be a cache hit: 200, X-Cache-Status: HIT, the
+# body, and (with stub_status) no request reaching the upstream in between. direct must send
+# the Cache-Control: max-age the proxies are meant to obey. With SCENARIO=cache-gzip every GET
+# sends Accept-Encoding: gzip (as wrk does) and "the body" is verify_gzip_response's check:
+# Content-Encoding: gzip and a body that gunzips to the payload (direct: the payload
+# uncompressed). For tollgate the warm-up GET is usually the MISS that stores the gzip variant
+# (check_body's plain GET stored the identity one). CACHE_NOTE[target] goes to the report.
 declare -A CACHE_NOTE=()
-hdr_val() { # header-name (lower case) headers-file -> the first such header's value
-    awk -v h="$1" 'BEGIN { FS = ":[ \t]*" } tolower($1) == h { sub(/^[^:]*:[ \t]*/, ""); print; exit }' "$2"
-}
 check_cache() { # name port
-    local name=$1 port=$2 dir=$WORK/$1.cache i raw hdr body status cc xcs cst xrt u0 u1 up warm=""
+    local name=$1 port=$2 dir=$WORK/$1.cache i raw hdr body status cc xcs cst xrt u0 u1 up warm="" ae=() what
     mkdir -p "$dir"
+    if [[ $SCENARIO == cache-gzip ]]; then ae=(-H 'Accept-Encoding: gzip'); fi
     if [[ $name == direct ]]; then
-        curl -s --max-time 5 -D "$dir/raw" -o "$dir/body" "http://127.0.0.1:$port/" ||
+        curl -s --max-time 5 "${ae[@]+"${ae[@]}"}" -D "$dir/raw" -o "$dir/body" "http://127.0.0.1:$port/" ||
             die "direct: curl -s http://127.0.0.1:$port/ failed (curl exit $?)"
         tr -d '\r' <"$dir/raw" >"$dir/headers"
         cc=$(hdr_val cache-control "$dir/headers")
         [[ $cc == "max-age=$CACHE_MAX_AGE" ]] ||
-            die "direct: the upstream sent Cache-Control '${cc:-(none)}', want 'max-age=$CACHE_MAX_AGE' (benches/nginx/upstream-cache.conf.in): without it the proxies would not store the response the same way"
+            die "direct: the upstream sent Cache-Control '${cc:-(none)}', want 'max-age=$CACHE_MAX_AGE' ($(upstream_conf_name)): without it the proxies would not store the response the same way"
         CACHE_NOTE[direct]="Cache-Control: $cc"
         log "direct: GET / -> Cache-Control: $cc (the origin freshness both proxies obey)"
+        if [[ $SCENARIO == cache-gzip ]]; then
+            verify_gzip_response direct "$dir/headers" "$dir/body" "GET / with Accept-Encoding: gzip"
+            CACHE_NOTE[direct]+=", ${GZ_NOTE[direct]}"
+        fi
         return
     fi
     for i in 1 2; do
         raw=$dir/$i.raw hdr=$dir/$i.headers body=$dir/$i.body
+        what="cache check GET $i${ae[*]:+ with Accept-Encoding: gzip}"
         if ((i == 2)); then u0=$(upstream_requests); fi
-        curl -s --max-time 5 -D "$raw" -o "$body" "http://127.0.0.1:$port/" ||
-            die "$name: cache check GET $i of http://127.0.0.1:$port/ failed (curl exit $?)"
+        curl -s --max-time 5 "${ae[@]+"${ae[@]}"}" -D "$raw" -o "$body" "http://127.0.0.1:$port/" ||
+            die "$name: $what of http://127.0.0.1:$port/ failed (curl exit $?)"
         if ((i == 2)); then u1=$(upstream_requests); fi
         tr -d '\r' <"$raw" >"$hdr"
         status=$(head -n 1 "$hdr")
         [[ $status =~ ^HTTP/[0-9.]+\ 200 ]] ||
-            die "$name: cache check GET $i -> '$status', want 200 (headers: $(tr '\n' ' ' <"$hdr"))"
-        cmp -s "$body" "$WORK/expected.body" ||
-            die "$name: cache check GET $i: body differs from the $EXPECTED_LEN-byte upstream body: $(head -c 200 "$body")"
+            die "$name: $what -> '$status', want 200 (headers: $(tr '\n' ' ' <"$hdr"))"
+        if [[ $SCENARIO == cache-gzip ]]; then
+            verify_gzip_response "$name" "$hdr" "$body" "$what"
+        else
+            cmp -s "$body" "$WORK/expected.body" ||
+                die "$name: $what: body differs from the $EXPECTED_LEN-byte upstream body: $(head -c 200 "$body")"
+        fi
         xcs=$(hdr_val x-cache-status "$hdr")
         if ((i == 1)); then warm=${xcs:-(none)}; fi
     done
@@ -762,13 +815,14 @@ check_cache() { # name port
     xrt=$(hdr_val x-response-time "$hdr")
     up=$(upstream_delta "${u0:-}" "${u1:-}")
     if [[ ${xcs^^} != HIT ]]; then
-        die "$name: NOT A CACHE HIT: after a warm-up GET (X-Cache-Status: $warm) a second GET / answered X-Cache-Status: '${xcs:-(none)}', Cache-Status: '${cst:-(none)}', want HIT; refusing to benchmark cache misses (headers: $(tr '\n' ' ' <"$hdr"))"
+        die "$name: NOT A CACHE HIT: after a warm-up GET (X-Cache-Status: $warm) a second GET /${ae[*]:+ with Accept-Encoding: gzip} answered X-Cache-Status: '${xcs:-(none)}', Cache-Status: '${cst:-(none)}', want HIT; refusing to benchmark cache misses (headers: $(tr '\n' ' ' <"$hdr"))"
     fi
     if [[ $up != n/a && $up -ne 0 ]]; then
         die "$name: the second GET / said X-Cache-Status: HIT but the upstream counted $up request(s) meanwhile; refusing to benchmark (headers: $(tr '\n' ' ' <"$hdr"))"
     fi
     CACHE_NOTE[$name]="X-Cache-Status: $xcs${cst:+, Cache-Status: $cst}, upstream requests during that GET: $up"
-    log "$name: warm-up GET / -> X-Cache-Status: $warm; second GET / -> 200, X-Cache-Status: $xcs${cst:+, Cache-Status: $cst}, Cache-Control: $(hdr_val cache-control "$hdr"), body matches, upstream requests meanwhile: $up$(if [[ $name == tollgate ]]; then if [[ -n $xrt ]]; then echo ", X-Response-Time present"; else echo ", no X-Response-Time"; fi; fi)"
+    if [[ $SCENARIO == cache-gzip ]]; then CACHE_NOTE[$name]+=", ${GZ_NOTE[$name]}"; fi
+    log "$name: warm-up GET / -> X-Cache-Status: $warm; second GET / -> 200, X-Cache-Status: $xcs${cst:+, Cache-Status: $cst}, Cache-Control: $(hdr_val cache-control "$hdr"), $(if [[ $SCENARIO == cache-gzip ]]; then echo "Content-Encoding: gzip, gunzips to the payload"; else echo "body matches"; fi), upstream requests meanwhile: $up$(if [[ $name == tollgate ]]; then if [[ -n $xrt ]]; then echo ", X-Response-Time present"; else echo ", no X-Response-Time"; fi; fi)"
 }
 
 port_of() {
@@ -870,17 +924,18 @@ cpu_us_per_req() { # "before-snapshot" "after-snapshot" requests
 # Per round: V_*[target:round]. Aggregated (median over rounds): R_*[target].
 declare -A V_RPS=() V_P50=() V_P99=() V_CPU=() V_STATUS=()
 declare -A R_RPS=() R_P50=() R_P99=() R_CPU=() R_STATUS=()
-# SCENARIO=gzip: bytes wrk read per response (headers + body), per round and median.
+# SCENARIO=gzip and cache-gzip: bytes wrk read per response (headers + body), per round and median.
 declare -A V_BPR=() R_BPR=()
-# SCENARIO=cache: requests that reached the upstream during the measured run, per round and
-# the largest of the rounds.
+# SCENARIO=cache and cache-gzip: requests that reached the upstream during the measured run, per
+# round and the largest of the rounds.
 declare -A V_UPS=() R_UPS=()
 FAILED=0
 
-# Extra wrk arguments (warm-up and measured run): SCENARIO=gzip asks every target for gzip.
+# Extra wrk arguments (warm-up and measured run): SCENARIO=gzip and cache-gzip ask every target
+# for gzip.
 WRK_HDR=()
 WRK_HDR_SHOW=""
-if [[ $SCENARIO == gzip ]]; then
+if scenario_gzip; then
     WRK_HDR=(-H 'Accept-Encoding: gzip')
     WRK_HDR_SHOW="-H 'Accept-Encoding: gzip' "
 fi
@@ -924,12 +979,12 @@ run_load() { # name round
     [[ ${#pids[@]} -gt 0 ]] || log "$tag: no process found to charge CPU to; cpu us/req will be n/a"
     log "$tag: measure  wrk ${WRK_HDR_SHOW}-t$WRK_THREADS -c$CONNS -d$DURATION --latency $url  (cpu: pid(s) ${pids[*]:-none})"
     # The upstream's counter is read outside the CPU window (it is a request to the upstream).
-    if [[ $SCENARIO == cache ]]; then ups0=$(upstream_requests); fi
+    if scenario_cache; then ups0=$(upstream_requests); fi
     cpu0=$(cpu_ticks "${pids[@]+"${pids[@]}"}" | tr '\n' ' ')
     run_wrk "$out" "${WRK_HDR[@]+"${WRK_HDR[@]}"}" -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" ||
         die_with_log "$tag: wrk failed" "$out"
     cpu1=$(cpu_ticks "${pids[@]+"${pids[@]}"}" | tr '\n' ' ')
-    if [[ $SCENARIO == cache ]]; then ups1=$(upstream_requests); fi
+    if scenario_cache; then ups1=$(upstream_requests); fi
 
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
@@ -952,7 +1007,7 @@ run_load() { # name round
     elif [[ $non2xx -gt 0 || $sockerr -gt 0 ]]; then
         status="FAIL: non-2xx=$non2xx socket-errors=$sockerr${sockline:+ ($sockline)} of $total requests"
     fi
-    if [[ $SCENARIO == gzip ]]; then
+    if scenario_gzip; then
         # The curl check saw one response; this checks the load itself: a compressed response
         # (headers included) is far below the payload, an uncompressed one is above it.
         bpr=$(bytes_per_req "$out")
@@ -967,7 +1022,7 @@ run_load() { # name round
             fi
         fi
     fi
-    if [[ $SCENARIO == cache ]]; then
+    if scenario_cache; then
         # The pre-load curl saw one hit; this checks the load itself. A proxy whose upstream
         # saw more than 1% of the run's requests was not serving from cache (an entry
         # refreshed at expiry costs a handful of requests, not thousands).
@@ -1067,13 +1122,18 @@ log "work dir $WORK; ports: upstream=$UPSTREAM_PORT nginx=$NGINX_PORT pingora=$P
 if [[ $SCENARIO == gzip ]]; then
     UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream-file.conf.in
     PROXY_TMPL=$SCRIPT_DIR/nginx/proxy-gzip.conf.in
-elif [[ $SCENARIO == cache ]]; then
-    UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream-cache.conf.in
-    PROXY_TMPL=$SCRIPT_DIR/nginx/proxy-cache.conf.in
+elif scenario_cache; then
+    if [[ $SCENARIO == cache-gzip ]]; then
+        UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream-file-cache.conf.in
+        PROXY_TMPL=$SCRIPT_DIR/nginx/proxy-cache-gzip.conf.in
+    else
+        UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream-cache.conf.in
+        PROXY_TMPL=$SCRIPT_DIR/nginx/proxy-cache.conf.in
+    fi
     if ((UPSTREAM_COUNTS == 0)); then
         # No stub_status in this nginx: the same upstream without the counter location.
-        grep -v 'stub_status;' "$UPSTREAM_TMPL" >"$WORK/upstream-cache.nostub.conf.in"
-        UPSTREAM_TMPL=$WORK/upstream-cache.nostub.conf.in
+        grep -v 'stub_status;' "$UPSTREAM_TMPL" >"$WORK/upstream.nostub.conf.in"
+        UPSTREAM_TMPL=$WORK/upstream.nostub.conf.in
     fi
 else
     UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream.conf.in
@@ -1091,11 +1151,12 @@ done
 
 for t in "${RUN[@]}"; do
     check_body "$t" "$(port_of "$t")"
-    # SCENARIO=cache: check_cache stands in for check_headers (whose HEAD would go through the
-    # cache too); it logs X-Response-Time for tollgate.
-    if is_tollgate_target "$t" && [[ $SCENARIO != cache ]]; then check_headers "$t" "$(port_of "$t")"; fi
+    # SCENARIO=cache and cache-gzip: check_cache stands in for check_headers (whose HEAD would go
+    # through the cache too); it logs X-Response-Time for tollgate. With cache-gzip it also runs
+    # the gzip check (verify_gzip_response) on its GETs, the second of which must be a hit.
+    if is_tollgate_target "$t" && ! scenario_cache; then check_headers "$t" "$(port_of "$t")"; fi
     if [[ $SCENARIO == gzip ]]; then check_gzip "$t" "$(port_of "$t")"; fi
-    if [[ $SCENARIO == cache ]]; then check_cache "$t" "$(port_of "$t")"; fi
+    if scenario_cache; then check_cache "$t" "$(port_of "$t")"; fi
 done
 
 # ---------------------------------------------------------------- load
@@ -1154,17 +1215,23 @@ feature_check() { # name
         if ((dropped > 0)); then
             note+=" (the access log writer fell behind: logging cost is understated)"
         fi
-        if [[ $SCENARIO == gzip ]]; then
+        if scenario_gzip; then
             gz_in=$(metric_sum "$mf" tollgate_compression_input_bytes_total 'algorithm="gzip"')
             gz_out=$(metric_sum "$mf" tollgate_compression_output_bytes_total 'algorithm="gzip"')
             note+=", gzip $gz_in bytes in / $gz_out bytes out"
             if ((gz_in > 0)); then
                 note+=" ($(awk -v a="$gz_out" -v b="$gz_in" 'BEGIN { printf "%.3f", a / b }') of the input)"
             fi
-            ((gz_out > 0)) || problem="no gzip output counted (tollgate_compression_output_bytes_total{algorithm=\"gzip\"} is 0)"
+            if [[ $SCENARIO == gzip ]]; then
+                ((gz_out > 0)) || problem="no gzip output counted (tollgate_compression_output_bytes_total{algorithm=\"gzip\"} is 0)"
+            else
+                # Informational: hits are served as stored, so the gzip input is the payload
+                # compressed at fill time, not once per request.
+                note+=" = $(awk -v a="$gz_in" -v b="$EXPECTED_LEN" 'BEGIN { printf "%.1f", a / b }') payload(s) compressed for $reqs requests"
+            fi
         fi
     fi
-    if [[ $SCENARIO == cache && -s $mf ]]; then
+    if scenario_cache && [[ -s $mf ]]; then
         # Informational (not checked: the label values are the cache's own): requests by the
         # request duration histogram's `cache` label, and any tollgate_cache_* samples.
         by_cache=$(awk 'index($0, "tollgate_http_request_duration_seconds_count{") == 1 && match($0, /cache="[^"]*"/) {
@@ -1221,6 +1288,25 @@ if [[ $SCENARIO == gzip ]]; then
     echo "- load: \`wrk -H 'Accept-Encoding: gzip' -t$WRK_THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/\` after a \`wrk -H 'Accept-Encoding: gzip' -t1 -c32 -d1s\` warm-up per target; $ROUNDS round(s), interleaved; table values are medians over rounds"
     echo "- cpu us/req: utime+stime (/proc/PID/stat, CLK_TCK=$CLK_TCK) of the proxy process(es) over the measured run / requests completed (nginx: its workers; direct: the upstream nginx workers)"
     echo "- bytes/resp: bytes wrk read per response (status line, headers and body) in the measured run; a target whose responses are not below the $EXPECTED_LEN-byte payload fails"
+elif [[ $SCENARIO == cache-gzip ]]; then
+    echo "## tollgate gzip cache-hit load benchmark"
+    echo
+    echo "- scenario: cache-gzip (SCENARIO=cache-gzip): cache hits served gzip-encoded. The upstream serves one JSON file uncompressed with Cache-Control: max-age=$CACHE_MAX_AGE; nginx (proxy_cache + gzip) stores the identity response once and gzips every hit; tollgate (a caching route with compression) stores the gzip-encoded variant once and serves hits as stored; direct = the upstream itself, uncompressed, for reference"
+    echo "- command: \`$CMD\`"
+    echo "- body: $EXPECTED_LEN bytes, a JSON array of $PAYLOAD_OBJECTS objects (application/json, from a file, Cache-Control: max-age=$CACHE_MAX_AGE, upstream gzip off: benches/nginx/upstream-file-cache.conf.in), one URL (GET /), HTTP/1.1 keep-alive, all on 127.0.0.1"
+    echo "- hit check before the load (a warm-up GET, then a GET that must answer X-Cache-Status: HIT, Content-Encoding: gzip with a body that gunzips to the payload, and reach no upstream; every GET with Accept-Encoding: gzip): $(for t in "${RUN[@]}"; do if [[ -n ${CACHE_NOTE[$t]:-} ]]; then printf '%s: %s; ' "$t" "${CACHE_NOTE[$t]}"; fi; done | sed 's/; $//')"
+    echo "- compressed size of the body served from cache (the hit-check GET): nginx $(gz_size nginx), tollgate $(gz_size tollgate); tollgate/nginx $(if [[ -n ${GZ_SIZE[nginx]:-} && -n ${GZ_SIZE[tollgate]:-} ]]; then awk -v a="${GZ_SIZE[tollgate]}" -v b="${GZ_SIZE[nginx]}" 'BEGIN { printf "%.3f", a / b }'; else echo n/a; fi)"
+    echo "- nginx proxy (benches/nginx/proxy-cache-gzip.conf.in): proxy-cache.conf.in (proxy_cache_path levels=1:2 keys_zone=tg:10m max_size=256m inactive=10m use_temp_path=off; proxy_cache tg; proxy_cache_key \$scheme\$host\$request_uri; proxy_cache_lock on; add_header X-Cache-Status \$upstream_cache_status; freshness from the origin) + gzip on; gzip_comp_level 6; gzip_types application/json; gzip_min_length 1024; gzip_proxied any; gzip_vary on: the cache holds the identity body, the gzip filter compresses each hit"
+    echo "- tollgate: same base config as the pass-through tollgate target (request metrics, X-Response-Time, access log) with cache: { max_size: 256MiB } and one route cached: { path_prefix: / } with cache: { ttl: 60s, scope: shared } and compression: { gzip: { level: 6 }, min_size: 1024 } (in-memory store holding one variant per negotiated coding, the gzip one compressed once when stored; max-age=$CACHE_MAX_AGE governs)$(if want tollgate; then echo ", accepted by \`tollgate check\`"; else echo ' (not run: tollgate is not in TARGETS)'; fi)"
+    echo "- proxy workers (THREADS): $THREADS (nginx worker_processes, tollgate server.threads); upstream nginx workers: $UPSTREAM_WORKERS"
+    echo "- load: \`wrk -H 'Accept-Encoding: gzip' -t$WRK_THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/\` after a \`wrk -H 'Accept-Encoding: gzip' -t1 -c32 -d1s\` warm-up per target; $ROUNDS round(s), interleaved; table values are medians over rounds"
+    echo "- cpu us/req: utime+stime (/proc/PID/stat, CLK_TCK=$CLK_TCK) of the proxy process(es) over the measured run / requests completed (nginx: its workers and cache manager; direct: the upstream nginx workers)"
+    echo "- bytes/resp: bytes wrk read per response (status line, headers and body) in the measured run; a proxy whose responses are not below the $EXPECTED_LEN-byte payload was not serving gzip under load and fails"
+    if ((UPSTREAM_COUNTS == 1)); then
+        echo "- upstream reqs/run: requests that reached the upstream during a measured run (its stub_status request counter read right before and after), the largest over the rounds; for direct that is the load itself, for a proxy it must stay at or below 1% of the run's requests (a cache-hit run: 0) or the target fails"
+    else
+        echo "- upstream reqs/run: n/a ($NGINX_BIN has no stub_status module); only the curl hit check shows the proxies serve from cache"
+    fi
 elif [[ $SCENARIO == cache ]]; then
     echo "## tollgate cache-hit load benchmark"
     echo
@@ -1274,6 +1360,15 @@ if [[ $SCENARIO == gzip ]]; then
     for t in "${SCENARIO_SKIPPED[@]+"${SCENARIO_SKIPPED[@]}"}"; do
         echo "| $t | - | - | - | - | - | skipped (SCENARIO=gzip: $(scenario_skip_reason "$t")) |"
     done
+elif [[ $SCENARIO == cache-gzip ]]; then
+    echo "| target | rps | p50 (ms) | p99 (ms) | cpu us/req | bytes/resp | upstream reqs/run | status |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---|"
+    for t in "${RUN[@]}"; do
+        echo "| $t | ${R_RPS[$t]} | ${R_P50[$t]} | ${R_P99[$t]} | ${R_CPU[$t]} | ${R_BPR[$t]} | ${R_UPS[$t]} | ${R_STATUS[$t]} |"
+    done
+    for t in "${SCENARIO_SKIPPED[@]+"${SCENARIO_SKIPPED[@]}"}"; do
+        echo "| $t | - | - | - | - | - | - | skipped (SCENARIO=cache-gzip: $(scenario_skip_reason "$t")) |"
+    done
 elif [[ $SCENARIO == cache ]]; then
     echo "| target | rps | p50 (ms) | p99 (ms) | cpu us/req | upstream reqs/run | status |"
     echo "|---|---:|---:|---:|---:|---:|---|"
@@ -1295,7 +1390,7 @@ else
 fi
 if ((ROUNDS > 1)); then
     echo
-    echo "Per round (rps / cpu us/req$([[ $SCENARIO == cache ]] && echo ' / upstream reqs')):"
+    echo "Per round (rps / cpu us/req$(scenario_cache && echo ' / upstream reqs')):"
     echo
     hdr="| target |"
     sep="|---|"
@@ -1309,7 +1404,7 @@ if ((ROUNDS > 1)); then
         row="| $t |"
         for ((r = 1; r <= ROUNDS; r++)); do
             row+=" ${V_RPS[$t:$r]:-n/a} / ${V_CPU[$t:$r]:-n/a}"
-            if [[ $SCENARIO == cache ]]; then row+=" / ${V_UPS[$t:$r]:-n/a}"; fi
+            if scenario_cache; then row+=" / ${V_UPS[$t:$r]:-n/a}"; fi
             [[ ${V_STATUS[$t:$r]:-ok} == ok ]] || row+=" (FAIL)"
             row+=" |"
         done
@@ -1321,6 +1416,10 @@ if [[ $SCENARIO == gzip ]]; then
     echo "tollgate/nginx rps ratio: $(ratio tollgate nginx)"
     echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu)"
     echo "tollgate/direct rps ratio: $(ratio tollgate direct)"
+elif [[ $SCENARIO == cache-gzip ]]; then
+    echo "tollgate/nginx rps ratio: $(ratio tollgate nginx) (above 1: tollgate serves more gzip-encoded cache hits per second)"
+    echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu) (below 1: tollgate spends less CPU per gzip-encoded hit; nginx gzips every hit, tollgate serves the stored gzip variant)"
+    echo "tollgate/direct rps ratio: $(ratio tollgate direct) (for scale only: direct serves the file uncompressed)"
 elif [[ $SCENARIO == cache ]]; then
     echo "tollgate/nginx rps ratio: $(ratio tollgate nginx) (goal: >= 1.00, at least nginx proxy_cache hits)"
     echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu) (above 1: tollgate spends more CPU per cache hit)"
@@ -1339,6 +1438,6 @@ fi
 
 if [[ $FAILED -ne 0 ]]; then
     echo
-    echo "**FAILURES: at least one target returned non-2xx responses or socket errors, failed its feature check$([[ $SCENARIO == gzip ]] && echo ' or was not compressed under load')$([[ $SCENARIO == cache ]] && echo ' or sent the load to the upstream instead of serving it from cache'); the numbers above are not valid.**"
+    echo "**FAILURES: at least one target returned non-2xx responses or socket errors, failed its feature check$(scenario_gzip && echo ' or was not compressed under load')$(scenario_cache && echo ' or sent the load to the upstream instead of serving it from cache'); the numbers above are not valid.**"
     exit 1
 fi

@@ -8,6 +8,9 @@
 //!   route's algorithms; the module is then told to use exactly that one;
 //! - at response time ([`should_compress`]): whether this response qualifies (size threshold,
 //!   content type allowlist, opt-out header, status, HEAD, Range, `no-transform`, event streams).
+//!
+//! brotli is encoded by tollgate itself ([`BrotliStream`]): Pingora 0.9.1's brotli encoder
+//! flushes but never finishes the stream (no final meta-block), which strict decoders reject.
 
 use crate::config::model::CompressionConfig;
 use pingora_core::protocols::http::compression::Algorithm;
@@ -249,6 +252,70 @@ pub fn add_vary(resp: &mut ResponseHeader, name: &str) -> pingora_core::Result<(
     Ok(())
 }
 
+/// A brotli encoder for one response body, finished properly at the end of the body (the
+/// part Pingora 0.9.1's encoder leaves out).
+pub struct BrotliStream {
+    writer: Option<brotli::CompressorWriter<Vec<u8>>>,
+    /// Body bytes taken in.
+    pub bytes_in: usize,
+    /// Encoded bytes given out.
+    pub bytes_out: usize,
+}
+
+impl BrotliStream {
+    /// An encoder at `level` (0-11), with a 4 MiB window (lgwin 22, brotli's default).
+    pub fn new(level: u32) -> Self {
+        BrotliStream {
+            writer: Some(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                level.min(11),
+                22,
+            )),
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// Encode one chunk; with `end`, finish the stream. Returns what is ready to send (may be
+    /// empty before the end: brotli buffers until it has a block).
+    pub fn encode(&mut self, data: &[u8], end: bool) -> std::io::Result<bytes::Bytes> {
+        use std::io::Write;
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(bytes::Bytes::new());
+        };
+        self.bytes_in += data.len();
+        w.write_all(data)?;
+        let out = if end {
+            self.writer
+                .take()
+                .map(|w| w.into_inner())
+                .unwrap_or_default()
+        } else {
+            std::mem::take(w.get_mut())
+        };
+        self.bytes_out += out.len();
+        Ok(out.into())
+    }
+}
+
+/// Rewrite a response's headers for a body tollgate encodes itself: the coding, no length (the
+/// body is streamed encoded), a weak `ETag` (the bytes differ), no ranges.
+pub fn set_encoded_headers(resp: &mut ResponseHeader, coding: &str) -> pingora_core::Result<()> {
+    resp.insert_header(http::header::CONTENT_ENCODING, coding)?;
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    resp.remove_header(&http::header::ACCEPT_RANGES);
+    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    if let Some(etag) = resp.headers.get(http::header::ETAG).cloned() {
+        if !etag.as_bytes().starts_with(b"W/") {
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(etag.as_bytes());
+            resp.insert_header(http::header::ETAG, weak)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +444,30 @@ mod tests {
         let mut range = RequestHeader::build("GET", b"/", None).unwrap();
         range.insert_header("range", "bytes=0-10").unwrap();
         assert_eq!(should_compress(&p, &range, &json("5000")), Err("range"));
+    }
+
+    #[test]
+    fn brotli_stream_is_finished_and_decodes_strictly() {
+        use std::io::Read;
+        let body: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 97).to_le_bytes())
+            .collect();
+        let mut enc = BrotliStream::new(5);
+        let mut out = Vec::new();
+        for chunk in body.chunks(7_000) {
+            out.extend_from_slice(&enc.encode(chunk, false).unwrap());
+        }
+        out.extend_from_slice(&enc.encode(&[], true).unwrap());
+        assert_eq!((enc.bytes_in, enc.bytes_out), (body.len(), out.len()));
+        let mut back = Vec::new();
+        brotli::Decompressor::new(&out[..], 4096)
+            .read_to_end(&mut back)
+            .expect("complete stream");
+        assert_eq!(back, body);
+        // Without the final block, a strict reader fails: what Pingora 0.9.1's encoder sends.
+        let mut cut = Vec::new();
+        assert!(brotli::Decompressor::new(&out[..out.len() - 1], 4096)
+            .read_to_end(&mut cut)
+            .is_err());
     }
 }

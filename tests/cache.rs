@@ -858,7 +858,7 @@ routes:
     match: {{ path_prefix: / }}
     upstream: app
     cache: {{ scope: shared }}
-    compression: {{ gzip: {{ level: 6 }} }}
+    compression: {{ gzip: {{ level: 6 }}, brotli: {{ level: 5 }} }}
 "#,
         origin.addr()
     );
@@ -895,7 +895,7 @@ routes:
     assert_eq!(gunzip(&raw), body);
     assert_eq!(origin.seen()[0].header("accept-encoding"), "gzip");
     // Another way of asking for gzip: the same (gzip) variant, served as stored.
-    let (x, enc, raw) = fetch(Some("br;q=1, gzip;q=0.8"), false).await;
+    let (x, enc, raw) = fetch(Some("deflate;q=1, gzip;q=0.8"), false).await;
     assert_eq!((x.as_str(), enc.as_deref()), ("HIT", Some("gzip")));
     assert_eq!(gunzip(&raw), body);
 
@@ -911,6 +911,20 @@ routes:
     assert_eq!((x.as_str(), enc.as_deref()), ("HIT", None));
     assert_eq!(String::from_utf8(raw).unwrap(), body);
     assert_eq!(origin.count(), 2);
+
+    // brotli (tollgate's own encoder, on the way out): its entry keeps identity from the
+    // upstream, encoded for each response; every response decodes strictly.
+    for want in ["MISS", "HIT"] {
+        let (x, enc, raw) = fetch(Some("br"), false).await;
+        assert_eq!((x.as_str(), enc.as_deref()), (want, Some("br")));
+        let mut out = String::new();
+        brotli::Decompressor::new(&raw[..], 4096)
+            .read_to_string(&mut out)
+            .expect("a complete brotli stream");
+        assert_eq!(out, body);
+    }
+    assert_eq!(origin.count(), 3);
+    assert_eq!(origin.seen()[2].header("accept-encoding"), "");
 
     // Compressed once, when the gzip variant was stored: hits are not compressed again.
     let input = tg

@@ -14,7 +14,8 @@ fn config(app: std::net::SocketAddr, compression: &str) -> String {
     )
 }
 
-const ALL: &str = "      gzip: { level: 6 }\n      zstd: { level: 3 }\n      min_size: 1024\n";
+const ALL: &str =
+    "      gzip: { level: 6 }\n      zstd: { level: 3 }\n      brotli: { level: 5 }\n      min_size: 1024\n";
 
 /// A JSON body of exactly `n` bytes (n >= 20).
 fn json_body(n: usize) -> Vec<u8> {
@@ -47,6 +48,12 @@ fn decode(encoding: &str, data: &[u8]) -> Vec<u8> {
                 .unwrap();
         }
         "zstd" => out = zstd::stream::decode_all(data).unwrap(),
+        // Strict: a stream without its final meta-block is an error, not a short body.
+        "br" => {
+            brotli::Decompressor::new(data, 4096)
+                .read_to_end(&mut out)
+                .expect("a complete brotli stream");
+        }
         other => panic!("unexpected encoding {other}"),
     }
     out
@@ -66,7 +73,7 @@ async fn each_algorithm_round_trips_and_sets_the_headers() {
     let body = json_body(10_000);
     app.set_reply(reply(body.clone(), &[("etag", "\"v1\"")]));
     let tg = Tollgate::start(&config(app.addr(), ALL)).await;
-    for enc in ["gzip", "zstd"] {
+    for enc in ["gzip", "zstd", "br"] {
         let r = get(&tg, "/x", &[("accept-encoding", enc)]).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-encoding"], enc);
@@ -98,6 +105,15 @@ async fn each_algorithm_round_trips_and_sets_the_headers() {
     }
     // The upstream is asked as the client asked.
     assert_eq!(app.requests()[0].header("accept-encoding"), "gzip");
+    for alg in ["zstd", "br"] {
+        let labels = [("algorithm", alg)];
+        assert_eq!(
+            tg.metric_reaches("tollgate_compression_input_bytes_total", &labels, 10_000.0)
+                .await,
+            Some(10_000.0),
+            "{alg}"
+        );
+    }
     let labels = [("algorithm", "gzip")];
     assert_eq!(
         tg.metric_reaches("tollgate_compression_input_bytes_total", &labels, 10_000.0)
@@ -130,7 +146,8 @@ async fn negotiation_follows_q_values() {
     assert_eq!(enc("gzip;q=0.5, zstd;q=1").await.as_deref(), Some("zstd"));
     assert_eq!(enc("gzip, zstd;q=0").await.as_deref(), Some("gzip"));
     let br_first = enc("br;q=1, zstd;q=0.9, gzip;q=0.5").await;
-    assert_eq!(br_first.as_deref(), Some("zstd"), "br is not offered");
+    assert_eq!(br_first.as_deref(), Some("br"), "highest q");
+    assert_eq!(enc("br;q=0, zstd").await.as_deref(), Some("zstd"));
     assert_eq!(
         enc("gzip, zstd").await.as_deref(),
         Some("zstd"),
@@ -138,7 +155,11 @@ async fn negotiation_follows_q_values() {
     );
     assert_eq!(enc("identity").await, None);
     assert_eq!(enc("gzip;q=0").await, None);
-    assert_eq!(enc("*").await.as_deref(), Some("zstd"));
+    assert_eq!(
+        enc("*").await.as_deref(),
+        Some("br"),
+        "any coding: server order (br, zstd, gzip)"
+    );
     let plain = get(&tg, "/x", &[]).await;
     assert_eq!(
         plain.headers().get("content-encoding"),
@@ -310,14 +331,14 @@ async fn tollgates_own_error_answers_are_never_compressed() {
 }
 
 #[test]
-fn brotli_is_refused_with_the_reason() {
+fn compression_config_errors_name_the_key() {
     let (code, _, err) = common::check_yaml(
         "upstreams:\n  app: { endpoints: [\"127.0.0.1:1\"] }\nroutes:\n  - match: { path_prefix: / }\n    upstream: app\n    compression:\n      brotli: { level: 4 }\n      gzip: { level: 12 }\n",
     );
     assert_eq!(code, 1);
     assert!(
-        err.contains(":7: routes[0].compression.brotli: brotli is not available"),
-        "{err}"
+        !err.contains("brotli"),
+        "brotli is available (tollgate's own encoder): {err}"
     );
     assert!(
         err.contains(":8: routes[0].compression.gzip.level: gzip levels go from 1 to 9, got 12"),

@@ -196,16 +196,6 @@ fn validate_compression(
     base: &str,
     errors: &mut Vec<ConfigError>,
 ) {
-    if c.brotli.is_some() {
-        // Pingora 0.9.1's brotli encoder flushes but never finishes the stream at the end of
-        // the body (no final meta-block): strict decoders reject it. Refuse rather than serve
-        // responses clients cannot read.
-        errors.push(ConfigError::at(
-            format!("{base}.brotli"),
-            "brotli is not available: the Pingora 0.9.1 brotli encoder leaves the stream \
-             unterminated and clients fail to decode it; use gzip and/or zstd",
-        ));
-    }
     for (name, algo, max) in [
         ("gzip", &c.gzip, 9),
         ("brotli", &c.brotli, 11),

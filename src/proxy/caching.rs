@@ -281,15 +281,16 @@ pub fn compress_before_storing(
     }
     ctx.compress_upstream = true;
     match ctx.compress {
+        // brotli is encoded on the way out by tollgate itself: the entry keeps identity.
+        Some(pingora_core::protocols::http::compression::Algorithm::Brotli) | None => {
+            upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
+        }
         Some(alg) => {
             upstream_request
                 .insert_header(http::header::ACCEPT_ENCODING, crate::compress::token(alg))?;
             session
                 .upstream_compression
                 .adjust_algorithm_level(alg, ctx.compress_level);
-        }
-        None => {
-            upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
         }
     }
     // The stored object is already in its final coding: the way out only decompresses.

@@ -38,6 +38,8 @@ pub struct RequestCtx {
     pub compress: Option<pingora_core::protocols::http::compression::Algorithm>,
     /// Its level.
     pub compress_level: u32,
+    /// tollgate's own brotli encoder for this response (brotli is not left to Pingora's module).
+    pub brotli: Option<crate::compress::BrotliStream>,
     /// Compression happens before the cache (this request fills a cache entry on a route that
     /// compresses): the stored object is the encoded variant.
     pub compress_upstream: bool,
@@ -86,6 +88,7 @@ impl RequestCtx {
             own_error: None,
             compress: None,
             compress_level: 0,
+            brotli: None,
             compress_upstream: false,
             upstream_compressible: false,
             client_accept_encoding: None,

@@ -27,6 +27,7 @@ use ctx::RequestCtx;
 use errors::ProxyError;
 use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::modules::http::compression::ResponseCompression;
+use pingora_core::protocols::http::compression::Algorithm;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -324,6 +325,10 @@ impl ProxyHttp for Tollgate {
                     }
                 }
             }
+            if verdict.is_ok() && ctx.compress == Some(Algorithm::Brotli) && ctx.brotli.is_none() {
+                compress::set_encoded_headers(upstream_response, "br")?;
+                ctx.brotli = Some(compress::BrotliStream::new(ctx.compress_level));
+            }
             if varies {
                 // A shared cache must not hand an uncompressed copy to clients that asked for
                 // compression, nor a compressed one to a client that opted out.
@@ -358,6 +363,24 @@ impl ProxyHttp for Tollgate {
             )?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(enc) = ctx.brotli.as_mut() {
+            let input = body.take().unwrap_or_default();
+            let out = enc.encode(&input, end_of_stream).map_err(|e| {
+                Error::because(pingora_core::ErrorType::InternalError, "brotli encoding", e)
+            })?;
+            // An empty chunk would read as the end of a chunked body: send nothing instead.
+            *body = (!out.is_empty() || end_of_stream).then_some(out);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -463,6 +486,11 @@ impl ProxyHttp for Tollgate {
                 .get::<ResponseCompression>()
                 .and_then(|m| m.get_info())
         });
+        let info = info.or_else(|| {
+            ctx.brotli
+                .as_ref()
+                .map(|b| ("br", b.bytes_in, b.bytes_out, std::time::Duration::ZERO))
+        });
         if let Some((algorithm, bytes_in, bytes_out, _)) = info {
             metrics::COMPRESSION_INPUT_BYTES_TOTAL
                 .with_label_values(&[algorithm])
@@ -536,7 +564,11 @@ fn prepare_compression(
     m.adjust_level(0);
     m.adjust_decompression(policy.decompress);
     if let Some((alg, level)) = chosen {
-        m.adjust_algorithm_level(alg, level);
+        // brotli is tollgate's own encoder (see compress::BrotliStream); the module only
+        // decompresses for it.
+        if alg != Algorithm::Brotli {
+            m.adjust_algorithm_level(alg, level);
+        }
         ctx.compress = Some(alg);
         ctx.compress_level = level;
     }
