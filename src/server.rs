@@ -92,9 +92,9 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
         upstream_keepalive_pool_size: s.upstream_keepalive_pool,
         ..ServerConf::default()
     };
-    // Each attempt to reach an upstream counts; the retry policy proper belongs to the
-    // upstream module, Pingora's own cap stays as the backstop.
-    conf.max_retries = 4;
+    // The groups' `retry.attempts` (at most 10) decide retries; Pingora's own cap stays as
+    // the backstop.
+    conf.max_retries = 9;
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
 
     let listen = config.listen.clone();

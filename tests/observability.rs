@@ -114,10 +114,19 @@ async fn upstream_failures_are_counted_by_outcome() {
         ("endpoint", &*dead.to_string()),
         ("outcome", "connect_error"),
     ];
+    // `retry.attempts` defaults to 3: each failed connection is one attempt.
     assert_eq!(
-        tg.metric_reaches("tollgate_upstream_requests_total", &labels, 1.0)
+        tg.metric_reaches("tollgate_upstream_requests_total", &labels, 3.0)
             .await,
-        Some(1.0)
+        Some(3.0)
+    );
+    assert_eq!(
+        metric_value(
+            &tg.metrics().await,
+            "tollgate_upstream_retries_total",
+            &[("upstream", "app")]
+        ),
+        Some(2.0)
     );
 }
 

@@ -93,22 +93,44 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
             sni: t.sni.clone(),
             verify: t.verify,
         });
-        let mut endpoints = Vec::new();
+        let cb = &group.circuit_breaker;
+        let mut endpoints: Vec<Endpoint> = Vec::new();
         for (i, ep) in group.endpoints.iter().enumerate() {
-            let Ok((host, port)) = parse_endpoint(ep) else {
+            let Ok((host, port)) = parse_endpoint(ep.address()) else {
                 continue;
             };
             match (host.as_str(), port)
                 .to_socket_addrs()
                 .map(|mut a| a.next())
             {
-                Ok(Some(addr)) => endpoints.push(Endpoint::new(
-                    ep.clone(),
-                    &host,
-                    addr,
-                    tls.as_ref(),
-                    &timeouts,
-                )),
+                Ok(Some(addr)) => {
+                    if let Some(other) = endpoints.iter().find(|e| e.addr == addr) {
+                        errors.push(ConfigError::at(
+                            format!("upstreams.{name}.endpoints[{i}]"),
+                            format!(
+                                "`{}` resolves to {addr}, like `{}`: an address can be listed once",
+                                ep.address(),
+                                other.label
+                            ),
+                        ));
+                        continue;
+                    }
+                    let breaker = crate::upstream::breaker::Breaker::new(
+                        cb.failures,
+                        cb.backoff.get(),
+                        cb.max_backoff.get(),
+                    );
+                    endpoints.push(
+                        Endpoint::new(
+                            ep.address().to_string(),
+                            &host,
+                            addr,
+                            tls.as_ref(),
+                            &timeouts,
+                        )
+                        .with(ep.weight(), breaker),
+                    )
+                }
                 Ok(None) => errors.push(ConfigError::at(
                     format!("upstreams.{name}.endpoints[{i}]"),
                     format!("`{host}` resolved to no address"),
@@ -122,7 +144,13 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
         if !endpoints.is_empty() {
             upstreams.insert(
                 name.clone(),
-                Arc::new(UpstreamGroup::new(name.clone(), endpoints)),
+                Arc::new(UpstreamGroup::new(
+                    name.clone(),
+                    endpoints,
+                    group.balance,
+                    crate::upstream::HashOn::parse(&group.hash_on),
+                    group.retry.attempts,
+                )),
             );
         }
     }

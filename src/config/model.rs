@@ -273,14 +273,154 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Endpoints as `host:port`. Hostnames are resolved when the config is loaded.
-    pub endpoints: Vec<String>,
+    /// Endpoints as `host:port`, or `{ address: host:port, weight: N }`. Hostnames are resolved
+    /// when the config is loaded.
+    pub endpoints: Vec<EndpointConfig>,
+    /// How an endpoint is picked: `round_robin` (default), `weighted` or `consistent_hash`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// What `consistent_hash` hashes: `tenant` (default; the client IP for anonymous callers),
+    /// `client_ip`, or `header:<name>`.
+    #[serde(default = "default_hash_on")]
+    pub hash_on: String,
+    /// Attempts per request: a connection failure is retried on another endpoint.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Passive health: endpoints that keep failing are taken out for a while.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
     /// TLS towards the endpoints. Absent: plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Connect, read, write and idle timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+}
+
+fn default_hash_on() -> String {
+    "tenant".into()
+}
+
+/// One endpoint: `host:port`, or a mapping with a weight.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    /// `host:port`, weight 1.
+    Address(String),
+    /// `{ address: host:port, weight: N }`.
+    Weighted(WeightedEndpoint),
+}
+
+/// The mapping form of an endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedEndpoint {
+    /// `host:port`.
+    pub address: String,
+    /// Relative share of requests under `balance: weighted` or `consistent_hash` (1-1000).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+impl EndpointConfig {
+    /// The `host:port` written.
+    pub fn address(&self) -> &str {
+        match self {
+            EndpointConfig::Address(a) => a,
+            EndpointConfig::Weighted(w) => &w.address,
+        }
+    }
+
+    /// Its weight (1 when not given).
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointConfig::Address(_) => 1,
+            EndpointConfig::Weighted(w) => w.weight,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EndpointConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`host:port` or `{ address: host:port, weight: N }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(EndpointConfig::Address(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<Self::Value, A::Error> {
+                WeightedEndpoint::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(EndpointConfig::Weighted)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl std::fmt::Display for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.address())
+    }
+}
+
+/// How an upstream group picks an endpoint.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn, weights ignored.
+    #[default]
+    RoundRobin,
+    /// In turn, in proportion to the endpoints' weights.
+    Weighted,
+    /// The same key (tenant, client IP or a header) goes to the same endpoint while it is up
+    /// (Ketama consistent hashing, weighted), for cache locality.
+    ConsistentHash,
+}
+
+/// `retry:` of an upstream group.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Most attempts per request, the first included (1 = no retry). A failed connection is
+    /// retried on another endpoint of the group (nothing has reached the upstream yet, so this
+    /// is safe for every method).
+    pub attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { attempts: 3 }
+    }
+}
+
+/// `circuit_breaker:` of an upstream group (passive health, per endpoint).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures (connection errors, timeouts) that open an endpoint's circuit.
+    /// 0 turns the breaker off.
+    pub failures: u32,
+    /// How long an open circuit stays open the first time; doubled each time it opens again
+    /// without a success in between, up to `max_backoff`.
+    pub backoff: ConfigDuration,
+    /// Longest open period.
+    pub max_backoff: ConfigDuration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            failures: 3,
+            backoff: ConfigDuration::from_secs(1),
+            max_backoff: ConfigDuration::from_secs(30),
+        }
+    }
 }
 
 /// `tls:` of an upstream group.

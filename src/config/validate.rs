@@ -89,15 +89,56 @@ pub fn validate(
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, ep) in group.endpoints.iter().enumerate() {
             let path = format!("{base}.endpoints[{i}]");
-            if let Err(e) = parse_endpoint(ep) {
+            if let Err(e) = parse_endpoint(ep.address()) {
+                let path = match ep {
+                    super::model::EndpointConfig::Weighted(_) => format!("{path}.address"),
+                    _ => path.clone(),
+                };
                 errors.push(ConfigError::at(&path, e));
             }
-            if let Some(first) = seen.insert(ep.as_str(), i) {
+            if !(1..=1000).contains(&ep.weight()) {
+                errors.push(ConfigError::at(
+                    format!("{path}.weight"),
+                    format!("weights go from 1 to 1000, got {}", ep.weight()),
+                ));
+            }
+            if let Some(first) = seen.insert(ep.address(), i) {
                 errors.push(ConfigError::at(
                     &path,
                     format!("duplicate endpoint `{ep}` (already at endpoints[{first}])"),
                 ));
             }
+        }
+        let hash_on = group.hash_on.as_str();
+        let header_ok = hash_on
+            .strip_prefix("header:")
+            .is_some_and(|h| http::header::HeaderName::from_bytes(h.trim().as_bytes()).is_ok());
+        if hash_on != "tenant" && hash_on != "client_ip" && !header_ok {
+            errors.push(ConfigError::at(
+                format!("{base}.hash_on"),
+                format!(
+                    "`{hash_on}` is not a hash key: write `tenant`, `client_ip` or `header:<name>`"
+                ),
+            ));
+        }
+        if !(1..=10).contains(&group.retry.attempts) {
+            errors.push(ConfigError::at(
+                format!("{base}.retry.attempts"),
+                format!(
+                    "attempts go from 1 (no retry) to 10, got {}",
+                    group.retry.attempts
+                ),
+            ));
+        }
+        let cb = &group.circuit_breaker;
+        if cb.failures > 0 && (cb.backoff.get().is_zero() || cb.max_backoff < cb.backoff) {
+            errors.push(ConfigError::at(
+                format!("{base}.circuit_breaker"),
+                format!(
+                    "backoff must be more than 0s and at most max_backoff (got {} and {})",
+                    cb.backoff, cb.max_backoff
+                ),
+            ));
         }
         let t = &group.timeouts;
         for (key, d) in [

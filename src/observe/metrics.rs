@@ -190,6 +190,31 @@ pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> =
 pub static ACCESS_LOG_SAMPLED_OUT: Lazy<IntCounter> =
     Lazy::new(|| ACCESS_LOG_LINES_TOTAL.with_label_values(&["sampled_out"]));
 
+/// `tollgate_upstream_retries_total{upstream}`: attempts beyond the first (a failed
+/// connection retried on another endpoint).
+pub static UPSTREAM_RETRIES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_upstream_retries_total",
+        "Upstream attempts beyond the first, by upstream group.",
+        &["upstream"],
+    )
+});
+
+/// `tollgate_upstream_circuit_open{upstream,endpoint}`: 1 while an endpoint's circuit breaker
+/// is open (or half-open, waiting for its probe), 0 once a request succeeded again.
+pub static UPSTREAM_CIRCUIT_OPEN: Lazy<IntGaugeVec> = Lazy::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_upstream_circuit_open",
+            "1 while the endpoint's circuit breaker is open or half-open, else 0.",
+        ),
+        &["upstream", "endpoint"],
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+});
+
 /// `tollgate_cache_requests_total{route,status}`: what the cache did per request on caching
 /// routes (`hit`, `updating`, `stale`, `miss`, `expired`, `revalidated`, `bypass`).
 pub static CACHE_REQUESTS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -309,6 +334,8 @@ pub fn init(buckets: &[f64]) {
     Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&ACCESS_LOG_SAMPLED_OUT);
     Lazy::force(&CACHE_REQUESTS_TOTAL);
+    Lazy::force(&UPSTREAM_RETRIES_TOTAL);
+    Lazy::force(&UPSTREAM_CIRCUIT_OPEN);
     Lazy::force(&CACHE_BACKGROUND_REVALIDATIONS_TOTAL);
     Lazy::force(&CACHE_PURGED_ENTRIES_TOTAL);
     Lazy::force(&CACHE_USED_BYTES);

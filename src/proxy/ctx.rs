@@ -26,6 +26,8 @@ pub struct RequestCtx {
     pub limit: Option<Applied>,
     /// Upstream attempts made.
     pub attempts: u32,
+    /// Endpoints (indexes in the route's group) this request already tried.
+    pub tried: Vec<usize>,
     /// When the request started (ctx creation, right after the request header was read).
     pub started: Instant,
     /// The same moment on the wall clock, for the access log.
@@ -81,6 +83,7 @@ impl RequestCtx {
             unknown_key: false,
             limit: None,
             attempts: 0,
+            tried: Vec::new(),
             started: Instant::now(),
             started_at: SystemTime::now(),
             upstream_started: None,

@@ -113,7 +113,14 @@ impl ProxyHttp for Tollgate {
             }
         }
         let req = session.req_header();
-        if ctx.route.as_ref().is_some_and(|r| r.limit.is_some()) || caching::needs_caller(ctx) {
+        let hashes_tenant = ctx.route.as_ref().is_some_and(|r| {
+            r.upstream.balance == crate::config::model::Balance::ConsistentHash
+                && r.upstream.hash_on == crate::upstream::HashOn::Tenant
+        });
+        if ctx.route.as_ref().is_some_and(|r| r.limit.is_some())
+            || caching::needs_caller(ctx)
+            || hashes_tenant
+        {
             let peer = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -211,7 +218,7 @@ impl ProxyHttp for Tollgate {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         if ctx.upstream_started.is_some() {
@@ -222,8 +229,18 @@ impl ProxyHttp for Tollgate {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(pingora_core::ErrorType::InternalError, "no route"))?;
-        let endpoint = route.upstream.select();
+        let group = route.upstream.clone();
+        let key = balance_key(session, ctx, &group);
+        let now = crate::ratelimit::unix_nanos_now();
+        let i = group.select(&key, &ctx.tried, now);
+        let endpoint = &group.endpoints[i];
+        if ctx.attempts > 0 {
+            metrics::UPSTREAM_RETRIES_TOTAL
+                .with_label_values(&[&group.name])
+                .inc();
+        }
         ctx.attempts += 1;
+        ctx.tried.push(i);
         ctx.endpoint = Some(endpoint.label.clone());
         ctx.upstream_started = Some(std::time::Instant::now());
         Ok(endpoint.peer())
@@ -234,13 +251,17 @@ impl ProxyHttp for Tollgate {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
         let outcome = match e.etype() {
             pingora_core::ErrorType::ConnectTimedout => "timeout",
             _ => "connect_error",
         };
         count_upstream(ctx, outcome);
+        endpoint_failed(ctx);
+        // Nothing reached the upstream: another endpoint may take it, whatever the method.
+        let attempts = ctx.route.as_ref().map_or(1, |r| r.upstream.attempts);
+        e.set_retry(ctx.attempts < attempts);
         e
     }
 
@@ -261,6 +282,15 @@ impl ProxyHttp for Tollgate {
                 .observe(ttfb.as_secs_f64());
         }
         count_upstream(ctx, "success");
+        if let (Some(route), Some(&i)) = (&ctx.route, ctx.tried.last()) {
+            let b = &route.upstream.endpoints[i].breaker;
+            let was_open = b.state(crate::ratelimit::unix_nanos_now())
+                != crate::upstream::breaker::State::Closed;
+            b.success();
+            if was_open {
+                set_circuit_gauge(ctx, i, 0);
+            }
+        }
         Ok(())
     }
 
@@ -443,6 +473,7 @@ impl ProxyHttp for Tollgate {
                 )
             });
             count_upstream(ctx, if timed_out { "timeout" } else { "error" });
+            endpoint_failed(ctx);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
@@ -586,6 +617,69 @@ fn prepare_compression(
         ctx.client_accept_encoding = Some(original);
     }
     Ok(())
+}
+
+/// The key a `consistent_hash` group hashes for this request (empty for other balances).
+fn balance_key(
+    session: &Session,
+    ctx: &RequestCtx,
+    group: &crate::upstream::UpstreamGroup,
+) -> Vec<u8> {
+    use crate::config::model::Balance;
+    use crate::upstream::HashOn;
+    if group.balance != Balance::ConsistentHash {
+        return Vec::new();
+    }
+    let client_ip = || {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.config
+            .identity
+            .client_ip(session.req_header(), peer)
+            .map(|ip| ip.to_string().into_bytes())
+            .unwrap_or_default()
+    };
+    match &group.hash_on {
+        HashOn::Tenant => match ctx.caller.as_ref().and_then(|c| c.tenant.as_deref()) {
+            Some(t) => t.as_bytes().to_vec(),
+            None => client_ip(),
+        },
+        HashOn::ClientIp => client_ip(),
+        HashOn::Header(h) => session
+            .req_header()
+            .headers
+            .get(h)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+/// The endpoint of the current attempt failed (connection error, timeout, reset): tell its
+/// circuit breaker.
+fn endpoint_failed(ctx: &RequestCtx) {
+    if let (Some(route), Some(&i)) = (&ctx.route, ctx.tried.last()) {
+        let opened = route.upstream.endpoints[i]
+            .breaker
+            .failure(crate::ratelimit::unix_nanos_now());
+        if opened {
+            set_circuit_gauge(ctx, i, 1);
+            tracing::warn!(
+                "upstream {} endpoint {}: circuit open after repeated failures",
+                route.upstream.name,
+                route.upstream.endpoints[i].label
+            );
+        }
+    }
+}
+
+fn set_circuit_gauge(ctx: &RequestCtx, i: usize, open: i64) {
+    if let Some(route) = &ctx.route {
+        metrics::UPSTREAM_CIRCUIT_OPEN
+            .with_label_values(&[&route.upstream.name, &route.upstream.endpoints[i].label])
+            .set(open);
+    }
 }
 
 /// Count one upstream attempt's outcome and close the attempt.

@@ -1,11 +1,21 @@
 //! Upstream groups: their endpoints, how one is picked, and the Pingora peer that reaches it.
 //!
-//! Everything expensive (DNS resolution, timeout and TLS options) is done once when the config
-//! is compiled; per request a group hands out a clone of a prepared [`HttpPeer`].
+//! Everything expensive (DNS resolution, timeout and TLS options, the selection structures) is
+//! done once when the config is compiled; per request a group picks an endpoint with
+//! pingora-load-balancing's selectors (weighted round robin, Ketama consistent hashing) and
+//! hands out a clone of its prepared [`HttpPeer`]. Selection skips endpoints this request
+//! already tried and endpoints whose circuit is open ([`breaker`]).
 
+pub mod breaker;
+
+use crate::config::model::Balance;
+use breaker::Breaker;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::selection::{Consistent, RoundRobin};
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +46,12 @@ pub struct Tls {
 pub struct Endpoint {
     /// As written in the config (`host:port`): the label in logs and metrics.
     pub label: Arc<str>,
+    /// Relative weight.
+    pub weight: u32,
+    /// Its resolved address.
+    pub addr: SocketAddr,
+    /// Passive health: consecutive failures and the open circuit.
+    pub breaker: Breaker,
     peer: HttpPeer,
 }
 
@@ -64,8 +80,18 @@ impl Endpoint {
         }
         Endpoint {
             label: label.into(),
+            weight: 1,
+            addr,
+            breaker: Breaker::default(),
             peer,
         }
+    }
+
+    /// The same endpoint with a weight and a breaker policy.
+    pub fn with(mut self, weight: u32, breaker: Breaker) -> Self {
+        self.weight = weight;
+        self.breaker = breaker;
+        self
     }
 
     /// A peer for one request (a clone: Pingora takes ownership per attempt).
@@ -74,33 +100,149 @@ impl Endpoint {
     }
 }
 
-/// A named group of endpoints, balanced round-robin.
+/// What a `consistent_hash` group hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The caller's tenant (the client IP for anonymous callers).
+    Tenant,
+    /// The client IP.
+    ClientIp,
+    /// A request header's value.
+    Header(http::HeaderName),
+}
+
+impl HashOn {
+    /// Parse a validated `hash_on` value.
+    pub fn parse(s: &str) -> HashOn {
+        match s {
+            "client_ip" => HashOn::ClientIp,
+            s => match s
+                .strip_prefix("header:")
+                .and_then(|h| http::HeaderName::from_bytes(h.trim().as_bytes()).ok())
+            {
+                Some(h) => HashOn::Header(h),
+                None => HashOn::Tenant,
+            },
+        }
+    }
+}
+
+/// pingora-load-balancing's selector for the group's balance.
+enum Selector {
+    /// Weighted round robin (weights all 1 for `round_robin`).
+    RoundRobin(LoadBalancer<RoundRobin>),
+    /// Ketama consistent hashing.
+    Consistent(LoadBalancer<Consistent>),
+}
+
+impl std::fmt::Debug for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Selector::RoundRobin(_) => "RoundRobin",
+            Selector::Consistent(_) => "Consistent",
+        })
+    }
+}
+
+/// A named group of endpoints.
 #[derive(Debug)]
 pub struct UpstreamGroup {
     /// Group name from the config.
     pub name: String,
     /// Its endpoints, never empty.
     pub endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
+    /// How endpoints are picked.
+    pub balance: Balance,
+    /// What `consistent_hash` hashes.
+    pub hash_on: HashOn,
+    /// Most attempts per request, the first included.
+    pub attempts: u32,
+    selector: Selector,
+    by_addr: HashMap<SocketAddr, usize>,
 }
 
 impl UpstreamGroup {
-    /// A group over `endpoints` (must not be empty: validation guarantees it).
-    pub fn new(name: String, endpoints: Vec<Endpoint>) -> Self {
+    /// A group over `endpoints` (must not be empty and must not repeat an address: validation
+    /// and compile guarantee it).
+    pub fn new(
+        name: String,
+        endpoints: Vec<Endpoint>,
+        balance: Balance,
+        hash_on: HashOn,
+        attempts: u32,
+    ) -> Self {
         assert!(!endpoints.is_empty(), "upstream group without endpoints");
+        let backends: BTreeSet<Backend> = endpoints
+            .iter()
+            .map(|e| {
+                let weight = match balance {
+                    Balance::RoundRobin => 1,
+                    _ => e.weight as usize,
+                };
+                Backend::new_with_weight(&e.addr.to_string(), weight).expect("socket address")
+            })
+            .collect();
+        let by_addr = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.addr, i))
+            .collect();
+        fn build<S>(set: BTreeSet<Backend>) -> LoadBalancer<S>
+        where
+            S: pingora_load_balancing::selection::BackendSelection + 'static,
+            S::Iter: pingora_load_balancing::selection::BackendIter,
+        {
+            use futures_util::FutureExt;
+            let lb = LoadBalancer::from_backends(Backends::new(Static::new(set)));
+            // Static discovery never waits: this completes at once.
+            lb.update()
+                .now_or_never()
+                .expect("static discovery does not block")
+                .expect("static discovery does not fail");
+            lb
+        }
+        let selector = match balance {
+            Balance::ConsistentHash => Selector::Consistent(build(backends)),
+            _ => Selector::RoundRobin(build(backends)),
+        };
         UpstreamGroup {
             name,
             endpoints,
-            next: AtomicUsize::new(0),
+            balance,
+            hash_on,
+            attempts: attempts.max(1),
+            selector,
+            by_addr,
         }
     }
 
-    /// Next endpoint in round-robin order.
-    pub fn select(&self) -> &Endpoint {
-        if self.endpoints.len() == 1 {
-            return &self.endpoints[0];
+    /// Pick an endpoint for a request hashing to `key` (ignored unless `consistent_hash`),
+    /// other than those in `tried`, whose circuit lets a request through at `now` (unix
+    /// nanoseconds). Falls back to a tried or open endpoint rather than none when nothing else
+    /// is left (a request is better sent than refused outright). Returns its index.
+    pub fn select(&self, key: &[u8], tried: &[usize], now: u64) -> usize {
+        let n = self.endpoints.len();
+        if n == 1 {
+            return 0;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.endpoints[i % self.endpoints.len()]
+        let index_of = |b: &Backend| {
+            b.addr
+                .as_inet()
+                .and_then(|a| self.by_addr.get(a))
+                .copied()
+                .unwrap_or(0)
+        };
+        let pick = |accept: &dyn Fn(usize) -> bool| -> Option<usize> {
+            let f = |b: &Backend, _healthy: bool| accept(index_of(b));
+            let b = match &self.selector {
+                Selector::RoundRobin(lb) => lb.select_with(key, 256, f),
+                Selector::Consistent(lb) => lb.select_with(key, 256, f),
+            }?;
+            Some(index_of(&b))
+        };
+        pick(&|i| !tried.contains(&i) && self.endpoints[i].breaker.allows(now))
+            .or_else(|| pick(&|i| !tried.contains(&i)))
+            .or_else(|| pick(&|_| true))
+            .unwrap_or(0)
     }
 }

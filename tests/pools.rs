@@ -1,0 +1,308 @@
+//! Upstream groups through the real binary: round-robin, weighted and consistent-hash
+//! balancing (pingora-load-balancing), connection failures retried on another endpoint, the
+//! per-endpoint circuit breaker, and failover while an endpoint process is killed under load
+//! and revived.
+
+mod common;
+
+use common::{closed_addr, metric_value, MockUpstream, Tollgate};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn group(endpoints: &str, extra: &str) -> String {
+    format!(
+        r#"upstreams:
+  app:
+    endpoints: [{endpoints}]
+{extra}routes:
+  - name: api
+    match: {{ path_prefix: / }}
+    upstream: app
+"#
+    )
+}
+
+/// Which mock answered each of `n` GETs (by its `x-upstream` name).
+async fn spread(tg: &Tollgate, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let mut req = tg.client.get(tg.url("/x"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let who = r.headers()["x-upstream"].to_str().unwrap().to_string();
+        *seen.entry(who).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn round_robin_ignores_weights_and_weighted_honours_them() {
+    let a = MockUpstream::named("a").await;
+    let b = MockUpstream::named("b").await;
+    let endpoints = format!(
+        "{{ address: \"{}\", weight: 3 }}, \"{}\"",
+        a.addr(),
+        b.addr()
+    );
+    let rr = Tollgate::start(&group(&endpoints, "")).await;
+    let seen = spread(&rr, 40, &[]).await;
+    assert_eq!((seen["a"], seen["b"]), (20, 20), "{seen:?}");
+
+    let weighted = Tollgate::start(&group(&endpoints, "    balance: weighted\n")).await;
+    let seen = spread(&weighted, 40, &[]).await;
+    assert_eq!((seen["a"], seen["b"]), (30, 10), "{seen:?}");
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_each_key_on_one_endpoint() {
+    let a = MockUpstream::named("a").await;
+    let b = MockUpstream::named("b").await;
+    let c = MockUpstream::named("c").await;
+    let endpoints = format!("\"{}\", \"{}\", \"{}\"", a.addr(), b.addr(), c.addr());
+    let tg = Tollgate::start(&group(
+        &endpoints,
+        "    balance: consistent_hash\n    hash_on: \"header:x-user\"\n",
+    ))
+    .await;
+    let mut homes = HashMap::new();
+    for u in 0..30 {
+        let user = format!("user-{u}");
+        let seen = spread(&tg, 4, &[("x-user", &user)]).await;
+        assert_eq!(seen.len(), 1, "{user} moved between endpoints: {seen:?}");
+        homes.insert(user, seen.into_keys().next().unwrap());
+    }
+    let used: std::collections::HashSet<_> = homes.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "30 keys spread over all endpoints: {homes:?}"
+    );
+}
+
+#[tokio::test]
+async fn failed_connections_go_to_another_endpoint_and_open_the_circuit() {
+    let alive = MockUpstream::named("alive").await;
+    let dead = closed_addr();
+    let endpoints = format!("\"{dead}\", \"{}\"", alive.addr());
+    let extra = "    circuit_breaker: { failures: 3, backoff: 60s, max_backoff: 60s }\n";
+    let tg = Tollgate::start(&group(&endpoints, extra)).await;
+    let seen = spread(&tg, 20, &[]).await;
+    assert_eq!(seen["alive"], 20, "no client-visible error: {seen:?}");
+    let m = tg.metrics().await;
+    let dead_label = dead.to_string();
+    let failed = [
+        ("upstream", "app"),
+        ("endpoint", dead_label.as_str()),
+        ("outcome", "connect_error"),
+    ];
+    assert_eq!(
+        metric_value(&m, "tollgate_upstream_requests_total", &failed),
+        Some(3.0),
+        "three failures open the circuit; the dead endpoint is not tried again"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "tollgate_upstream_circuit_open",
+            &[("endpoint", dead_label.as_str())]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "tollgate_upstream_retries_total",
+            &[("upstream", "app")]
+        ),
+        Some(3.0)
+    );
+
+    // With one attempt and no breaker, the requests that land on the dead endpoint fail.
+    let tg1 = Tollgate::start(&group(
+        &endpoints,
+        "    retry: { attempts: 1 }\n    circuit_breaker: { failures: 0 }\n",
+    ))
+    .await;
+    let mut statuses = HashMap::new();
+    for _ in 0..10 {
+        *statuses
+            .entry(tg1.get("/x").await.status().as_u16())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&502), Some(&5), "{statuses:?}");
+}
+
+/// A `tollgate demo-upstream` process, killed on drop.
+struct Demo(Child);
+
+impl Demo {
+    async fn start(addr: SocketAddr) -> Demo {
+        let child = Command::new(common::bin())
+            .args(["demo-upstream", "--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "demo upstream did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Demo(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn successes(m: &str, endpoint: SocketAddr) -> f64 {
+    let e = endpoint.to_string();
+    metric_value(
+        m,
+        "tollgate_upstream_requests_total",
+        &[("endpoint", e.as_str()), ("outcome", "success")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn killing_an_endpoint_under_load_loses_no_request_and_it_rejoins() {
+    let (pa, pb) = (common::free_port(), common::free_port());
+    let a: SocketAddr = format!("127.0.0.1:{pa}").parse().unwrap();
+    let b: SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
+    let mut demo_a = Demo::start(a).await;
+    let _demo_b = Demo::start(b).await;
+    let tg = Arc::new(
+        Tollgate::start(&group(
+            &format!("\"{a}\", \"{b}\""),
+            "    circuit_breaker: { failures: 3, backoff: 300ms, max_backoff: 300ms }\n",
+        ))
+        .await,
+    );
+
+    // Continuous GET load from four clients.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (tg, stop, ok, failed) = (tg.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match tg.client.get(tg.url("/api/hello")).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    while successes(&tg.metrics().await, a) < 20.0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    demo_a.kill();
+    let killed = Instant::now();
+    let a_label = a.to_string();
+    let open = [("endpoint", a_label.as_str())];
+    loop {
+        let m = tg.metrics().await;
+        if metric_value(&m, "tollgate_upstream_circuit_open", &open) == Some(1.0) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "circuit never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let to_open = killed.elapsed();
+    // From here on, all traffic is on the survivor (the circuit is retried only after 300 ms).
+    let m = tg.metrics().await;
+    let (a_at_open, b_at_open) = (successes(&m, a), successes(&m, b));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = tg.metrics().await;
+    assert_eq!(
+        successes(&m, a),
+        a_at_open,
+        "no request reached the dead endpoint"
+    );
+    assert!(
+        successes(&m, b) > b_at_open,
+        "the survivor took the traffic"
+    );
+
+    // Revive it: after the open period a probe request succeeds and closes the circuit.
+    let _demo_a2 = Demo::start(a).await;
+    let revived = Instant::now();
+    loop {
+        let m = tg.metrics().await;
+        if metric_value(&m, "tollgate_upstream_circuit_open", &open) == Some(0.0)
+            && successes(&m, a) > a_at_open
+        {
+            break;
+        }
+        assert!(
+            revived.elapsed() < Duration::from_secs(10),
+            "never rejoined"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let to_rejoin = revived.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "failover: {ok} requests ok, {failed} failed; circuit open {to_open:?} after the kill; \
+         rejoined {to_rejoin:?} after the restart"
+    );
+    assert_eq!(failed, 0, "client-visible errors during failover");
+}
+
+#[test]
+fn pool_config_errors_name_the_key() {
+    let (code, _, err) = common::check_yaml(
+        r#"upstreams:
+  app:
+    endpoints: ["127.0.0.1:1", { adress: "127.0.0.1:2" }]
+  b:
+    endpoints: [{ address: "127.0.0.1:3", weight: 0 }]
+    balance: consistent_hash
+    hash_on: cookie
+    retry: { attempts: 11 }
+    circuit_breaker: { failures: 2, backoff: 10s, max_backoff: 5s }
+  c:
+    endpoints: ["127.0.0.1:4"]
+    balance: random
+routes:
+  - match: { path_prefix: / }
+    upstream: app
+"#,
+    );
+    assert_eq!(code, 1);
+    for want in [
+        "upstreams.b.endpoints[0].weight: weights go from 1 to 1000, got 0",
+        "upstreams.app.endpoints[1].adress: unknown key `adress` (did you mean `address`?)",
+        "upstreams.b.hash_on: `cookie` is not a hash key",
+        "upstreams.b.retry.attempts: attempts go from 1 (no retry) to 10, got 11",
+        "upstreams.b.circuit_breaker: backoff must be more than 0s and at most max_backoff",
+        "upstreams.c.balance: unknown variant `random`",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+}
