@@ -43,6 +43,45 @@ impl BackgroundService for LimiterSweeper {
     }
 }
 
+/// Runs the active health checks of every upstream group that has one, each at its own
+/// interval, on the groups of the current config (a reload brings new groups, checked at once).
+struct HealthChecker {
+    config: Arc<ArcSwap<RuntimeConfig>>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use std::collections::HashMap;
+        // Keyed by the group's address: groups of a replaced config are dropped from it.
+        let mut next: HashMap<usize, std::time::Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let config = self.config.load_full();
+            let now = std::time::Instant::now();
+            let mut live = Vec::new();
+            for group in config.upstreams.values() {
+                let Some(hc) = &group.health_check else {
+                    continue;
+                };
+                let id = Arc::as_ptr(group) as usize;
+                live.push(id);
+                if next.get(&id).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                next.insert(id, now + hc.interval.get());
+                let group = group.clone();
+                tokio::spawn(async move { group.run_health_checks().await });
+            }
+            next.retain(|id, _| live.contains(id));
+        }
+    }
+}
+
 /// Pingora takes whole seconds: round up, so `500ms` means "up to 1s", never "none".
 fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -123,6 +162,14 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
 
     server.add_service(proxy);
     server.add_service(admin);
+    let mut checker = background_service(
+        "tollgate health checker",
+        HealthChecker {
+            config: shared.clone(),
+        },
+    );
+    checker.threads = Some(1);
+    server.add_service(checker);
     let mut sweeper = background_service("tollgate rate-limit sweeper", LimiterSweeper { limiter });
     sweeper.threads = Some(1);
     server.add_service(sweeper);

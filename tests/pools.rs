@@ -190,7 +190,7 @@ async fn killing_an_endpoint_under_load_loses_no_request_and_it_rejoins() {
     let tg = Arc::new(
         Tollgate::start(&group(
             &format!("\"{a}\", \"{b}\""),
-            "    circuit_breaker: { failures: 3, backoff: 300ms, max_backoff: 300ms }\n",
+            "    circuit_breaker: { failures: 3, backoff: 300ms, max_backoff: 300ms }\n    health_check: { path: /health, interval: 100ms, timeout: 100ms, unhealthy_threshold: 2 }\n",
         ))
         .await,
     );
@@ -245,12 +245,15 @@ async fn killing_an_endpoint_under_load_loses_no_request_and_it_rejoins() {
         "the survivor took the traffic"
     );
 
-    // Revive it: after the open period a probe request succeeds and closes the circuit.
+    // Revive it: its health check passes again and, after the open period, a probe request
+    // succeeds and closes the circuit.
     let _demo_a2 = Demo::start(a).await;
     let revived = Instant::now();
     loop {
         let m = tg.metrics().await;
+        let healthy = [("upstream", "app"), ("endpoint", a_label.as_str())];
         if metric_value(&m, "tollgate_upstream_circuit_open", &open) == Some(0.0)
+            && metric_value(&m, "tollgate_upstream_endpoint_healthy", &healthy) == Some(1.0)
             && successes(&m, a) > a_at_open
         {
             break;
@@ -305,4 +308,170 @@ routes:
     ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
+}
+
+#[tokio::test]
+async fn a_route_fails_over_to_its_backup_group() {
+    let backup = MockUpstream::named("backup").await;
+    let yaml = format!(
+        r#"upstreams:
+  primary:
+    endpoints: ["{}", "{}"]
+    retry: {{ attempts: 2 }}
+  backup:
+    endpoints: ["{}"]
+routes:
+  - name: chat
+    match: {{ path_prefix: / }}
+    upstreams: [primary, backup]
+"#,
+        closed_addr(),
+        closed_addr(),
+        backup.addr()
+    );
+    let tg = Tollgate::start(&yaml).await;
+    let seen = spread(&tg, 10, &[]).await;
+    assert_eq!(seen["backup"], 10, "{seen:?}");
+    let m = tg.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            "tollgate_upstream_retries_total",
+            &[("upstream", "backup")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn provider_adapter_rewrites_host_path_and_headers() {
+    let provider = MockUpstream::named("provider").await;
+    let yaml = format!(
+        r#"upstreams:
+  openai:
+    endpoints: ["{}"]
+    host: api.provider.test
+    strip_prefix: /openai
+    add_prefix: /v1
+    headers:
+      authorization: "Bearer ${{PROVIDER_KEY}}"
+routes:
+  - name: llm
+    match: {{ path_prefix: /openai/ }}
+    upstream: openai
+"#,
+        provider.addr()
+    );
+    let tg = Tollgate::start_with_env(&yaml, &[("PROVIDER_KEY", "sk-test")]).await;
+    let r = tg
+        .client
+        .get(tg.url("/openai/chat/completions?stream=false"))
+        .header("authorization", "Bearer client-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = &provider.requests()[0];
+    assert_eq!(seen.path, "/v1/chat/completions?stream=false");
+    assert_eq!(seen.header("host"), "api.provider.test");
+    assert_eq!(seen.header("authorization"), "Bearer sk-test");
+}
+
+#[tokio::test]
+async fn retry_after_on_429_cools_the_endpoint_down() {
+    use common::origin::{Answer, Origin, Seen};
+    let busy = Origin::start(|_s: &Seen, _| {
+        Answer::ok(
+            "slow down",
+            &[("retry-after", "60"), ("x-upstream", "busy")],
+        )
+        .status(429)
+    })
+    .await;
+    let calm = MockUpstream::named("calm").await;
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", busy.addr(), calm.addr()),
+        "",
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(tg.get("/x").await.status().as_u16());
+    }
+    assert_eq!(
+        busy.count(),
+        1,
+        "one 429 with Retry-After, then left alone: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        9,
+        "{statuses:?}"
+    );
+    let label = busy.addr().to_string();
+    assert_eq!(
+        metric_value(
+            &tg.metrics().await,
+            "tollgate_upstream_circuit_open",
+            &[("endpoint", label.as_str())]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn active_health_checks_take_endpoints_out_and_back() {
+    use common::origin::{Answer, Origin, Seen};
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = healthy.clone();
+    let a = Origin::start(move |s: &Seen, _| {
+        if s.path == "/health" && !flag.load(Ordering::Relaxed) {
+            Answer::ok("down", &[]).status(503)
+        } else {
+            Answer::ok("a", &[("x-upstream", "a")])
+        }
+    })
+    .await;
+    let b = MockUpstream::named("b").await;
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", a.addr(), b.addr()),
+        "    health_check: { path: /health, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1 }\n",
+    ))
+    .await;
+    let label = a.addr().to_string();
+    let health = [("upstream", "app"), ("endpoint", label.as_str())];
+    let wait_for = |want: f64| {
+        let tg = &tg;
+        let health = &health;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let m = tg.metrics().await;
+                if metric_value(&m, "tollgate_upstream_endpoint_healthy", health) == Some(want) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "endpoint health never became {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(1.0).await;
+    healthy.store(false, Ordering::Relaxed);
+    wait_for(0.0).await;
+    let seen = spread(&tg, 10, &[]).await;
+    assert_eq!(
+        seen.get("b"),
+        Some(&10),
+        "unhealthy endpoint skipped: {seen:?}"
+    );
+    healthy.store(true, Ordering::Relaxed);
+    wait_for(1.0).await;
+    let seen = spread(&tg, 10, &[]).await;
+    assert_eq!((seen["a"], seen["b"]), (5, 5), "back in rotation: {seen:?}");
+    let checks = a.seen().iter().filter(|s| s.path == "/health").count();
+    assert!(checks >= 3, "checked periodically ({checks} checks)");
 }

@@ -17,8 +17,10 @@ use std::sync::Arc;
 pub struct Route {
     /// Route name (config `name`, or `route-<index>`): the metrics label.
     pub name: Arc<str>,
-    /// The group that serves it.
+    /// The group that serves it first (`upstreams[0]`).
     pub upstream: Arc<UpstreamGroup>,
+    /// Groups in failover order (one for `upstream:`).
+    pub upstreams: Vec<Arc<UpstreamGroup>>,
     /// Rate limiting on this route; `None`: not limited (no tiers, or `enabled: false`).
     pub limit: Option<RouteLimit>,
     /// Response compression; `None`: off on this route.
@@ -144,13 +146,17 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
         if !endpoints.is_empty() {
             upstreams.insert(
                 name.clone(),
-                Arc::new(UpstreamGroup::new(
-                    name.clone(),
-                    endpoints,
-                    group.balance,
-                    crate::upstream::HashOn::parse(&group.hash_on),
-                    group.retry.attempts,
-                )),
+                Arc::new(
+                    UpstreamGroup::new(
+                        name.clone(),
+                        endpoints,
+                        group.balance,
+                        crate::upstream::HashOn::parse(&group.hash_on),
+                        group.retry.attempts,
+                    )
+                    .with_adapter(crate::upstream::Adapter::new(group))
+                    .with_health_check(group.health_check.clone(), tls.is_some()),
+                ),
             );
         }
     }
@@ -232,9 +238,15 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
                         .unwrap_or_default(),
                 }),
             };
+            let groups: Vec<Arc<UpstreamGroup>> = if r.upstreams.is_empty() {
+                vec![upstreams[&r.upstream].clone()]
+            } else {
+                r.upstreams.iter().map(|u| upstreams[u].clone()).collect()
+            };
             let route = Arc::new(Route {
                 name: name.into(),
-                upstream: upstreams[&r.upstream].clone(),
+                upstream: groups[0].clone(),
+                upstreams: groups,
                 limit,
                 compression: r.compression.as_ref().map(crate::compress::Policy::new),
                 cache: r.cache.as_ref().map(crate::cache::RoutePolicy::new),

@@ -289,6 +289,22 @@ pub struct UpstreamConfig {
     /// Passive health: endpoints that keep failing are taken out for a while.
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
+    /// Active health checks: endpoints failing them are skipped until they pass again.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Provider adapter: the `Host` header sent to this group (default: the client's).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Provider adapter: removed from the start of the request path (when present).
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Provider adapter: put in front of the (stripped) path.
+    #[serde(default)]
+    pub add_prefix: Option<String>,
+    /// Provider adapter: request headers set on requests to this group (e.g.
+    /// `Authorization: "Bearer ${PROVIDER_KEY}"`).
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
     /// TLS towards the endpoints. Absent: plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -423,6 +439,51 @@ impl Default for CircuitBreakerConfig {
     }
 }
 
+/// `health_check:` of an upstream group.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// `http` (GET `path`, expect `expect_status`) or `tcp` (a connection is enough).
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Path of the HTTP check.
+    pub path: String,
+    /// Status the HTTP check expects.
+    pub expect_status: u16,
+    /// Time between checks of each endpoint.
+    pub interval: ConfigDuration,
+    /// Connect and response timeout of one check.
+    pub timeout: ConfigDuration,
+    /// Consecutive passed checks that bring an endpoint back.
+    pub healthy_threshold: u32,
+    /// Consecutive failed checks that take an endpoint out.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Http,
+            path: "/".into(),
+            expect_status: 200,
+            interval: ConfigDuration::from_secs(1),
+            timeout: ConfigDuration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// An HTTP GET.
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
 /// `tls:` of an upstream group.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -475,8 +536,13 @@ pub struct RouteConfig {
     /// What requests this route takes.
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
-    /// The upstream group that serves it.
+    /// The upstream group that serves it (or use `upstreams`).
+    #[serde(default)]
     pub upstream: String,
+    /// Groups in failover order: the next serves when the previous has no usable endpoint
+    /// (all failed, open-circuited or unhealthy) or ran out of attempts.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
     /// Rate limiting on this route. Absent: the caller's tier limits apply (when tiers exist).
     #[serde(default)]
     pub rate_limit: Option<RouteRateLimitConfig>,

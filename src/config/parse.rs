@@ -280,6 +280,7 @@ fn placeholder_route() -> RouteConfig {
         rate_limit: None,
         compression: None,
         cache: None,
+        upstreams: Vec::new(),
     }
 }
 

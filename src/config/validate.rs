@@ -140,6 +140,81 @@ pub fn validate(
                 ),
             ));
         }
+        if let Some(hc) = &group.health_check {
+            let hb = format!("{base}.health_check");
+            if !hc.path.starts_with('/') {
+                errors.push(ConfigError::at(
+                    format!("{hb}.path"),
+                    format!("`{}` must start with `/`", hc.path),
+                ));
+            }
+            if !(100..=599).contains(&hc.expect_status) {
+                errors.push(ConfigError::at(
+                    format!("{hb}.expect_status"),
+                    format!("{} is not an HTTP status", hc.expect_status),
+                ));
+            }
+            if hc.interval.get() < std::time::Duration::from_millis(100) {
+                errors.push(ConfigError::at(
+                    format!("{hb}.interval"),
+                    "must be at least 100ms",
+                ));
+            }
+            if hc.timeout.get().is_zero() || hc.timeout > hc.interval {
+                errors.push(ConfigError::at(
+                    format!("{hb}.timeout"),
+                    format!(
+                        "must be more than 0s and at most the interval ({})",
+                        hc.interval
+                    ),
+                ));
+            }
+            for (key, v) in [
+                ("healthy_threshold", hc.healthy_threshold),
+                ("unhealthy_threshold", hc.unhealthy_threshold),
+            ] {
+                if !(1..=100).contains(&v) {
+                    errors.push(ConfigError::at(
+                        format!("{hb}.{key}"),
+                        format!("goes from 1 to 100, got {v}"),
+                    ));
+                }
+            }
+        }
+        if let Some(h) = &group.host {
+            if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
+                errors.push(ConfigError::at(
+                    format!("{base}.host"),
+                    format!("`{h}` is not a valid Host header value"),
+                ));
+            }
+        }
+        for (key, p) in [
+            ("strip_prefix", &group.strip_prefix),
+            ("add_prefix", &group.add_prefix),
+        ] {
+            if let Some(p) = p {
+                if !p.starts_with('/') || p.len() < 2 || p.contains(['?', '#', ' ']) {
+                    errors.push(ConfigError::at(
+                        format!("{base}.{key}"),
+                        format!("`{p}` must be a path like `/v1` (starting with `/`, no query)"),
+                    ));
+                }
+            }
+        }
+        for (h, v) in &group.headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errors.push(ConfigError::at(
+                    format!("{base}.headers.{h}"),
+                    format!("`{h}` is not a valid header name"),
+                ));
+            } else if http::HeaderValue::from_str(v).is_err() {
+                errors.push(ConfigError::at(
+                    format!("{base}.headers.{h}"),
+                    "the value has characters a header cannot carry",
+                ));
+            }
+        }
         let t = &group.timeouts;
         for (key, d) in [
             ("connect", t.connect),
@@ -190,20 +265,43 @@ pub fn validate(
                 format!("duplicate route name `{name}` (already used by routes[{first}])"),
             ));
         }
-        if !upstream_names.iter().any(|u| u == &r.upstream) {
-            let known: Vec<&str> = upstream_names.iter().map(String::as_str).collect();
-            errors.push(ConfigError::at(
-                format!("{base}.upstream"),
-                format!(
-                    "unknown upstream `{}` (defined upstreams: {})",
-                    r.upstream,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
+        let known: Vec<&str> = upstream_names.iter().map(String::as_str).collect();
+        let unknown = |name: &str, path: String, errors: &mut Vec<ConfigError>| {
+            if !known.contains(&name) {
+                errors.push(ConfigError::at(
+                    path,
+                    format!(
+                        "unknown upstream `{name}` (defined upstreams: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        };
+        match (r.upstream.is_empty(), r.upstreams.is_empty()) {
+            (false, true) => unknown(&r.upstream, format!("{base}.upstream"), errors),
+            (true, false) => {
+                for (j, u) in r.upstreams.iter().enumerate() {
+                    unknown(u, format!("{base}.upstreams[{j}]"), errors);
+                    if r.upstreams[..j].contains(u) {
+                        errors.push(ConfigError::at(
+                            format!("{base}.upstreams[{j}]"),
+                            format!("`{u}` is listed twice"),
+                        ));
                     }
-                ),
-            ));
+                }
+            }
+            (false, false) => errors.push(ConfigError::at(
+                format!("{base}.upstreams"),
+                "give `upstream` or `upstreams`, not both",
+            )),
+            (true, true) => errors.push(ConfigError::at(
+                base.clone(),
+                "a route needs `upstream: <group>` (or `upstreams: [primary, backup]`)",
+            )),
         }
         let prefix = r.matcher.path_prefix.as_str();
         if !prefix.starts_with('/') {

@@ -215,6 +215,21 @@ pub static UPSTREAM_CIRCUIT_OPEN: Lazy<IntGaugeVec> = Lazy::new(|| {
     g
 });
 
+/// `tollgate_upstream_endpoint_healthy{upstream,endpoint}`: 1 while the endpoint passes its
+/// group's active health check, 0 while it fails it (groups with `health_check` only).
+pub static UPSTREAM_ENDPOINT_HEALTHY: Lazy<IntGaugeVec> = Lazy::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_upstream_endpoint_healthy",
+            "1 while the endpoint passes its active health check, else 0.",
+        ),
+        &["upstream", "endpoint"],
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+});
+
 /// `tollgate_cache_requests_total{route,status}`: what the cache did per request on caching
 /// routes (`hit`, `updating`, `stale`, `miss`, `expired`, `revalidated`, `bypass`).
 pub static CACHE_REQUESTS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -336,6 +351,7 @@ pub fn init(buckets: &[f64]) {
     Lazy::force(&CACHE_REQUESTS_TOTAL);
     Lazy::force(&UPSTREAM_RETRIES_TOTAL);
     Lazy::force(&UPSTREAM_CIRCUIT_OPEN);
+    Lazy::force(&UPSTREAM_ENDPOINT_HEALTHY);
     Lazy::force(&CACHE_BACKGROUND_REVALIDATIONS_TOTAL);
     Lazy::force(&CACHE_PURGED_ENTRIES_TOTAL);
     Lazy::force(&CACHE_USED_BYTES);

@@ -26,8 +26,10 @@ pub struct RequestCtx {
     pub limit: Option<Applied>,
     /// Upstream attempts made.
     pub attempts: u32,
-    /// Endpoints (indexes in the route's group) this request already tried.
-    pub tried: Vec<usize>,
+    /// Attempts so far: (index of the group in the route's `upstreams`, endpoint index).
+    pub tried: Vec<(usize, usize)>,
+    /// The group of the current attempt.
+    pub group: Option<std::sync::Arc<crate::upstream::UpstreamGroup>>,
     /// When the request started (ctx creation, right after the request header was read).
     pub started: Instant,
     /// The same moment on the wall clock, for the access log.
@@ -84,6 +86,7 @@ impl RequestCtx {
             limit: None,
             attempts: 0,
             tried: Vec::new(),
+            group: None,
             started: Instant::now(),
             started_at: SystemTime::now(),
             upstream_started: None,

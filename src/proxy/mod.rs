@@ -114,8 +114,10 @@ impl ProxyHttp for Tollgate {
         }
         let req = session.req_header();
         let hashes_tenant = ctx.route.as_ref().is_some_and(|r| {
-            r.upstream.balance == crate::config::model::Balance::ConsistentHash
-                && r.upstream.hash_on == crate::upstream::HashOn::Tenant
+            r.upstreams.iter().any(|g| {
+                g.balance == crate::config::model::Balance::ConsistentHash
+                    && g.hash_on == crate::upstream::HashOn::Tenant
+            })
         });
         if ctx.route.as_ref().is_some_and(|r| r.limit.is_some())
             || caching::needs_caller(ctx)
@@ -229,10 +231,41 @@ impl ProxyHttp for Tollgate {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(pingora_core::ErrorType::InternalError, "no route"))?;
-        let group = route.upstream.clone();
-        let key = balance_key(session, ctx, &group);
+        let route = route.clone();
         let now = crate::ratelimit::unix_nanos_now();
-        let i = group.select(&key, &ctx.tried, now);
+        // Failover: the first group (from the current one on) with attempts left and a usable
+        // endpoint serves; when none has, the last group is tried anyway (best effort).
+        let start = ctx.tried.last().map_or(0, |&(g, _)| g);
+        let mut chosen = None;
+        for (gi, group) in route.upstreams.iter().enumerate().skip(start) {
+            let tried: Vec<usize> = ctx
+                .tried
+                .iter()
+                .filter(|(g, _)| *g == gi)
+                .map(|&(_, e)| e)
+                .collect();
+            if tried.len() >= group.attempts as usize {
+                continue;
+            }
+            let key = balance_key(session, ctx, group);
+            if let Some(i) = group.select_usable(&key, &tried, now) {
+                chosen = Some((gi, i));
+                break;
+            }
+        }
+        let (gi, i) = chosen.unwrap_or_else(|| {
+            let gi = route.upstreams.len() - 1;
+            let group = &route.upstreams[gi];
+            let tried: Vec<usize> = ctx
+                .tried
+                .iter()
+                .filter(|(g, _)| *g == gi)
+                .map(|&(_, e)| e)
+                .collect();
+            let key = balance_key(session, ctx, group);
+            (gi, group.select(&key, &tried, now))
+        });
+        let group = route.upstreams[gi].clone();
         let endpoint = &group.endpoints[i];
         if ctx.attempts > 0 {
             metrics::UPSTREAM_RETRIES_TOTAL
@@ -240,10 +273,12 @@ impl ProxyHttp for Tollgate {
                 .inc();
         }
         ctx.attempts += 1;
-        ctx.tried.push(i);
+        ctx.tried.push((gi, i));
         ctx.endpoint = Some(endpoint.label.clone());
         ctx.upstream_started = Some(std::time::Instant::now());
-        Ok(endpoint.peer())
+        let peer = endpoint.peer();
+        ctx.group = Some(group);
+        Ok(peer)
     }
 
     fn fail_to_connect(
@@ -260,7 +295,10 @@ impl ProxyHttp for Tollgate {
         count_upstream(ctx, outcome);
         endpoint_failed(ctx);
         // Nothing reached the upstream: another endpoint may take it, whatever the method.
-        let attempts = ctx.route.as_ref().map_or(1, |r| r.upstream.attempts);
+        let attempts: u32 = ctx
+            .route
+            .as_ref()
+            .map_or(1, |r| r.upstreams.iter().map(|g| g.attempts).sum());
         e.set_retry(ctx.attempts < attempts);
         e
     }
@@ -274,21 +312,32 @@ impl ProxyHttp for Tollgate {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         caching::vary_by_coding(upstream_response, ctx)?;
         caching::invalidate_after_mutation(session, upstream_response, ctx);
-        if let (Some(started), Some(route)) = (ctx.upstream_started, &ctx.route) {
+        if let (Some(started), Some(group)) = (ctx.upstream_started, &ctx.group) {
             let ttfb = started.elapsed();
             ctx.upstream_ttfb = Some(ttfb);
             metrics::upstream_duration()
-                .with_label_values(&[&route.upstream.name])
+                .with_label_values(&[&group.name])
                 .observe(ttfb.as_secs_f64());
         }
         count_upstream(ctx, "success");
-        if let (Some(route), Some(&i)) = (&ctx.route, ctx.tried.last()) {
-            let b = &route.upstream.endpoints[i].breaker;
-            let was_open = b.state(crate::ratelimit::unix_nanos_now())
-                != crate::upstream::breaker::State::Closed;
-            b.success();
-            if was_open {
-                set_circuit_gauge(ctx, i, 0);
+        if let (Some(group), Some(&(_, i))) = (&ctx.group, ctx.tried.last()) {
+            let b = &group.endpoints[i].breaker;
+            let now = crate::ratelimit::unix_nanos_now();
+            let was_open = b.state(now) != crate::upstream::breaker::State::Closed;
+            let status = upstream_response.status.as_u16();
+            // Overload announced with Retry-After (LLM providers do): leave the endpoint alone
+            // that long.
+            let cool = (status == 429 || status == 503)
+                .then(|| retry_after(upstream_response))
+                .flatten();
+            if let Some(wait) = cool {
+                b.hold(now + wait.as_nanos() as u64);
+                set_circuit_gauge(ctx, i, 1);
+            } else {
+                b.success();
+                if was_open {
+                    set_circuit_gauge(ctx, i, 0);
+                }
             }
         }
         Ok(())
@@ -317,6 +366,26 @@ impl ProxyHttp for Tollgate {
                 upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
             }
             None => {}
+        }
+        if let Some(group) = &ctx.group {
+            let a = &group.adapter;
+            if let Some(h) = &a.host {
+                upstream_request.insert_header(http::header::HOST, h.clone())?;
+            }
+            let original = upstream_request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            if let Some(p) = a.rewrite_path(&original) {
+                let uri: http::Uri = p.parse().map_err(|e| {
+                    Error::because(pingora_core::ErrorType::InternalError, "rewritten path", e)
+                })?;
+                upstream_request.set_uri(uri);
+            }
+            for (k, v) in &a.headers {
+                upstream_request.insert_header(k.clone(), v.clone())?;
+            }
         }
         caching::compress_before_storing(session, upstream_request, ctx)?;
         Ok(())
@@ -659,35 +728,53 @@ fn balance_key(
 /// The endpoint of the current attempt failed (connection error, timeout, reset): tell its
 /// circuit breaker.
 fn endpoint_failed(ctx: &RequestCtx) {
-    if let (Some(route), Some(&i)) = (&ctx.route, ctx.tried.last()) {
-        let opened = route.upstream.endpoints[i]
+    if let (Some(group), Some(&(_, i))) = (&ctx.group, ctx.tried.last()) {
+        let opened = group.endpoints[i]
             .breaker
             .failure(crate::ratelimit::unix_nanos_now());
         if opened {
             set_circuit_gauge(ctx, i, 1);
             tracing::warn!(
                 "upstream {} endpoint {}: circuit open after repeated failures",
-                route.upstream.name,
-                route.upstream.endpoints[i].label
+                group.name,
+                group.endpoints[i].label
             );
         }
     }
 }
 
 fn set_circuit_gauge(ctx: &RequestCtx, i: usize, open: i64) {
-    if let Some(route) = &ctx.route {
+    if let Some(group) = &ctx.group {
         metrics::UPSTREAM_CIRCUIT_OPEN
-            .with_label_values(&[&route.upstream.name, &route.upstream.endpoints[i].label])
+            .with_label_values(&[&group.name, &group.endpoints[i].label])
             .set(open);
     }
+}
+
+/// `Retry-After` as a wait: delta-seconds or an HTTP date (capped at an hour).
+fn retry_after(resp: &ResponseHeader) -> Option<std::time::Duration> {
+    let v = resp
+        .headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    (!wait.is_zero()).then_some(wait.min(std::time::Duration::from_secs(3600)))
 }
 
 /// Count one upstream attempt's outcome and close the attempt.
 fn count_upstream(ctx: &mut RequestCtx, outcome: &str) {
     ctx.upstream_started = None;
-    if let (Some(route), Some(endpoint)) = (&ctx.route, &ctx.endpoint) {
+    if let (Some(group), Some(endpoint)) = (&ctx.group, &ctx.endpoint) {
         metrics::UPSTREAM_REQUESTS_TOTAL
-            .with_label_values(&[&route.upstream.name, endpoint, outcome])
+            .with_label_values(&[&group.name, endpoint, outcome])
             .inc();
     }
 }

@@ -92,6 +92,13 @@ impl Breaker {
         self.probing.store(false, Ordering::Release);
     }
 
+    /// Keep the circuit open until `until` (unix nanoseconds), without counting a failure:
+    /// the endpoint asked for it (`Retry-After` on a 429 or 503).
+    pub fn hold(&self, until: u64) {
+        self.open_until.fetch_max(until, Ordering::AcqRel);
+        self.probing.store(false, Ordering::Release);
+    }
+
     /// A request failed at `now`. Returns true when this failure opened the circuit.
     pub fn failure(&self, now: u64) -> bool {
         if self.failures_to_open == 0 {

@@ -127,6 +127,69 @@ impl HashOn {
     }
 }
 
+/// Provider adapter: how requests are rewritten for this group.
+#[derive(Debug, Default)]
+pub struct Adapter {
+    /// `Host` sent instead of the client's.
+    pub host: Option<http::HeaderValue>,
+    /// Removed from the start of the path.
+    pub strip_prefix: Option<String>,
+    /// Put in front of the path.
+    pub add_prefix: Option<String>,
+    /// Request headers set.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Adapter {
+    /// From a validated group config.
+    pub fn new(c: &crate::config::model::UpstreamConfig) -> Adapter {
+        Adapter {
+            host: c
+                .host
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok()),
+            strip_prefix: c.strip_prefix.clone(),
+            add_prefix: c.add_prefix.clone(),
+            headers: c
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        http::HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// The path and query to send, from the client's.
+    pub fn rewrite_path(&self, path_and_query: &str) -> Option<String> {
+        if self.strip_prefix.is_none() && self.add_prefix.is_none() {
+            return None;
+        }
+        let mut rest = path_and_query;
+        if let Some(p) = &self.strip_prefix {
+            if let Some(r) = rest.strip_prefix(p.as_str()) {
+                // Only at a segment boundary: `/v1` strips `/v1/x` and `/v1`, not `/v10`.
+                if r.is_empty() || r.starts_with(['/', '?']) {
+                    rest = r;
+                }
+            }
+        }
+        let mut out = self.add_prefix.clone().unwrap_or_default();
+        if rest.is_empty() || rest.starts_with('?') {
+            if out.is_empty() {
+                out.push('/');
+            }
+        } else if out.ends_with('/') && rest.starts_with('/') {
+            out.pop();
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+}
+
 /// pingora-load-balancing's selector for the group's balance.
 enum Selector {
     /// Weighted round robin (weights all 1 for `round_robin`).
@@ -157,6 +220,10 @@ pub struct UpstreamGroup {
     pub hash_on: HashOn,
     /// Most attempts per request, the first included.
     pub attempts: u32,
+    /// Request rewriting for this group.
+    pub adapter: Adapter,
+    /// Active health check settings, if any.
+    pub health_check: Option<crate::config::model::HealthCheckConfig>,
     selector: Selector,
     by_addr: HashMap<SocketAddr, usize>,
 }
@@ -211,9 +278,139 @@ impl UpstreamGroup {
             balance,
             hash_on,
             attempts: attempts.max(1),
+            adapter: Adapter::default(),
+            health_check: None,
             selector,
             by_addr,
         }
+    }
+
+    /// The same group with a provider adapter.
+    pub fn with_adapter(mut self, adapter: Adapter) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// The same group with active health checks (pingora-load-balancing's HTTP or TCP check;
+    /// results feed selection). Run them with [`UpstreamGroup::run_health_checks`].
+    pub fn with_health_check(
+        mut self,
+        hc: Option<crate::config::model::HealthCheckConfig>,
+        tls: bool,
+    ) -> Self {
+        use crate::config::model::HealthCheckKind;
+        use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+        let Some(c) = hc else {
+            return self;
+        };
+        let observer = Box::new(HealthObserver {
+            group: self.name.clone(),
+            labels: self
+                .endpoints
+                .iter()
+                .map(|e| (e.addr, e.label.clone()))
+                .collect(),
+        });
+        let check: Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> =
+            match c.kind {
+                HealthCheckKind::Tcp => {
+                    let mut t = TcpHealthCheck::new();
+                    t.consecutive_success = c.healthy_threshold as usize;
+                    t.consecutive_failure = c.unhealthy_threshold as usize;
+                    t.peer_template.options.connection_timeout = Some(c.timeout.get());
+                    t.health_changed_callback = Some(observer);
+                    t
+                }
+                HealthCheckKind::Http => {
+                    let host = match &self.adapter.host {
+                        Some(h) => h.to_str().unwrap_or("localhost").to_string(),
+                        None => self.endpoints[0]
+                            .label
+                            .rsplit_once(':')
+                            .map_or("localhost".to_string(), |(h, _)| h.to_string()),
+                    };
+                    let mut h = HttpHealthCheck::new(&host, tls);
+                    h.consecutive_success = c.healthy_threshold as usize;
+                    h.consecutive_failure = c.unhealthy_threshold as usize;
+                    h.peer_template.options.connection_timeout = Some(c.timeout.get());
+                    h.peer_template.options.read_timeout = Some(c.timeout.get());
+                    if let Ok(mut req) =
+                        pingora_http::RequestHeader::build("GET", c.path.as_bytes(), None)
+                    {
+                        let _ = req.append_header("Host", host.as_str());
+                        let _ = req.append_header("User-Agent", "tollgate-health-check");
+                        h.req = req;
+                    }
+                    let expect = c.expect_status;
+                    h.validator = Some(Box::new(move |resp| {
+                        if resp.status.as_u16() == expect {
+                            Ok(())
+                        } else {
+                            pingora_core::Error::e_explain(
+                                pingora_core::ErrorType::HTTPStatus(resp.status.as_u16()),
+                                format!("expected status {expect}"),
+                            )
+                        }
+                    }));
+                    h.health_changed_callback = Some(observer);
+                    Box::new(h)
+                }
+            };
+        match &mut self.selector {
+            Selector::RoundRobin(lb) => lb.set_health_check(check),
+            Selector::Consistent(lb) => lb.set_health_check(check),
+        }
+        // Every endpoint starts healthy (pingora-load-balancing's default) until checked.
+        for e in &self.endpoints {
+            crate::observe::metrics::UPSTREAM_ENDPOINT_HEALTHY
+                .with_label_values(&[&self.name, &e.label])
+                .set(1);
+        }
+        self.health_check = Some(c);
+        self
+    }
+
+    /// Check every endpoint once (in parallel). Selection skips the ones found unhealthy.
+    pub async fn run_health_checks(&self) {
+        match &self.selector {
+            Selector::RoundRobin(lb) => lb.backends().run_health_check(true).await,
+            Selector::Consistent(lb) => lb.backends().run_health_check(true).await,
+        }
+    }
+
+    /// Whether the active health check currently counts endpoint `i` as healthy (always true
+    /// without health checks).
+    pub fn healthy(&self, i: usize) -> bool {
+        let e = &self.endpoints[i];
+        let Ok(b) = Backend::new_with_weight(
+            &e.addr.to_string(),
+            match self.balance {
+                Balance::RoundRobin => 1,
+                _ => e.weight as usize,
+            },
+        ) else {
+            return true;
+        };
+        match &self.selector {
+            Selector::RoundRobin(lb) => lb.backends().ready(&b),
+            Selector::Consistent(lb) => lb.backends().ready(&b),
+        }
+    }
+
+    /// Pick an endpoint that is healthy, not open-circuited and not in `tried`, or `None`
+    /// when the group has none left (the route then fails over to its next group).
+    pub fn select_usable(&self, key: &[u8], tried: &[usize], now: u64) -> Option<usize> {
+        let index_of = |b: &Backend| b.addr.as_inet().and_then(|a| self.by_addr.get(a)).copied();
+        let accept = |b: &Backend, healthy: bool| {
+            healthy
+                && index_of(b)
+                    .is_some_and(|i| !tried.contains(&i) && self.endpoints[i].breaker.allows(now))
+        };
+        let b = match &self.selector {
+            Selector::RoundRobin(lb) => lb.select_with(key, 256, accept),
+            Selector::Consistent(lb) => lb.select_with(key, 256, accept),
+        }?;
+        index_of(&b)
     }
 
     /// Pick an endpoint for a request hashing to `key` (ignored unless `consistent_hash`),
@@ -240,9 +437,40 @@ impl UpstreamGroup {
             }?;
             Some(index_of(&b))
         };
-        pick(&|i| !tried.contains(&i) && self.endpoints[i].breaker.allows(now))
+        self.select_usable(key, tried, now)
             .or_else(|| pick(&|i| !tried.contains(&i)))
             .or_else(|| pick(&|_| true))
             .unwrap_or(0)
+    }
+}
+
+/// Reports health flips of a group's endpoints: metric and log.
+struct HealthObserver {
+    group: String,
+    labels: HashMap<SocketAddr, Arc<str>>,
+}
+
+#[async_trait::async_trait]
+impl pingora_load_balancing::health_check::HealthObserve for HealthObserver {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        let label = target
+            .addr
+            .as_inet()
+            .and_then(|a| self.labels.get(a))
+            .map_or_else(|| target.addr.to_string(), |l| l.to_string());
+        crate::observe::metrics::UPSTREAM_ENDPOINT_HEALTHY
+            .with_label_values(&[&self.group, &label])
+            .set(i64::from(healthy));
+        if healthy {
+            tracing::info!(
+                "upstream {} endpoint {label}: health check passing again",
+                self.group
+            );
+        } else {
+            tracing::warn!(
+                "upstream {} endpoint {label}: failing its health check, taken out",
+                self.group
+            );
+        }
     }
 }
