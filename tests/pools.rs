@@ -475,3 +475,125 @@ async fn active_health_checks_take_endpoints_out_and_back() {
     let checks = a.seen().iter().filter(|s| s.path == "/health").count();
     assert!(checks >= 3, "checked periodically ({checks} checks)");
 }
+
+/// An endpoint that accepts connections and closes them at once (a reset before headers).
+async fn slamming_door() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            drop(s);
+        }
+    });
+    addr
+}
+
+async fn statuses_of(tg: &Tollgate, method: reqwest::Method, n: usize) -> HashMap<u16, usize> {
+    let mut out = HashMap::new();
+    for _ in 0..n {
+        let r = tg
+            .client
+            .request(method.clone(), tg.url("/x"))
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        *out.entry(r.status().as_u16()).or_insert(0) += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_on_statuses_and_resets_but_writes_are_not() {
+    use common::origin::{Answer, Origin, Seen};
+    let failing = Origin::start(|_s: &Seen, _| Answer::ok("overloaded", &[]).status(503)).await;
+    let good = MockUpstream::named("good").await;
+    let no_breaker = "    circuit_breaker: { failures: 0 }\n";
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", failing.addr(), good.addr()),
+        no_breaker,
+    ))
+    .await;
+    assert_eq!(statuses_of(&tg, reqwest::Method::GET, 10).await[&200], 10);
+    // Every GET that met the 503 was retried on the other endpoint.
+    let retries = metric_value(
+        &tg.metrics().await,
+        "tollgate_upstream_retries_total",
+        &[("upstream", "app")],
+    )
+    .unwrap();
+    assert!(failing.count() >= 5, "{}", failing.count());
+    assert_eq!(retries, failing.count() as f64);
+    let post = statuses_of(&tg, reqwest::Method::POST, 10).await;
+    assert_eq!(
+        (post[&200], post[&503]),
+        (5, 5),
+        "POST is not retried: {post:?}"
+    );
+
+    // The same for a connection reset before the response headers.
+    let door = slamming_door().await;
+    let tg = Tollgate::start(&group(
+        &format!("\"{door}\", \"{}\"", good.addr()),
+        no_breaker,
+    ))
+    .await;
+    assert_eq!(statuses_of(&tg, reqwest::Method::GET, 10).await[&200], 10);
+    let post = statuses_of(&tg, reqwest::Method::POST, 10).await;
+    assert_eq!(
+        (post[&200], post[&502]),
+        (5, 5),
+        "POST is not retried: {post:?}"
+    );
+
+    // Unless the route says writes may be repeated.
+    let yaml = group(
+        &format!("\"{}\", \"{}\"", failing.addr(), good.addr()),
+        no_breaker,
+    )
+    .replace(
+        "    upstream: app\n",
+        "    upstream: app\n    retry_non_idempotent: true\n",
+    );
+    let tg = Tollgate::start(&yaml).await;
+    assert_eq!(statuses_of(&tg, reqwest::Method::POST, 10).await[&200], 10);
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries_and_the_last_answer_goes_through() {
+    use common::origin::{Answer, Origin, Seen};
+    let failing = Origin::start(|_s: &Seen, _| Answer::ok("overloaded", &[]).status(503)).await;
+    let good = MockUpstream::named("good").await;
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", failing.addr(), good.addr()),
+        "    retry: { budget: 0.0, min_retries_per_second: 0 }\n    circuit_breaker: { failures: 0 }\n",
+    ))
+    .await;
+    let got = statuses_of(&tg, reqwest::Method::GET, 10).await;
+    assert_eq!(
+        (got[&200], got[&503]),
+        (5, 5),
+        "no budget, no retry: {got:?}"
+    );
+    let retries = metric_value(
+        &tg.metrics().await,
+        "tollgate_upstream_retries_total",
+        &[("upstream", "app")],
+    );
+    assert_eq!(retries.unwrap_or(0.0), 0.0);
+
+    // One endpoint, three attempts: the third 503 is the client's answer.
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\"", failing.addr()),
+        "    circuit_breaker: { failures: 0 }\n",
+    ))
+    .await;
+    let before = failing.count();
+    let r = tg.get("/x").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "overloaded");
+    assert_eq!(failing.count() - before, 3);
+}

@@ -21,6 +21,8 @@ pub struct Route {
     pub upstream: Arc<UpstreamGroup>,
     /// Groups in failover order (one for `upstream:`).
     pub upstreams: Vec<Arc<UpstreamGroup>>,
+    /// Retry POST/PATCH on statuses and resets too.
+    pub retry_non_idempotent: bool,
     /// Rate limiting on this route; `None`: not limited (no tiers, or `enabled: false`).
     pub limit: Option<RouteLimit>,
     /// Response compression; `None`: off on this route.
@@ -155,6 +157,13 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
                         group.retry.attempts,
                     )
                     .with_adapter(crate::upstream::Adapter::new(group))
+                    .with_retry(
+                        group.retry.on.clone(),
+                        crate::upstream::budget::RetryBudget::new(
+                            group.retry.budget,
+                            group.retry.min_retries_per_second,
+                        ),
+                    )
                     .with_health_check(group.health_check.clone(), tls.is_some()),
                 ),
             );
@@ -247,6 +256,7 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
                 name: name.into(),
                 upstream: groups[0].clone(),
                 upstreams: groups,
+                retry_non_idempotent: r.retry_non_idempotent,
                 limit,
                 compression: r.compression.as_ref().map(crate::compress::Policy::new),
                 cache: r.cache.as_ref().map(crate::cache::RoutePolicy::new),

@@ -407,11 +407,25 @@ pub struct RetryConfig {
     /// retried on another endpoint of the group (nothing has reached the upstream yet, so this
     /// is safe for every method).
     pub attempts: u32,
+    /// Response statuses that make an idempotent request (GET, HEAD, PUT, DELETE, OPTIONS,
+    /// TRACE) try another endpoint, as does a connection reset before the response headers.
+    /// The last attempt's answer goes to the client as it is.
+    pub on: Vec<u16>,
+    /// Retry budget: retries (beyond connection failures' first retry) may add at most this
+    /// fraction of the group's requests, so a failing provider cannot turn into a retry storm.
+    pub budget: f64,
+    /// Retries always allowed per second, whatever the budget (so a quiet group can retry).
+    pub min_retries_per_second: u32,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { attempts: 3 }
+        RetryConfig {
+            attempts: 3,
+            on: vec![502, 503, 504],
+            budget: 0.2,
+            min_retries_per_second: 3,
+        }
     }
 }
 
@@ -549,6 +563,10 @@ pub struct RouteConfig {
     /// Response compression on this route. Absent: responses pass as the upstream sent them.
     #[serde(default)]
     pub compression: Option<CompressionConfig>,
+    /// Retry non-idempotent requests (POST, PATCH) on statuses and resets too, even after
+    /// their body was sent: only for upstreams where repeating a write is harmless.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
     /// Response caching on this route. Absent: nothing is cached.
     #[serde(default)]
     pub cache: Option<RouteCacheConfig>,

@@ -281,6 +281,7 @@ fn placeholder_route() -> RouteConfig {
         compression: None,
         cache: None,
         upstreams: Vec::new(),
+        retry_non_idempotent: false,
     }
 }
 

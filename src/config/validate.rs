@@ -130,6 +130,23 @@ pub fn validate(
                 ),
             ));
         }
+        for (j, st) in group.retry.on.iter().enumerate() {
+            if !(500..=599).contains(st) && *st != 429 && *st != 408 {
+                errors.push(ConfigError::at(
+                    format!("{base}.retry.on[{j}]"),
+                    format!("{st}: only 408, 429 and 5xx statuses can be retried"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&group.retry.budget) || group.retry.budget.is_nan() {
+            errors.push(ConfigError::at(
+                format!("{base}.retry.budget"),
+                format!(
+                    "{} is not a fraction: write 0.2 for \"retries add at most 20% of requests\"",
+                    group.retry.budget
+                ),
+            ));
+        }
         let cb = &group.circuit_breaker;
         if cb.failures > 0 && (cb.backoff.get().is_zero() || cb.max_backoff < cb.backoff) {
             errors.push(ConfigError::at(

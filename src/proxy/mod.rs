@@ -225,6 +225,7 @@ impl ProxyHttp for Tollgate {
     ) -> Result<Box<HttpPeer>> {
         if ctx.upstream_started.is_some() {
             // The previous attempt connected but failed before response headers (a retry).
+            endpoint_failed(ctx);
             count_upstream(ctx, "error");
         }
         let route = ctx
@@ -267,6 +268,9 @@ impl ProxyHttp for Tollgate {
         });
         let group = route.upstreams[gi].clone();
         let endpoint = &group.endpoints[i];
+        if ctx.attempts == 0 {
+            group.budget.deposit();
+        }
         if ctx.attempts > 0 {
             metrics::UPSTREAM_RETRIES_TOTAL
                 .with_label_values(&[&group.name])
@@ -279,6 +283,45 @@ impl ProxyHttp for Tollgate {
         let peer = endpoint.peer();
         ctx.group = Some(group);
         Ok(peer)
+    }
+
+    /// Replaces Pingora's default, keeping its safety: a request whose method is not
+    /// idempotent (unless the route allows it) or whose body no longer fits the retry buffer
+    /// is never retried. On top of it, an idempotent request whose attempt failed before the
+    /// response headers (a reset, a read timeout) is retried on another endpoint while
+    /// attempts and the retry budget allow.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let allow_method = session.req_header().method.is_idempotent()
+            || ctx.route.as_ref().is_some_and(|r| r.retry_non_idempotent);
+        if !allow_method || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+            return e;
+        }
+        if matches!(e.etype(), pingora_core::ErrorType::HTTPStatus(_)) {
+            // Ours (retry_on_status): already decided.
+            return e;
+        }
+        let before_headers = ctx.upstream_started.is_some();
+        let upstream_side = *e.esource() == pingora_core::ErrorSource::Upstream;
+        if before_headers && upstream_side && attempts_left(ctx) {
+            let now = crate::ratelimit::unix_nanos_now();
+            let budget_ok = ctx
+                .group
+                .as_ref()
+                .is_some_and(|g| g.budget.try_withdraw(now));
+            e.set_retry(budget_ok);
+            return e;
+        }
+        e.retry.decide_reuse(client_reused);
+        e
     }
 
     fn fail_to_connect(
@@ -294,12 +337,9 @@ impl ProxyHttp for Tollgate {
         };
         count_upstream(ctx, outcome);
         endpoint_failed(ctx);
-        // Nothing reached the upstream: another endpoint may take it, whatever the method.
-        let attempts: u32 = ctx
-            .route
-            .as_ref()
-            .map_or(1, |r| r.upstreams.iter().map(|g| g.attempts).sum());
-        e.set_retry(ctx.attempts < attempts);
+        // Nothing reached the upstream: another endpoint may take it, whatever the method
+        // (and outside the retry budget: it costs the upstreams nothing).
+        e.set_retry(attempts_left(ctx));
         e
     }
 
@@ -310,6 +350,9 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        if let Some(e) = retry_on_status(session, upstream_response, ctx) {
+            return Err(e);
+        }
         caching::vary_by_coding(upstream_response, ctx)?;
         caching::invalidate_after_mutation(session, upstream_response, ctx);
         if let (Some(started), Some(group)) = (ctx.upstream_started, &ctx.group) {
@@ -723,6 +766,48 @@ fn balance_key(
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default(),
     }
+}
+
+/// Whether the route's groups have attempts left for this request.
+fn attempts_left(ctx: &RequestCtx) -> bool {
+    let total: u32 = ctx
+        .route
+        .as_ref()
+        .map_or(1, |r| r.upstreams.iter().map(|g| g.attempts).sum());
+    ctx.attempts < total
+}
+
+/// A response status the group retries (idempotent request, attempts and budget left): the
+/// error that makes Pingora try another endpoint. `None`: pass the response on.
+fn retry_on_status(
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> Option<Box<Error>> {
+    let status = resp.status.as_u16();
+    let group = ctx.group.clone()?;
+    if !group.retry_on.contains(&status) || !attempts_left(ctx) {
+        return None;
+    }
+    let allow_method = session.req_header().method.is_idempotent()
+        || ctx.route.as_ref().is_some_and(|r| r.retry_non_idempotent);
+    if !allow_method || session.as_ref().retry_buffer_truncated() {
+        return None;
+    }
+    if !group
+        .budget
+        .try_withdraw(crate::ratelimit::unix_nanos_now())
+    {
+        return None;
+    }
+    endpoint_failed(ctx);
+    count_upstream(ctx, "retried");
+    let mut e = Error::explain(
+        pingora_core::ErrorType::HTTPStatus(status),
+        format!("upstream answered {status}: retrying on another endpoint"),
+    );
+    e.set_retry(true);
+    Some(e.into_up())
 }
 
 /// The endpoint of the current attempt failed (connection error, timeout, reset): tell its

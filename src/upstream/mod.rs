@@ -7,6 +7,7 @@
 //! already tried and endpoints whose circuit is open ([`breaker`]).
 
 pub mod breaker;
+pub mod budget;
 
 use crate::config::model::Balance;
 use breaker::Breaker;
@@ -222,6 +223,10 @@ pub struct UpstreamGroup {
     pub attempts: u32,
     /// Request rewriting for this group.
     pub adapter: Adapter,
+    /// Statuses retried (idempotent requests).
+    pub retry_on: Vec<u16>,
+    /// Limits retries to a fraction of requests.
+    pub budget: budget::RetryBudget,
     /// Active health check settings, if any.
     pub health_check: Option<crate::config::model::HealthCheckConfig>,
     selector: Selector,
@@ -279,10 +284,19 @@ impl UpstreamGroup {
             hash_on,
             attempts: attempts.max(1),
             adapter: Adapter::default(),
+            retry_on: Vec::new(),
+            budget: budget::RetryBudget::new(1.0, 1000),
             health_check: None,
             selector,
             by_addr,
         }
+    }
+
+    /// The same group with its retry statuses and budget.
+    pub fn with_retry(mut self, on: Vec<u16>, budget: budget::RetryBudget) -> Self {
+        self.retry_on = on;
+        self.budget = budget;
+        self
     }
 
     /// The same group with a provider adapter.
