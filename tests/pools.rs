@@ -597,3 +597,48 @@ async fn the_retry_budget_caps_retries_and_the_last_answer_goes_through() {
     assert_eq!(r.text().await.unwrap(), "overloaded");
     assert_eq!(failing.count() - before, 3);
 }
+
+#[tokio::test]
+async fn per_try_timeout_moves_on_and_the_deadline_stops_new_attempts() {
+    use common::Reply;
+    let slow = MockUpstream::named("slow").await;
+    slow.set_reply(Reply {
+        delay: Duration::from_secs(2),
+        ..Reply::default()
+    });
+    let fast = MockUpstream::named("fast").await;
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", slow.addr(), fast.addr()),
+        "    retry: { per_try_timeout: 150ms }\n    circuit_breaker: { failures: 0 }\n",
+    ))
+    .await;
+    let seen = spread(&tg, 4, &[]).await;
+    assert_eq!(
+        seen["fast"], 4,
+        "a slow attempt gives way to another endpoint"
+    );
+    assert!(
+        slow.count() >= 2,
+        "the slow endpoint was tried ({})",
+        slow.count()
+    );
+
+    // Both slow, deadline shorter than one try: one attempt, then the timeout answer.
+    let slow2 = MockUpstream::named("slow2").await;
+    slow2.set_reply(Reply {
+        delay: Duration::from_secs(2),
+        ..Reply::default()
+    });
+    let (a, b) = (slow.count(), slow2.count());
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", slow.addr(), slow2.addr()),
+        "    retry: { per_try_timeout: 150ms, deadline: 100ms }\n    circuit_breaker: { failures: 0 }\n",
+    ))
+    .await;
+    assert_eq!(tg.get("/x").await.status(), 504);
+    assert_eq!(
+        (slow.count() - a) + (slow2.count() - b),
+        1,
+        "no attempt after the deadline"
+    );
+}

@@ -89,7 +89,11 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
         let t = &group.timeouts;
         let timeouts = Timeouts {
             connect: t.connect.get(),
-            read: t.read.get(),
+            // A per-try timeout bounds each read of an attempt.
+            read: group
+                .retry
+                .per_try_timeout
+                .map_or(t.read.get(), |p| p.get()),
             write: t.write.get(),
             idle: t.idle.get(),
         };
@@ -158,6 +162,7 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
                     )
                     .with_adapter(crate::upstream::Adapter::new(group))
                     .with_retry(
+                        group.retry.deadline.map(|d| d.get()),
                         group.retry.on.clone(),
                         crate::upstream::budget::RetryBudget::new(
                             group.retry.budget,

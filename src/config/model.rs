@@ -416,6 +416,12 @@ pub struct RetryConfig {
     pub budget: f64,
     /// Retries always allowed per second, whatever the budget (so a quiet group can retry).
     pub min_retries_per_second: u32,
+    /// Longest wait for each read from the upstream during one attempt (the response headers
+    /// included): exceeded before the headers, the attempt is retried like a reset. Absent:
+    /// `timeouts.read`.
+    pub per_try_timeout: Option<ConfigDuration>,
+    /// No new attempt starts once the request is this old. Absent: no deadline.
+    pub deadline: Option<ConfigDuration>,
 }
 
 impl Default for RetryConfig {
@@ -425,6 +431,8 @@ impl Default for RetryConfig {
             on: vec![502, 503, 504],
             budget: 0.2,
             min_retries_per_second: 3,
+            per_try_timeout: None,
+            deadline: None,
         }
     }
 }

@@ -147,6 +147,17 @@ pub fn validate(
                 ),
             ));
         }
+        for (key, d) in [
+            ("per_try_timeout", group.retry.per_try_timeout),
+            ("deadline", group.retry.deadline),
+        ] {
+            if d.is_some_and(|d| d.get().is_zero()) {
+                errors.push(ConfigError::at(
+                    format!("{base}.retry.{key}"),
+                    "must be more than 0s (remove it for none)",
+                ));
+            }
+        }
         let cb = &group.circuit_breaker;
         if cb.failures > 0 && (cb.backoff.get().is_zero() || cb.max_backoff < cb.backoff) {
             errors.push(ConfigError::at(

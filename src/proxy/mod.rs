@@ -774,7 +774,12 @@ fn attempts_left(ctx: &RequestCtx) -> bool {
         .route
         .as_ref()
         .map_or(1, |r| r.upstreams.iter().map(|g| g.attempts).sum());
-    ctx.attempts < total
+    let before_deadline = ctx
+        .group
+        .as_ref()
+        .and_then(|g| g.deadline)
+        .is_none_or(|d| ctx.started.elapsed() < d);
+    ctx.attempts < total && before_deadline
 }
 
 /// A response status the group retries (idempotent request, attempts and budget left): the

@@ -227,6 +227,8 @@ pub struct UpstreamGroup {
     pub retry_on: Vec<u16>,
     /// Limits retries to a fraction of requests.
     pub budget: budget::RetryBudget,
+    /// No new attempt after the request is this old.
+    pub deadline: Option<Duration>,
     /// Active health check settings, if any.
     pub health_check: Option<crate::config::model::HealthCheckConfig>,
     selector: Selector,
@@ -286,6 +288,7 @@ impl UpstreamGroup {
             adapter: Adapter::default(),
             retry_on: Vec::new(),
             budget: budget::RetryBudget::new(1.0, 1000),
+            deadline: None,
             health_check: None,
             selector,
             by_addr,
@@ -293,7 +296,13 @@ impl UpstreamGroup {
     }
 
     /// The same group with its retry statuses and budget.
-    pub fn with_retry(mut self, on: Vec<u16>, budget: budget::RetryBudget) -> Self {
+    pub fn with_retry(
+        mut self,
+        deadline: Option<Duration>,
+        on: Vec<u16>,
+        budget: budget::RetryBudget,
+    ) -> Self {
+        self.deadline = deadline;
         self.retry_on = on;
         self.budget = budget;
         self
