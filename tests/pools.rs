@@ -642,3 +642,18 @@ async fn per_try_timeout_moves_on_and_the_deadline_stops_new_attempts() {
         "no attempt after the deadline"
     );
 }
+
+#[tokio::test]
+async fn statuses_passed_on_still_count_against_the_endpoint() {
+    use common::origin::{Answer, Origin, Seen};
+    let failing = Origin::start(|_s: &Seen, _| Answer::ok("overloaded", &[]).status(502)).await;
+    let good = MockUpstream::named("good").await;
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", failing.addr(), good.addr()),
+        "    retry: { budget: 0.0, min_retries_per_second: 0 }\n    circuit_breaker: { failures: 2, backoff: 60s, max_backoff: 60s }\n",
+    ))
+    .await;
+    let got = statuses_of(&tg, reqwest::Method::GET, 12).await;
+    assert_eq!(failing.count(), 2, "two 502s open its circuit: {got:?}");
+    assert_eq!((got[&502], got[&200]), (2, 10), "{got:?}");
+}

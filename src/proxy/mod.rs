@@ -376,6 +376,10 @@ impl ProxyHttp for Tollgate {
             if let Some(wait) = cool {
                 b.hold(now + wait.as_nanos() as u64);
                 set_circuit_gauge(ctx, i, 1);
+            } else if group.retry_on.contains(&status) {
+                // A status the group treats as a failure, passed on (last attempt, or budget
+                // spent): it still counts against the endpoint.
+                endpoint_failed(ctx);
             } else {
                 b.success();
                 if was_open {
