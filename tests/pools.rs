@@ -657,3 +657,40 @@ async fn statuses_passed_on_still_count_against_the_endpoint() {
     assert_eq!(failing.count(), 2, "two 502s open its circuit: {got:?}");
     assert_eq!((got[&502], got[&200]), (2, 10), "{got:?}");
 }
+
+#[tokio::test]
+async fn tcp_health_checks_take_a_closed_port_out() {
+    let good = MockUpstream::named("good").await;
+    let closed = closed_addr();
+    let tg = Tollgate::start(&group(
+        &format!("\"{closed}\", \"{}\"", good.addr()),
+        "    health_check: { type: tcp, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1 }\n    circuit_breaker: { failures: 0 }\n",
+    ))
+    .await;
+    let label = closed.to_string();
+    let health = [("upstream", "app"), ("endpoint", label.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_value(
+        &tg.metrics().await,
+        "tollgate_upstream_endpoint_healthy",
+        &health,
+    ) != Some(0.0)
+    {
+        assert!(Instant::now() < deadline, "never marked unhealthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed = [("endpoint", label.as_str()), ("outcome", "connect_error")];
+    let before = metric_value(
+        &tg.metrics().await,
+        "tollgate_upstream_requests_total",
+        &failed,
+    );
+    let seen = spread(&tg, 10, &[]).await;
+    assert_eq!(seen["good"], 10);
+    let after = metric_value(
+        &tg.metrics().await,
+        "tollgate_upstream_requests_total",
+        &failed,
+    );
+    assert_eq!(before, after, "no request tried the unhealthy endpoint");
+}
