@@ -6,7 +6,7 @@
 //! opens it again for twice as long (up to `max_backoff`). Any success resets the count.
 //! Lock-free (atomics), with time passed in so tests can drive it with a virtual clock.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The state of one endpoint's circuit, for metrics.
@@ -31,8 +31,9 @@ pub struct Breaker {
     opened: AtomicU32,
     /// Unix nanoseconds until which the circuit is open (0: closed).
     open_until: AtomicU64,
-    /// A half-open probe is in flight.
-    probing: AtomicBool,
+    /// When the half-open probe in flight started (unix nanoseconds; 0: none). A probe whose
+    /// result never came back (the client went away first) stops counting after `backoff`.
+    probing: AtomicU64,
 }
 
 impl Default for Breaker {
@@ -53,7 +54,7 @@ impl Breaker {
             consecutive: AtomicU32::new(0),
             opened: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+            probing: AtomicU64::new(0),
         }
     }
 
@@ -75,10 +76,16 @@ impl Breaker {
         match self.state(now) {
             State::Closed => true,
             State::Open => false,
-            State::HalfOpen => self
-                .probing
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok(),
+            State::HalfOpen => {
+                let started = self.probing.load(Ordering::Acquire);
+                let stale =
+                    started != 0 && now.saturating_sub(started) > self.backoff.as_nanos() as u64;
+                (started == 0 || stale)
+                    && self
+                        .probing
+                        .compare_exchange(started, now.max(1), Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            }
         }
     }
 
@@ -89,14 +96,14 @@ impl Breaker {
             self.opened.store(0, Ordering::Release);
             self.open_until.store(0, Ordering::Release);
         }
-        self.probing.store(false, Ordering::Release);
+        self.probing.store(0, Ordering::Release);
     }
 
     /// Keep the circuit open until `until` (unix nanoseconds), without counting a failure:
     /// the endpoint asked for it (`Retry-After` on a 429 or 503).
     pub fn hold(&self, until: u64) {
         self.open_until.fetch_max(until, Ordering::AcqRel);
-        self.probing.store(false, Ordering::Release);
+        self.probing.store(0, Ordering::Release);
     }
 
     /// A request failed at `now`. Returns true when this failure opened the circuit.
@@ -104,7 +111,7 @@ impl Breaker {
         if self.failures_to_open == 0 {
             return false;
         }
-        let was_probe = self.probing.swap(false, Ordering::AcqRel);
+        let was_probe = self.probing.swap(0, Ordering::AcqRel) != 0;
         let n = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
         if was_probe || n >= self.failures_to_open {
             let times = self.opened.fetch_add(1, Ordering::AcqRel);
@@ -155,6 +162,18 @@ mod tests {
             b.failure(8 * S);
         }
         assert_eq!(b.state(9 * S), State::HalfOpen);
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_back_expires() {
+        let b = Breaker::new(1, Duration::from_secs(1), Duration::from_secs(1));
+        assert!(b.failure(0));
+        assert!(b.allows(S), "probe");
+        assert!(!b.allows(S + S / 2), "probe in flight");
+        assert!(
+            b.allows(2 * S + 1),
+            "the lost probe stops counting after the backoff"
+        );
     }
 
     #[test]

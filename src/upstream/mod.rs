@@ -275,6 +275,12 @@ impl UpstreamGroup {
                 .expect("static discovery does not fail");
             lb
         }
+        // Fresh breakers: report every endpoint closed (a reload replaces the old ones).
+        for e in &endpoints {
+            crate::observe::metrics::UPSTREAM_CIRCUIT_OPEN
+                .with_label_values(&[&name, &e.label])
+                .set(0);
+        }
         let selector = match balance {
             Balance::ConsistentHash => Selector::Consistent(build(backends)),
             _ => Selector::RoundRobin(build(backends)),
