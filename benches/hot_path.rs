@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the per-request functions tollgate adds to Pingora's own work:
-//! route matching, request ids, forwarding-header rewriting. Run: `cargo bench --bench hot_path`.
+//! route matching, request ids, forwarding-header rewriting, endpoint selection. Run:
+//! `cargo bench --bench hot_path`.
 //! The end-to-end figure (rps against nginx) comes from `benches/load.sh`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -98,11 +99,54 @@ fn bench_header_parts(c: &mut Criterion) {
     });
 }
 
+fn group(balance: tollgate::config::model::Balance, n: u16) -> tollgate::upstream::UpstreamGroup {
+    use tollgate::upstream::{breaker::Breaker, Endpoint, HashOn, Timeouts, UpstreamGroup};
+    let t = Timeouts {
+        connect: std::time::Duration::from_secs(1),
+        read: std::time::Duration::from_secs(1),
+        write: std::time::Duration::from_secs(1),
+        idle: std::time::Duration::from_secs(1),
+    };
+    let endpoints = (0..n)
+        .map(|i| {
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{}", 3000 + i).parse().unwrap();
+            Endpoint::new(addr.to_string(), "127.0.0.1", addr, None, &t).with(
+                1 + u32::from(i % 3),
+                Breaker::new(
+                    3,
+                    std::time::Duration::from_secs(1),
+                    std::time::Duration::from_secs(30),
+                ),
+            )
+        })
+        .collect();
+    UpstreamGroup::new("app".into(), endpoints, balance, HashOn::Tenant, 3)
+}
+
+fn bench_select(c: &mut Criterion) {
+    use tollgate::config::model::Balance;
+    for (name, balance) in [
+        ("round_robin", Balance::RoundRobin),
+        ("weighted", Balance::Weighted),
+        ("consistent_hash", Balance::ConsistentHash),
+    ] {
+        let g = group(balance, 4);
+        c.bench_function(&format!("upstream_select/{name}/4_endpoints"), |b| {
+            b.iter(|| g.select(black_box(b"tenant-42"), black_box(&[]), black_box(1)))
+        });
+    }
+    let g = group(Balance::RoundRobin, 4);
+    c.bench_function("upstream_select/round_robin/peer_clone", |b| {
+        b.iter(|| g.endpoints[g.select(b"", &[], 1)].peer())
+    });
+}
+
 criterion_group!(
     benches,
     bench_routes,
     bench_request_id,
     bench_headers,
-    bench_header_parts
+    bench_header_parts,
+    bench_select
 );
 criterion_main!(benches);

@@ -694,3 +694,20 @@ async fn tcp_health_checks_take_a_closed_port_out() {
     );
     assert_eq!(before, after, "no request tried the unhealthy endpoint");
 }
+
+#[tokio::test]
+async fn a_retried_503_with_retry_after_cools_the_endpoint_down() {
+    use common::origin::{Answer, Origin, Seen};
+    let busy =
+        Origin::start(|_s: &Seen, _| Answer::ok("busy", &[("retry-after", "60")]).status(503))
+            .await;
+    let calm = MockUpstream::named("calm").await;
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", busy.addr(), calm.addr()),
+        "",
+    ))
+    .await;
+    let seen = spread(&tg, 10, &[]).await;
+    assert_eq!(seen["calm"], 10, "the 503 was retried elsewhere: {seen:?}");
+    assert_eq!(busy.count(), 1, "then the busy endpoint was left alone");
+}

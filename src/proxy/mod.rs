@@ -803,13 +803,24 @@ fn retry_on_status(
     if !allow_method || session.as_ref().retry_buffer_truncated() {
         return None;
     }
-    if !group
-        .budget
-        .try_withdraw(crate::ratelimit::unix_nanos_now())
-    {
+    let now = crate::ratelimit::unix_nanos_now();
+    if !group.budget.try_withdraw(now) {
         return None;
     }
-    endpoint_failed(ctx);
+    // An endpoint announcing overload with Retry-After is left alone that long (a cooldown,
+    // not a failure); any other retried status counts against it.
+    let cool = (status == 429 || status == 503)
+        .then(|| retry_after(resp))
+        .flatten();
+    match (cool, ctx.tried.last()) {
+        (Some(wait), Some(&(_, i))) => {
+            group.endpoints[i]
+                .breaker
+                .hold(now + wait.as_nanos() as u64);
+            set_circuit_gauge(ctx, i, 1);
+        }
+        _ => endpoint_failed(ctx),
+    }
     count_upstream(ctx, "retried");
     let mut e = Error::explain(
         pingora_core::ErrorType::HTTPStatus(status),
