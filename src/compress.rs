@@ -161,23 +161,17 @@ pub fn should_compress(
     req: &RequestHeader,
     resp: &ResponseHeader,
 ) -> Result<(), &'static str> {
-    use http::header::{CONTENT_RANGE, RANGE};
     if req.method == http::Method::HEAD {
         return Err("head");
     }
     if req.headers.contains_key(&policy.opt_out_header) {
         return Err("opt_out");
     }
-    if !(200..300).contains(&resp.status.as_u16())
-        || resp.status.as_u16() == 204
-        || resp.status.as_u16() == 206
-    {
-        return Err("status");
-    }
-    if req.headers.contains_key(RANGE) || resp.headers.contains_key(CONTENT_RANGE) {
+    response_compressible(policy, resp)?;
+    if req.headers.contains_key(http::header::RANGE) {
         return Err("range");
     }
-    response_compressible(policy, resp)
+    Ok(())
 }
 
 /// The response-side half of [`should_compress`]: whether this response could be compressed

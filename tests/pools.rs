@@ -506,17 +506,28 @@ async fn statuses_of(tg: &Tollgate, method: reqwest::Method, n: usize) -> HashMa
     out
 }
 
-#[tokio::test]
-async fn idempotent_requests_are_retried_on_statuses_and_resets_but_writes_are_not() {
+/// An origin that answers every request with `status`, a healthy mock named `good`, and a
+/// tollgate balancing over both (failing first) with `extra` group keys.
+async fn failing_and_good(
+    status: u16,
+    extra: &str,
+) -> (common::origin::Origin, MockUpstream, Tollgate) {
     use common::origin::{Answer, Origin, Seen};
-    let failing = Origin::start(|_s: &Seen, _| Answer::ok("overloaded", &[]).status(503)).await;
+    let failing =
+        Origin::start(move |_s: &Seen, _| Answer::ok("overloaded", &[]).status(status)).await;
     let good = MockUpstream::named("good").await;
-    let no_breaker = "    circuit_breaker: { failures: 0 }\n";
     let tg = Tollgate::start(&group(
         &format!("\"{}\", \"{}\"", failing.addr(), good.addr()),
-        no_breaker,
+        extra,
     ))
     .await;
+    (failing, good, tg)
+}
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_on_statuses_and_resets_but_writes_are_not() {
+    let no_breaker = "    circuit_breaker: { failures: 0 }\n";
+    let (failing, good, tg) = failing_and_good(503, no_breaker).await;
     assert_eq!(statuses_of(&tg, reqwest::Method::GET, 10).await[&200], 10);
     // Every GET that met the 503 was retried on the other endpoint.
     let retries = metric_value(
@@ -564,13 +575,10 @@ async fn idempotent_requests_are_retried_on_statuses_and_resets_but_writes_are_n
 
 #[tokio::test]
 async fn the_retry_budget_caps_retries_and_the_last_answer_goes_through() {
-    use common::origin::{Answer, Origin, Seen};
-    let failing = Origin::start(|_s: &Seen, _| Answer::ok("overloaded", &[]).status(503)).await;
-    let good = MockUpstream::named("good").await;
-    let tg = Tollgate::start(&group(
-        &format!("\"{}\", \"{}\"", failing.addr(), good.addr()),
+    let (failing, _good, tg) = failing_and_good(
+        503,
         "    retry: { budget: 0.0, min_retries_per_second: 0 }\n    circuit_breaker: { failures: 0 }\n",
-    ))
+    )
     .await;
     let got = statuses_of(&tg, reqwest::Method::GET, 10).await;
     assert_eq!(
@@ -645,13 +653,10 @@ async fn per_try_timeout_moves_on_and_the_deadline_stops_new_attempts() {
 
 #[tokio::test]
 async fn statuses_passed_on_still_count_against_the_endpoint() {
-    use common::origin::{Answer, Origin, Seen};
-    let failing = Origin::start(|_s: &Seen, _| Answer::ok("overloaded", &[]).status(502)).await;
-    let good = MockUpstream::named("good").await;
-    let tg = Tollgate::start(&group(
-        &format!("\"{}\", \"{}\"", failing.addr(), good.addr()),
+    let (failing, _good, tg) = failing_and_good(
+        502,
         "    retry: { budget: 0.0, min_retries_per_second: 0 }\n    circuit_breaker: { failures: 2, backoff: 60s, max_backoff: 60s }\n",
-    ))
+    )
     .await;
     let got = statuses_of(&tg, reqwest::Method::GET, 12).await;
     assert_eq!(failing.count(), 2, "two 502s open its circuit: {got:?}");

@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// The scope of a request's entries: identified tenants get their own on `tenant` routes.
 pub fn scope_for(scope: CacheScope, tenant: Option<&str>) -> Arc<str> {
     match (scope, tenant) {
-        (CacheScope::Tenant, Some(t)) => format!("tenant:{t}").into(),
+        (CacheScope::Tenant, Some(t)) => tenant_scope(t).into(),
         _ => Arc::from(SHARED),
     }
 }
@@ -103,12 +103,7 @@ mod tests {
     use pingora_cache::key::CacheHashKey;
 
     fn tag(scope: &str, path: &str, query: &str) -> EntryTag {
-        EntryTag {
-            scope: scope.into(),
-            host: "api.example".into(),
-            path: path.into(),
-            query: query.into(),
-        }
+        EntryTag::new(scope, "api.example", path, query)
     }
 
     #[test]

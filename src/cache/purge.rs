@@ -184,12 +184,7 @@ mod tests {
     use super::*;
 
     fn tag(scope: &str, path: &str, query: &str) -> EntryTag {
-        EntryTag {
-            scope: scope.into(),
-            host: "api.example".into(),
-            path: path.into(),
-            query: query.into(),
-        }
+        EntryTag::new(scope, "api.example", path, query)
     }
 
     fn sel(json: &str) -> Result<Selector, String> {

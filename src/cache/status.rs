@@ -51,17 +51,6 @@ impl Outcome {
             Outcome::Bypass => "bypass",
         }
     }
-
-    /// Every outcome, for documentation and tests.
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Hit,
-        Outcome::Updating,
-        Outcome::Stale,
-        Outcome::Miss,
-        Outcome::Expired,
-        Outcome::Revalidated,
-        Outcome::Bypass,
-    ];
 }
 
 /// Map Pingora's cache phase at response time to an outcome, with the reason when the

@@ -98,6 +98,21 @@ pub struct EntryTag {
 }
 
 impl EntryTag {
+    /// A tag from its four parts.
+    pub fn new(
+        scope: impl Into<Arc<str>>,
+        host: impl Into<Arc<str>>,
+        path: impl Into<Arc<str>>,
+        query: impl Into<Arc<str>>,
+    ) -> Self {
+        EntryTag {
+            scope: scope.into(),
+            host: host.into(),
+            path: path.into(),
+            query: query.into(),
+        }
+    }
+
     /// What the four `Arc<str>` allocations occupy (16-byte header each), charged to the
     /// entry's weight. Counted per entry even when the proxy shares one `Arc` (say the scope)
     /// between entries: an over-estimate, never an under-estimate.

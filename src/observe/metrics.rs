@@ -203,31 +203,21 @@ pub static UPSTREAM_RETRIES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
 /// `tollgate_upstream_circuit_open{upstream,endpoint}`: 1 while an endpoint's circuit breaker
 /// is open (or half-open, waiting for its probe), 0 once a request succeeded again.
 pub static UPSTREAM_CIRCUIT_OPEN: Lazy<IntGaugeVec> = Lazy::new(|| {
-    let g = IntGaugeVec::new(
-        Opts::new(
-            "tollgate_upstream_circuit_open",
-            "1 while the endpoint's circuit breaker is open or half-open, else 0.",
-        ),
+    gauge_vec(
+        "tollgate_upstream_circuit_open",
+        "1 while the endpoint's circuit breaker is open or half-open, else 0.",
         &["upstream", "endpoint"],
     )
-    .expect("metric");
-    REGISTRY.register(Box::new(g.clone())).expect("register");
-    g
 });
 
 /// `tollgate_upstream_endpoint_healthy{upstream,endpoint}`: 1 while the endpoint passes its
 /// group's active health check, 0 while it fails it (groups with `health_check` only).
 pub static UPSTREAM_ENDPOINT_HEALTHY: Lazy<IntGaugeVec> = Lazy::new(|| {
-    let g = IntGaugeVec::new(
-        Opts::new(
-            "tollgate_upstream_endpoint_healthy",
-            "1 while the endpoint passes its active health check, else 0.",
-        ),
+    gauge_vec(
+        "tollgate_upstream_endpoint_healthy",
+        "1 while the endpoint passes its active health check, else 0.",
         &["upstream", "endpoint"],
     )
-    .expect("metric");
-    REGISTRY.register(Box::new(g.clone())).expect("register");
-    g
 });
 
 /// `tollgate_cache_requests_total{route,status}`: what the cache did per request on caching
@@ -260,6 +250,12 @@ pub static CACHE_PURGED_ENTRIES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
         &["reason"],
     )
 });
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+}
 
 fn gauge(name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("metric");

@@ -60,12 +60,12 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
         ctx.cache_detail = Some("authorization");
         return;
     }
-    ctx.cache_tag = Some(EntryTag {
+    ctx.cache_tag = Some(EntryTag::new(
         scope,
-        host: key::normalize_host(request_host(req)).into(),
-        path: req.uri.path().into(),
-        query: key::normalize_query(req.uri.query(), policy.query).into(),
-    });
+        key::normalize_host(request_host(req)),
+        req.uri.path(),
+        key::normalize_query(req.uri.query(), policy.query),
+    ));
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(cache.lock_timeout);
     session.cache.enable(
@@ -274,7 +274,6 @@ pub fn compress_before_storing(
     upstream_request: &mut RequestHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
-    use pingora_core::modules::http::compression::ResponseCompression;
     let compresses = ctx.route.as_ref().is_some_and(|r| r.compression.is_some());
     if !compresses || !session.cache.enabled() {
         return Ok(());
@@ -294,14 +293,7 @@ pub fn compress_before_storing(
         }
     }
     // The stored object is already in its final coding: the way out only decompresses.
-    if let Some(m) = session
-        .downstream_modules_ctx
-        .get_mut::<ResponseCompression>()
-    {
-        if m.is_header_phase() {
-            m.adjust_level(0);
-        }
-    }
+    super::errors::no_compression_on_the_way_out(session);
     Ok(())
 }
 

@@ -115,6 +115,19 @@ pub async fn respond_with(
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     // tollgate's own small JSON answers go out as they are, whatever the route's compression.
+    no_compression_on_the_way_out(session);
+    session
+        .write_response_header(Box::new(h), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// This response is not compressed by Pingora's downstream module (decompression stays as
+/// configured). Only effective before the module has seen the response header.
+pub fn no_compression_on_the_way_out(session: &mut Session) {
     if let Some(m) = session
         .downstream_modules_ctx
         .get_mut::<pingora_core::modules::http::compression::ResponseCompression>()
@@ -123,11 +136,4 @@ pub async fn respond_with(
             m.adjust_level(0);
         }
     }
-    session
-        .write_response_header(Box::new(h), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
 }

@@ -234,44 +234,40 @@ impl ProxyHttp for Tollgate {
             .ok_or_else(|| Error::explain(pingora_core::ErrorType::InternalError, "no route"))?;
         let route = route.clone();
         let now = crate::ratelimit::unix_nanos_now();
+        let tried_in = |gi: usize| -> Vec<usize> {
+            ctx.tried
+                .iter()
+                .filter(|(g, _)| *g == gi)
+                .map(|&(_, e)| e)
+                .collect()
+        };
         // Failover: the first group (from the current one on) with attempts left and a usable
         // endpoint serves; when none has, the last group is tried anyway (best effort).
         let start = ctx.tried.last().map_or(0, |&(g, _)| g);
-        let mut chosen = None;
-        for (gi, group) in route.upstreams.iter().enumerate().skip(start) {
-            let tried: Vec<usize> = ctx
-                .tried
-                .iter()
-                .filter(|(g, _)| *g == gi)
-                .map(|&(_, e)| e)
-                .collect();
-            if tried.len() >= group.attempts as usize {
-                continue;
-            }
-            let key = balance_key(session, ctx, group);
-            if let Some(i) = group.select_usable(&key, &tried, now) {
-                chosen = Some((gi, i));
-                break;
-            }
-        }
-        let (gi, i) = chosen.unwrap_or_else(|| {
+        let usable = route
+            .upstreams
+            .iter()
+            .enumerate()
+            .skip(start)
+            .find_map(|(gi, group)| {
+                let tried = tried_in(gi);
+                if tried.len() >= group.attempts as usize {
+                    return None;
+                }
+                let key = balance_key(session, ctx, group);
+                group.select_usable(&key, &tried, now).map(|i| (gi, i))
+            });
+        let (gi, i) = usable.unwrap_or_else(|| {
             let gi = route.upstreams.len() - 1;
             let group = &route.upstreams[gi];
-            let tried: Vec<usize> = ctx
-                .tried
-                .iter()
-                .filter(|(g, _)| *g == gi)
-                .map(|&(_, e)| e)
-                .collect();
             let key = balance_key(session, ctx, group);
-            (gi, group.select(&key, &tried, now))
+            (gi, group.select(&key, &tried_in(gi), now))
         });
         let group = route.upstreams[gi].clone();
         let endpoint = &group.endpoints[i];
         if ctx.attempts == 0 {
             group.budget.deposit();
-        }
-        if ctx.attempts > 0 {
+        } else {
             metrics::UPSTREAM_RETRIES_TOTAL
                 .with_label_values(&[&group.name])
                 .inc();
@@ -299,9 +295,7 @@ impl ProxyHttp for Tollgate {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let allow_method = session.req_header().method.is_idempotent()
-            || ctx.route.as_ref().is_some_and(|r| r.retry_non_idempotent);
-        if !allow_method || session.as_ref().retry_buffer_truncated() {
+        if !may_repeat(session, ctx) {
             e.set_retry(false);
             return e;
         }
@@ -312,12 +306,7 @@ impl ProxyHttp for Tollgate {
         let before_headers = ctx.upstream_started.is_some();
         let upstream_side = *e.esource() == pingora_core::ErrorSource::Upstream;
         if before_headers && upstream_side && attempts_left(ctx) {
-            let now = crate::ratelimit::unix_nanos_now();
-            let budget_ok = ctx
-                .group
-                .as_ref()
-                .is_some_and(|g| g.budget.try_withdraw(now));
-            e.set_retry(budget_ok);
+            e.set_retry(budget_allows(ctx));
             return e;
         }
         e.retry.decide_reuse(client_reused);
@@ -363,30 +352,7 @@ impl ProxyHttp for Tollgate {
                 .observe(ttfb.as_secs_f64());
         }
         count_upstream(ctx, "success");
-        if let (Some(group), Some(&(_, i))) = (&ctx.group, ctx.tried.last()) {
-            let b = &group.endpoints[i].breaker;
-            let now = crate::ratelimit::unix_nanos_now();
-            let was_open = b.state(now) != crate::upstream::breaker::State::Closed;
-            let status = upstream_response.status.as_u16();
-            // Overload announced with Retry-After (LLM providers do): leave the endpoint alone
-            // that long.
-            let cool = (status == 429 || status == 503)
-                .then(|| retry_after(upstream_response))
-                .flatten();
-            if let Some(wait) = cool {
-                b.hold(now + wait.as_nanos() as u64);
-                set_circuit_gauge(ctx, i, 1);
-            } else if group.retry_on.contains(&status) {
-                // A status the group treats as a failure, passed on (last attempt, or budget
-                // spent): it still counts against the endpoint.
-                endpoint_failed(ctx);
-            } else {
-                b.success();
-                if was_open {
-                    set_circuit_gauge(ctx, i, 0);
-                }
-            }
-        }
+        record_answer(upstream_response, ctx);
         Ok(())
     }
 
@@ -461,15 +427,7 @@ impl ProxyHttp for Tollgate {
             // Compressible but for this request's headers: the representation depends on them.
             let varies = verdict.is_ok() || verdict == Err("opt_out");
             if ctx.compress.is_some() && verdict.is_err() {
-                // Keep decompression as configured, drop compression for this response.
-                if let Some(m) = session
-                    .downstream_modules_ctx
-                    .get_mut::<ResponseCompression>()
-                {
-                    if m.is_header_phase() {
-                        m.adjust_level(0);
-                    }
-                }
+                errors::no_compression_on_the_way_out(session);
             }
             if verdict.is_ok() && ctx.compress == Some(Algorithm::Brotli) && ctx.brotli.is_none() {
                 compress::set_encoded_headers(upstream_response, "br")?;
@@ -794,33 +752,11 @@ fn retry_on_status(
     ctx: &mut RequestCtx,
 ) -> Option<Box<Error>> {
     let status = resp.status.as_u16();
-    let group = ctx.group.clone()?;
-    if !group.retry_on.contains(&status) || !attempts_left(ctx) {
+    let retryable = ctx.group.as_ref()?.retry_on.contains(&status);
+    if !retryable || !attempts_left(ctx) || !may_repeat(session, ctx) || !budget_allows(ctx) {
         return None;
     }
-    let allow_method = session.req_header().method.is_idempotent()
-        || ctx.route.as_ref().is_some_and(|r| r.retry_non_idempotent);
-    if !allow_method || session.as_ref().retry_buffer_truncated() {
-        return None;
-    }
-    let now = crate::ratelimit::unix_nanos_now();
-    if !group.budget.try_withdraw(now) {
-        return None;
-    }
-    // An endpoint announcing overload with Retry-After is left alone that long (a cooldown,
-    // not a failure); any other retried status counts against it.
-    let cool = (status == 429 || status == 503)
-        .then(|| retry_after(resp))
-        .flatten();
-    match (cool, ctx.tried.last()) {
-        (Some(wait), Some(&(_, i))) => {
-            group.endpoints[i]
-                .breaker
-                .hold(now + wait.as_nanos() as u64);
-            set_circuit_gauge(ctx, i, 1);
-        }
-        _ => endpoint_failed(ctx),
-    }
+    record_answer(resp, ctx);
     count_upstream(ctx, "retried");
     let mut e = Error::explain(
         pingora_core::ErrorType::HTTPStatus(status),
@@ -828,6 +764,46 @@ fn retry_on_status(
     );
     e.set_retry(true);
     Some(e.into_up())
+}
+
+/// Whether this request may be sent again after (part of) it reached an upstream: an
+/// idempotent method, or a route that allows repeating writes, and a body still held in
+/// Pingora's retry buffer (the safety of Pingora's own `error_while_proxy`).
+fn may_repeat(session: &Session, ctx: &RequestCtx) -> bool {
+    (session.req_header().method.is_idempotent()
+        || ctx.route.as_ref().is_some_and(|r| r.retry_non_idempotent))
+        && !session.as_ref().retry_buffer_truncated()
+}
+
+/// Take a retry from the current group's budget.
+fn budget_allows(ctx: &RequestCtx) -> bool {
+    let now = crate::ratelimit::unix_nanos_now();
+    ctx.group
+        .as_ref()
+        .is_some_and(|g| g.budget.try_withdraw(now))
+}
+
+/// Tell the current endpoint's circuit breaker how its answer went: a 429 or 503 with
+/// `Retry-After` holds it that long (overload announced, as LLM providers do: not a failure);
+/// a status in the group's `retry.on` is a failure (retried or passed on); anything else is a
+/// success.
+fn record_answer(resp: &ResponseHeader, ctx: &RequestCtx) {
+    let (Some(group), Some(&(_, i))) = (&ctx.group, ctx.tried.last()) else {
+        return;
+    };
+    let b = &group.endpoints[i].breaker;
+    let status = resp.status.as_u16();
+    let cool = (status == 429 || status == 503)
+        .then(|| retry_after(resp))
+        .flatten();
+    if let Some(wait) = cool {
+        b.hold(crate::ratelimit::unix_nanos_now() + wait.as_nanos() as u64);
+        set_circuit_gauge(ctx, i, 1);
+    } else if group.retry_on.contains(&status) {
+        endpoint_failed(ctx);
+    } else if b.success() {
+        set_circuit_gauge(ctx, i, 0);
+    }
 }
 
 /// The endpoint of the current attempt failed (connection error, timeout, reset): tell its

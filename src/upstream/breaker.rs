@@ -90,13 +90,22 @@ impl Breaker {
     }
 
     /// A request succeeded: close the circuit and forget past failures.
-    pub fn success(&self) {
-        self.consecutive.store(0, Ordering::Release);
-        if self.open_until.load(Ordering::Acquire) != 0 {
-            self.opened.store(0, Ordering::Release);
-            self.open_until.store(0, Ordering::Release);
+    ///
+    /// Called on every response: it only writes when there is something to reset, so the
+    /// common case stays a few shared loads (no cache-line ping-pong between worker threads).
+    /// Returns true when this closed an open (or half-open, or held) circuit.
+    pub fn success(&self) -> bool {
+        if self.consecutive.load(Ordering::Acquire) != 0 {
+            self.consecutive.store(0, Ordering::Release);
         }
-        self.probing.store(0, Ordering::Release);
+        if self.probing.load(Ordering::Acquire) != 0 {
+            self.probing.store(0, Ordering::Release);
+        }
+        if self.open_until.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        self.opened.store(0, Ordering::Release);
+        self.open_until.swap(0, Ordering::AcqRel) != 0
     }
 
     /// Keep the circuit open until `until` (unix nanoseconds), without counting a failure:

@@ -199,6 +199,33 @@ enum Selector {
     Consistent(LoadBalancer<Consistent>),
 }
 
+impl Selector {
+    /// The first backend for `key` that `accept(backend, healthy)` takes.
+    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+        match self {
+            Selector::RoundRobin(lb) => lb.select_with(key, 256, accept),
+            Selector::Consistent(lb) => lb.select_with(key, 256, accept),
+        }
+    }
+
+    fn backends(&self) -> &Backends {
+        match self {
+            Selector::RoundRobin(lb) => lb.backends(),
+            Selector::Consistent(lb) => lb.backends(),
+        }
+    }
+
+    fn set_health_check(
+        &mut self,
+        check: Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>,
+    ) {
+        match self {
+            Selector::RoundRobin(lb) => lb.set_health_check(check),
+            Selector::Consistent(lb) => lb.set_health_check(check),
+        }
+    }
+}
+
 impl std::fmt::Debug for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str(match self {
@@ -385,10 +412,7 @@ impl UpstreamGroup {
                     Box::new(h)
                 }
             };
-        match &mut self.selector {
-            Selector::RoundRobin(lb) => lb.set_health_check(check),
-            Selector::Consistent(lb) => lb.set_health_check(check),
-        }
+        self.selector.set_health_check(check);
         // Every endpoint starts healthy (pingora-load-balancing's default) until checked.
         for e in &self.endpoints {
             crate::observe::metrics::UPSTREAM_ENDPOINT_HEALTHY
@@ -401,45 +425,29 @@ impl UpstreamGroup {
 
     /// Check every endpoint once (in parallel). Selection skips the ones found unhealthy.
     pub async fn run_health_checks(&self) {
-        match &self.selector {
-            Selector::RoundRobin(lb) => lb.backends().run_health_check(true).await,
-            Selector::Consistent(lb) => lb.backends().run_health_check(true).await,
-        }
+        self.selector.backends().run_health_check(true).await
     }
 
-    /// Whether the active health check currently counts endpoint `i` as healthy (always true
-    /// without health checks).
-    pub fn healthy(&self, i: usize) -> bool {
-        let e = &self.endpoints[i];
-        let Ok(b) = Backend::new_with_weight(
-            &e.addr.to_string(),
-            match self.balance {
-                Balance::RoundRobin => 1,
-                _ => e.weight as usize,
-            },
-        ) else {
-            return true;
-        };
-        match &self.selector {
-            Selector::RoundRobin(lb) => lb.backends().ready(&b),
-            Selector::Consistent(lb) => lb.backends().ready(&b),
-        }
+    /// The index of the endpoint behind a backend the selector returned.
+    fn index_of(&self, b: &Backend) -> Option<usize> {
+        b.addr.as_inet().and_then(|a| self.by_addr.get(a)).copied()
+    }
+
+    /// The first endpoint (by the selector's order for `key`) that `accept(index, healthy)`
+    /// takes.
+    fn pick(&self, key: &[u8], accept: impl Fn(usize, bool) -> bool) -> Option<usize> {
+        let b = self.selector.select_with(key, |b, healthy| {
+            self.index_of(b).is_some_and(|i| accept(i, healthy))
+        })?;
+        self.index_of(&b)
     }
 
     /// Pick an endpoint that is healthy, not open-circuited and not in `tried`, or `None`
     /// when the group has none left (the route then fails over to its next group).
     pub fn select_usable(&self, key: &[u8], tried: &[usize], now: u64) -> Option<usize> {
-        let index_of = |b: &Backend| b.addr.as_inet().and_then(|a| self.by_addr.get(a)).copied();
-        let accept = |b: &Backend, healthy: bool| {
-            healthy
-                && index_of(b)
-                    .is_some_and(|i| !tried.contains(&i) && self.endpoints[i].breaker.allows(now))
-        };
-        let b = match &self.selector {
-            Selector::RoundRobin(lb) => lb.select_with(key, 256, accept),
-            Selector::Consistent(lb) => lb.select_with(key, 256, accept),
-        }?;
-        index_of(&b)
+        self.pick(key, |i, healthy| {
+            healthy && !tried.contains(&i) && self.endpoints[i].breaker.allows(now)
+        })
     }
 
     /// Pick an endpoint for a request hashing to `key` (ignored unless `consistent_hash`),
@@ -447,28 +455,12 @@ impl UpstreamGroup {
     /// nanoseconds). Falls back to a tried or open endpoint rather than none when nothing else
     /// is left (a request is better sent than refused outright). Returns its index.
     pub fn select(&self, key: &[u8], tried: &[usize], now: u64) -> usize {
-        let n = self.endpoints.len();
-        if n == 1 {
+        if self.endpoints.len() == 1 {
             return 0;
         }
-        let index_of = |b: &Backend| {
-            b.addr
-                .as_inet()
-                .and_then(|a| self.by_addr.get(a))
-                .copied()
-                .unwrap_or(0)
-        };
-        let pick = |accept: &dyn Fn(usize) -> bool| -> Option<usize> {
-            let f = |b: &Backend, _healthy: bool| accept(index_of(b));
-            let b = match &self.selector {
-                Selector::RoundRobin(lb) => lb.select_with(key, 256, f),
-                Selector::Consistent(lb) => lb.select_with(key, 256, f),
-            }?;
-            Some(index_of(&b))
-        };
         self.select_usable(key, tried, now)
-            .or_else(|| pick(&|i| !tried.contains(&i)))
-            .or_else(|| pick(&|_| true))
+            .or_else(|| self.pick(key, |i, _| !tried.contains(&i)))
+            .or_else(|| self.pick(key, |_, _| true))
             .unwrap_or(0)
     }
 }
