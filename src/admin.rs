@@ -58,6 +58,11 @@ async fn listeners_accepting(listen: &[SocketAddr]) -> Result<(), String> {
         )
         .await
         {
+            // Connecting to a port nobody has bound yet can, rarely, pick that very port as its
+            // own source port and "succeed" by TCP simultaneous open with itself.
+            Ok(Ok(s)) if s.local_addr().ok() == s.peer_addr().ok() => {
+                return Err(format!("listener {addr} not bound yet"))
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("listener {addr} not accepting: {e}")),
             Err(_) => return Err(format!("listener {addr} not accepting: timed out")),

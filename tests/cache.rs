@@ -11,9 +11,8 @@
 mod common;
 
 use common::origin::{Answer, Origin, Seen};
-use common::{metric_value, Tollgate};
+use common::{metric_value, DemoUpstream, Tollgate};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A config with one catch-all route caching with `cache` (a flow mapping body).
@@ -479,40 +478,17 @@ async fn stale_if_error_serves_the_stale_object_on_5xx() {
     assert_eq!(get(&tg2, "/sie").await.status, 503);
 }
 
-/// The bundled demo upstream as a separate process, killed on drop.
-struct DemoProcess(Child);
-
-impl Drop for DemoProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn stale_if_error_survives_the_origin_process_being_killed() {
     let port = common::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut demo = DemoProcess(
-        Command::new(common::bin())
-            .args(["demo-upstream", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "demo upstream did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut demo = DemoUpstream::start(addr).await;
     let tg = Tollgate::start(&config(addr, "ttl: 1s, stale_if_error: 5m", "")).await;
     let first = get(&tg, "/api/hello").await;
     assert_eq!(first.x_cache, "MISS");
     assert!(first.body.contains("\"hello\""));
 
-    demo.0.kill().unwrap();
-    demo.0.wait().unwrap();
+    demo.kill();
     // Poll until the entry has expired: every answer meanwhile must still be the stored body.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

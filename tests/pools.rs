@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{closed_addr, metric_value, MockUpstream, Tollgate};
+use common::{closed_addr, metric_value, DemoUpstream, MockUpstream, Tollgate};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,37 +138,7 @@ async fn failed_connections_go_to_another_endpoint_and_open_the_circuit() {
     assert_eq!(statuses.get(&502), Some(&5), "{statuses:?}");
 }
 
-/// A `tollgate demo-upstream` process, killed on drop.
-struct Demo(Child);
-
-impl Demo {
-    async fn start(addr: SocketAddr) -> Demo {
-        let child = Command::new(common::bin())
-            .args(["demo-upstream", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "demo upstream did not start");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Demo(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
+/// Successful upstream requests `endpoint` answered, per the metrics text `m`.
 fn successes(m: &str, endpoint: SocketAddr) -> f64 {
     let e = endpoint.to_string();
     metric_value(
@@ -185,8 +154,8 @@ async fn killing_an_endpoint_under_load_loses_no_request_and_it_rejoins() {
     let (pa, pb) = (common::free_port(), common::free_port());
     let a: SocketAddr = format!("127.0.0.1:{pa}").parse().unwrap();
     let b: SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
-    let mut demo_a = Demo::start(a).await;
-    let _demo_b = Demo::start(b).await;
+    let mut demo_a = DemoUpstream::start(a).await;
+    let _demo_b = DemoUpstream::start(b).await;
     let tg = Arc::new(
         Tollgate::start(&group(
             &format!("\"{a}\", \"{b}\""),
@@ -247,7 +216,7 @@ async fn killing_an_endpoint_under_load_loses_no_request_and_it_rejoins() {
 
     // Revive it: its health check passes again and, after the open period, a probe request
     // succeeds and closes the circuit.
-    let _demo_a2 = Demo::start(a).await;
+    let _demo_a2 = DemoUpstream::start(a).await;
     let revived = Instant::now();
     loop {
         let m = tg.metrics().await;

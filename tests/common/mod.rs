@@ -145,7 +145,12 @@ impl Tollgate {
                 .send()
                 .await
             {
-                if r.status() == 200 {
+                // `/readyz` only proves that *something* accepts on the proxy port. If another
+                // test's server took the port between free_port() and tollgate's bind, tollgate
+                // is still retrying its bind and the test would talk to a stranger (or, once
+                // that server is gone, get "connection refused"). Ready means tollgate itself
+                // holds the listening socket.
+                if r.status() == 200 && listening_socket_owned_by(self.child.id(), self.addr) {
                     return Ok(());
                 }
             }
@@ -291,7 +296,106 @@ impl Drop for Tollgate {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test is much easier to diagnose (in CI above all) with the proxy's own log.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "--- last {} lines of tollgate's log ({}) ---",
+                tail.len(),
+                self.addr
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
+}
+
+/// A `tollgate demo-upstream` process (the bundled demo app) on a fixed address, so that a test
+/// can kill it and start it again where the proxy expects it. Killed on drop.
+pub struct DemoUpstream {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl DemoUpstream {
+    /// Spawn it on `addr` and wait until it (not some other process) listens there.
+    pub async fn start(addr: SocketAddr) -> DemoUpstream {
+        let mut child = Command::new(bin())
+            .args(["demo-upstream", "--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tollgate demo-upstream");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listening_socket_owned_by(child.id(), addr) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("demo upstream on {addr} exited with {status} (port taken?)");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "demo upstream on {addr} did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        DemoUpstream { child, addr }
+    }
+
+    /// Kill it (SIGKILL) and reap it: its port refuses connections from now on.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DemoUpstream {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether process `pid` holds the TCP socket listening on `addr` (Linux `/proc`): the inode
+/// of the LISTEN entry for `addr` in `/proc/net/tcp{,6}` must be one of the process's fds.
+pub fn listening_socket_owned_by(pid: u32, addr: SocketAddr) -> bool {
+    let inodes = listening_inodes(addr);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| {
+                let t = target.to_string_lossy().into_owned();
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|inode| inodes.contains(&inode))
+    })
+}
+
+/// Inodes of the sockets in LISTEN state (`0A`) on `addr`'s port, per `/proc/net/tcp{,6}`.
+fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
+    let port = format!(":{:04X}", addr.port());
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+            if f.len() > 9 && f[1].ends_with(&port) && f[3] == "0A" {
+                if let Ok(inode) = f[9].parse() {
+                    out.push(inode);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Value of one sample line in Prometheus text (`name{labels} value`), matching all `labels`.
