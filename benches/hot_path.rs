@@ -112,11 +112,11 @@ fn group(balance: tollgate::config::model::Balance, n: u16) -> tollgate::upstrea
             let addr: std::net::SocketAddr = format!("127.0.0.1:{}", 3000 + i).parse().unwrap();
             Endpoint::new(addr.to_string(), "127.0.0.1", addr, None, &t).with(
                 1 + u32::from(i % 3),
-                Breaker::new(
+                std::sync::Arc::new(Breaker::new(
                     3,
                     std::time::Duration::from_secs(1),
                     std::time::Duration::from_secs(30),
-                ),
+                )),
             )
         })
         .collect();

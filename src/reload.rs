@@ -38,9 +38,9 @@ impl Reloader {
 
     /// Load the file and swap it in if valid. Returns whether the swap happened.
     pub fn reload(&self) -> bool {
-        match config::load(&self.path) {
+        let old = self.config.load_full();
+        match config::load_replacing(&self.path, Some(&old)) {
             Ok(mut new) => {
-                let old = self.config.load();
                 // Compared with the values the process started with, which are what it runs.
                 let (o, n) = (&self.boot.source.observability, &new.source.observability);
                 if o.latency_buckets != n.latency_buckets

@@ -325,6 +325,7 @@ async fn provider_adapter_rewrites_host_path_and_headers() {
     add_prefix: /v1
     headers:
       authorization: "Bearer ${{PROVIDER_KEY}}"
+    health_check: {{ path: /v1/models, interval: 1h }}
 routes:
   - name: llm
     match: {{ path_prefix: /openai/ }}
@@ -341,10 +342,24 @@ routes:
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let seen = &provider.requests()[0];
+    let requests = provider.requests();
+    let seen = requests
+        .iter()
+        .find(|r| r.path.starts_with("/v1/chat/"))
+        .expect("the proxied request");
     assert_eq!(seen.path, "/v1/chat/completions?stream=false");
     assert_eq!(seen.header("host"), "api.provider.test");
     assert_eq!(seen.header("authorization"), "Bearer sk-test");
+    // The health check (run at start) speaks to the provider the same way.
+    let checked = Tollgate::eventually(Duration::from_secs(5), || async {
+        provider.requests().iter().any(|r| r.path == "/v1/models")
+    })
+    .await;
+    assert!(checked, "no health check reached the provider");
+    let requests = provider.requests();
+    let check = requests.iter().find(|r| r.path == "/v1/models").unwrap();
+    assert_eq!(check.header("host"), "api.provider.test");
+    assert_eq!(check.header("authorization"), "Bearer sk-test");
 }
 
 #[tokio::test]
@@ -684,4 +699,130 @@ async fn a_retried_503_with_retry_after_cools_the_endpoint_down() {
     let seen = spread(&tg, 10, &[]).await;
     assert_eq!(seen["calm"], 10, "the 503 was retried elsewhere: {seen:?}");
     assert_eq!(busy.count(), 1, "then the busy endpoint was left alone");
+}
+
+/// Two groups, each with a dead endpoint beside a live one: `brk` finds it by its breaker,
+/// `hc` by a TCP health check. `extra_route` lets a reload change something unrelated.
+fn reload_config(
+    dead: [SocketAddr; 2],
+    alive: [SocketAddr; 2],
+    failures: u32,
+    extra_route: &str,
+) -> String {
+    format!(
+        r#"upstreams:
+  brk:
+    endpoints: ["{}", "{}"]
+    circuit_breaker: {{ failures: {failures}, backoff: 60s, max_backoff: 60s }}
+  hc:
+    endpoints: ["{}", "{}"]
+    circuit_breaker: {{ failures: 0 }}
+    health_check: {{ type: tcp, interval: 100ms, timeout: 100ms, unhealthy_threshold: 3 }}
+routes:
+{extra_route}  - name: b
+    match: {{ path_prefix: /b }}
+    upstream: brk
+  - name: h
+    match: {{ path_prefix: /h }}
+    upstream: hc
+"#,
+        dead[0], alive[0], dead[1], alive[1]
+    )
+}
+
+#[tokio::test]
+async fn a_reload_keeps_open_circuits_and_health_verdicts_of_unchanged_endpoints() {
+    let (a0, a1) = (
+        MockUpstream::named("a0").await,
+        MockUpstream::named("a1").await,
+    );
+    let dead = [closed_addr(), closed_addr()];
+    let alive = [a0.addr(), a1.addr()];
+    let tg = Tollgate::start(&reload_config(dead, alive, 3, "")).await;
+    let (d0, d1) = (dead[0].to_string(), dead[1].to_string());
+    let connect_errors = |m: &str, group: &str, endpoint: &str| {
+        metric_value(
+            m,
+            "tollgate_upstream_requests_total",
+            &[
+                ("upstream", group),
+                ("endpoint", endpoint),
+                ("outcome", "connect_error"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let get_all = |path: &'static str| {
+        let tg = &tg;
+        async move {
+            for _ in 0..20 {
+                assert_eq!(tg.get(path).await.status(), 200, "{path}");
+            }
+        }
+    };
+
+    // Before the reload: the breaker opened on three failures, the health check took the
+    // other dead endpoint out.
+    get_all("/b").await;
+    let open = [("upstream", "brk"), ("endpoint", d0.as_str())];
+    let unhealthy = [("upstream", "hc"), ("endpoint", d1.as_str())];
+    assert_eq!(
+        tg.metric_reaches("tollgate_upstream_circuit_open", &open, 1.0)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        tg.metric_reaches("tollgate_upstream_endpoint_healthy", &unhealthy, 0.0)
+            .await,
+        Some(0.0)
+    );
+    let before = tg.metrics().await;
+    assert_eq!(connect_errors(&before, "brk", &d0), 3.0);
+
+    // An unrelated edit: a new route.
+    let extra = "  - name: extra\n    match: { path_prefix: /extra }\n    upstream: brk\n";
+    tg.write_config(&reload_config(dead, alive, 3, extra));
+    tg.signal(libc::SIGHUP);
+    let ok = [("result", "success")];
+    assert_eq!(
+        tg.metric_reaches("tollgate_config_reloads_total", &ok, 1.0)
+            .await,
+        Some(1.0)
+    );
+    // At once, with no new failure or check needed: both verdicts survived.
+    let m = tg.metrics().await;
+    assert_eq!(
+        metric_value(&m, "tollgate_upstream_circuit_open", &open),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&m, "tollgate_upstream_endpoint_healthy", &unhealthy),
+        Some(0.0)
+    );
+    get_all("/b").await;
+    get_all("/h").await;
+    let after = tg.metrics().await;
+    assert_eq!(
+        connect_errors(&after, "brk", &d0),
+        3.0,
+        "the open circuit kept traffic off the dead endpoint"
+    );
+    assert_eq!(
+        connect_errors(&after, "hc", &d1),
+        connect_errors(&before, "hc", &d1),
+        "the health verdict kept traffic off the dead endpoint"
+    );
+
+    // A changed breaker policy is a new breaker: it starts closed.
+    tg.write_config(&reload_config(dead, alive, 2, extra));
+    tg.signal(libc::SIGHUP);
+    assert_eq!(
+        tg.metric_reaches("tollgate_config_reloads_total", &ok, 2.0)
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric_value(&tg.metrics().await, "tollgate_upstream_circuit_open", &open),
+        Some(0.0)
+    );
 }

@@ -82,10 +82,16 @@ fn overridden(base: Limits, o: &LimitsOverride) -> Limits {
 }
 
 /// Compile a validated config. Fails only on what validation cannot know (DNS resolution).
-pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
+/// `running` is the config this one replaces, if any: endpoints found again (same group, same
+/// address, same policy) share its circuit breakers and active health state.
+pub fn compile(
+    config: Config,
+    running: Option<&RuntimeConfig>,
+) -> Result<RuntimeConfig, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut upstreams = HashMap::new();
     for (name, group) in &config.upstreams {
+        let previous = running.and_then(|r| r.upstreams.get(name)).map(|g| &**g);
         let t = &group.timeouts;
         let timeouts = Timeouts {
             connect: t.connect.get(),
@@ -128,6 +134,13 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
                         cb.backoff.get(),
                         cb.max_backoff.get(),
                     );
+                    // Same endpoint, same policy: keep counting where the running config is.
+                    let breaker = previous
+                        .and_then(|g| g.endpoint_at(addr))
+                        .map(|e| &e.breaker)
+                        .filter(|b| b.same_policy(&breaker))
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(breaker));
                     endpoints.push(
                         Endpoint::new(
                             ep.address().to_string(),
@@ -169,7 +182,11 @@ pub fn compile(config: Config) -> Result<RuntimeConfig, Vec<ConfigError>> {
                             group.retry.min_retries_per_second,
                         ),
                     )
-                    .with_health_check(group.health_check.clone(), tls.is_some()),
+                    .with_health_check(
+                        group.health_check.clone(),
+                        tls.as_ref(),
+                        previous,
+                    ),
                 ),
             );
         }

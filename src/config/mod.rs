@@ -21,6 +21,16 @@ use std::path::Path;
 
 /// Read, interpolate from the process environment, parse, validate and compile a config file.
 pub fn load(path: &Path) -> Result<RuntimeConfig, ConfigErrors> {
+    load_replacing(path, None)
+}
+
+/// Like [`load`], for a config that replaces `running` (a reload): upstream endpoints that
+/// stay the same keep their live state (circuit breakers, active health verdicts), so an
+/// unrelated edit does not send traffic back to an endpoint known to be down.
+pub fn load_replacing(
+    path: &Path,
+    running: Option<&RuntimeConfig>,
+) -> Result<RuntimeConfig, ConfigErrors> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         let why = match e.kind() {
@@ -33,7 +43,7 @@ pub fn load(path: &Path) -> Result<RuntimeConfig, ConfigErrors> {
             errors: vec![ConfigError::file(format!("cannot read config file: {why}"))],
         }
     })?;
-    load_str(&text, &origin, |name| std::env::var(name).ok())
+    load_str_replacing(&text, &origin, |name| std::env::var(name).ok(), running)
 }
 
 /// Like [`load`] on text already in memory; `env` looks variables up (tests pass their own).
@@ -41,6 +51,16 @@ pub fn load_str(
     text: &str,
     origin: &str,
     env: impl Fn(&str) -> Option<String>,
+) -> Result<RuntimeConfig, ConfigErrors> {
+    load_str_replacing(text, origin, env, None)
+}
+
+/// [`load_str`] for a config that replaces `running` (see [`load_replacing`]).
+pub fn load_str_replacing(
+    text: &str,
+    origin: &str,
+    env: impl Fn(&str) -> Option<String>,
+    running: Option<&RuntimeConfig>,
 ) -> Result<RuntimeConfig, ConfigErrors> {
     let fail = |errors: Vec<ConfigError>| ConfigErrors {
         origin: origin.to_string(),
@@ -70,7 +90,7 @@ pub fn load_str(
         fail(errors)
     };
     match parsed {
-        Some(p) if errors.is_empty() => compile::compile(p.config).map_err(locate),
+        Some(p) if errors.is_empty() => compile::compile(p.config, running).map_err(locate),
         _ => Err(locate(errors)),
     }
 }

@@ -58,6 +58,14 @@ impl Breaker {
         }
     }
 
+    /// Whether `other` opens and backs off exactly like this one (a reload may then keep the
+    /// running breaker and its state).
+    pub fn same_policy(&self, other: &Breaker) -> bool {
+        self.failures_to_open == other.failures_to_open
+            && self.backoff == other.backoff
+            && self.max_backoff == other.max_backoff
+    }
+
     /// The circuit's state at `now` (unix nanoseconds).
     pub fn state(&self, now: u64) -> State {
         let until = self.open_until.load(Ordering::Acquire);

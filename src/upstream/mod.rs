@@ -5,16 +5,22 @@
 //! pingora-load-balancing's selectors (weighted round robin, Ketama consistent hashing) and
 //! hands out a clone of its prepared [`HttpPeer`]. Selection skips endpoints this request
 //! already tried and endpoints whose circuit is open ([`breaker`]).
+//!
+//! Live state outlives a reload: a group compiled to replace one of the same name shares the
+//! breakers of the endpoints it keeps and, when its health check is unchanged, the health
+//! registry (verdicts and consecutive counts), so an edit elsewhere in the file does not send
+//! traffic back to an endpoint known to be down.
 
 pub mod breaker;
 pub mod budget;
 
 use crate::config::model::Balance;
+use arc_swap::ArcSwap;
 use breaker::Breaker;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,8 +57,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// Its resolved address.
     pub addr: SocketAddr,
-    /// Passive health: consecutive failures and the open circuit.
-    pub breaker: Breaker,
+    /// Passive health: consecutive failures and the open circuit (shared with the config this
+    /// one replaced when the endpoint and its policy stayed the same).
+    pub breaker: Arc<Breaker>,
     peer: HttpPeer,
 }
 
@@ -83,13 +90,13 @@ impl Endpoint {
             label: label.into(),
             weight: 1,
             addr,
-            breaker: Breaker::default(),
+            breaker: Arc::new(Breaker::default()),
             peer,
         }
     }
 
-    /// The same endpoint with a weight and a breaker policy.
-    pub fn with(mut self, weight: u32, breaker: Breaker) -> Self {
+    /// The same endpoint with a weight and a breaker.
+    pub fn with(mut self, weight: u32, breaker: Arc<Breaker>) -> Self {
         self.weight = weight;
         self.breaker = breaker;
         self
@@ -200,6 +207,51 @@ enum Selector {
 }
 
 impl Selector {
+    /// A selector for `balance` over `endpoints`. With a registry, the view shares its health
+    /// state (and its checks run through it); without, health is private and never checked.
+    fn build(
+        balance: Balance,
+        endpoints: &[Endpoint],
+        registry: Option<Arc<HealthRegistry>>,
+    ) -> Selector {
+        fn build<S>(
+            set: BTreeSet<Backend>,
+            registry: Option<Arc<HealthRegistry>>,
+        ) -> LoadBalancer<S>
+        where
+            S: pingora_load_balancing::selection::BackendSelection + 'static,
+            S::Iter: pingora_load_balancing::selection::BackendIter,
+        {
+            use futures_util::FutureExt;
+            let discovery = Static::new(set);
+            let backends = match registry {
+                Some(r) => Backends::new_with_health_registry(discovery, r),
+                None => Backends::new(discovery),
+            };
+            let lb = LoadBalancer::from_backends(backends);
+            // Static discovery never waits: this completes at once.
+            lb.update()
+                .now_or_never()
+                .expect("static discovery does not block")
+                .expect("static discovery does not fail");
+            lb
+        }
+        let set: BTreeSet<Backend> = endpoints
+            .iter()
+            .map(|e| {
+                let weight = match balance {
+                    Balance::RoundRobin => 1,
+                    _ => e.weight as usize,
+                };
+                Backend::new_with_weight(&e.addr.to_string(), weight).expect("socket address")
+            })
+            .collect();
+        match balance {
+            Balance::ConsistentHash => Selector::Consistent(build(set, registry)),
+            _ => Selector::RoundRobin(build(set, registry)),
+        }
+    }
+
     /// The first backend for `key` that `accept(backend, healthy)` takes.
     fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
         match self {
@@ -212,16 +264,6 @@ impl Selector {
         match self {
             Selector::RoundRobin(lb) => lb.backends(),
             Selector::Consistent(lb) => lb.backends(),
-        }
-    }
-
-    fn set_health_check(
-        &mut self,
-        check: Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>,
-    ) {
-        match self {
-            Selector::RoundRobin(lb) => lb.set_health_check(check),
-            Selector::Consistent(lb) => lb.set_health_check(check),
         }
     }
 }
@@ -258,8 +300,25 @@ pub struct UpstreamGroup {
     pub deadline: Option<Duration>,
     /// Active health check settings, if any.
     pub health_check: Option<crate::config::model::HealthCheckConfig>,
+    active_health: Option<ActiveHealth>,
     selector: Selector,
     by_addr: HashMap<SocketAddr, usize>,
+}
+
+/// A group's active health state, which a reload hands on when the check is unchanged:
+/// pingora-load-balancing's registry (one check per endpoint, verdicts, consecutive counts)
+/// and the endpoint labels its observer reports under.
+struct ActiveHealth {
+    registry: Arc<HealthRegistry>,
+    labels: Arc<ArcSwap<HashMap<SocketAddr, Arc<str>>>>,
+    /// Hash of everything the check's behaviour depends on (settings, TLS, Host, headers).
+    fingerprint: u64,
+}
+
+impl std::fmt::Debug for ActiveHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("ActiveHealth")
+    }
 }
 
 impl UpstreamGroup {
@@ -273,45 +332,19 @@ impl UpstreamGroup {
         attempts: u32,
     ) -> Self {
         assert!(!endpoints.is_empty(), "upstream group without endpoints");
-        let backends: BTreeSet<Backend> = endpoints
-            .iter()
-            .map(|e| {
-                let weight = match balance {
-                    Balance::RoundRobin => 1,
-                    _ => e.weight as usize,
-                };
-                Backend::new_with_weight(&e.addr.to_string(), weight).expect("socket address")
-            })
-            .collect();
         let by_addr = endpoints
             .iter()
             .enumerate()
             .map(|(i, e)| (e.addr, i))
             .collect();
-        fn build<S>(set: BTreeSet<Backend>) -> LoadBalancer<S>
-        where
-            S: pingora_load_balancing::selection::BackendSelection + 'static,
-            S::Iter: pingora_load_balancing::selection::BackendIter,
-        {
-            use futures_util::FutureExt;
-            let lb = LoadBalancer::from_backends(Backends::new(Static::new(set)));
-            // Static discovery never waits: this completes at once.
-            lb.update()
-                .now_or_never()
-                .expect("static discovery does not block")
-                .expect("static discovery does not fail");
-            lb
-        }
-        // Fresh breakers: report every endpoint closed (a reload replaces the old ones).
+        // Report each breaker as it is: fresh ones closed, inherited ones as they stand.
+        let now = crate::ratelimit::unix_nanos_now();
         for e in &endpoints {
             crate::observe::metrics::UPSTREAM_CIRCUIT_OPEN
                 .with_label_values(&[&name, &e.label])
-                .set(0);
+                .set(i64::from(e.breaker.state(now) != breaker::State::Closed));
         }
-        let selector = match balance {
-            Balance::ConsistentHash => Selector::Consistent(build(backends)),
-            _ => Selector::RoundRobin(build(backends)),
-        };
+        let selector = Selector::build(balance, &endpoints, None);
         UpstreamGroup {
             name,
             endpoints,
@@ -323,6 +356,7 @@ impl UpstreamGroup {
             budget: budget::RetryBudget::new(1.0, 1000),
             deadline: None,
             health_check: None,
+            active_health: None,
             selector,
             by_addr,
         }
@@ -349,78 +383,149 @@ impl UpstreamGroup {
 
     /// The same group with active health checks (pingora-load-balancing's HTTP or TCP check;
     /// results feed selection). Run them with [`UpstreamGroup::run_health_checks`].
+    ///
+    /// The HTTP check sends the adapter's `Host` and headers (a provider's health path usually
+    /// wants its key too) and uses the group's TLS settings (SNI, verification). When
+    /// `previous` (the group this one replaces on a reload) checked the same way, its health
+    /// registry is reused: verdicts and consecutive counts carry over.
     pub fn with_health_check(
         mut self,
         hc: Option<crate::config::model::HealthCheckConfig>,
-        tls: bool,
+        tls: Option<&Tls>,
+        previous: Option<&UpstreamGroup>,
     ) -> Self {
-        use crate::config::model::HealthCheckKind;
-        use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+        use std::hash::{Hash, Hasher};
         let Some(c) = hc else {
             return self;
         };
-        let observer = Box::new(HealthObserver {
-            group: self.name.clone(),
-            labels: self
-                .endpoints
-                .iter()
-                .map(|e| (e.addr, e.label.clone()))
-                .collect(),
-        });
-        let check: Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> =
-            match c.kind {
-                HealthCheckKind::Tcp => {
-                    let mut t = TcpHealthCheck::new();
-                    t.consecutive_success = c.healthy_threshold as usize;
-                    t.consecutive_failure = c.unhealthy_threshold as usize;
-                    t.peer_template.options.connection_timeout = Some(c.timeout.get());
-                    t.health_changed_callback = Some(observer);
-                    t
+        let host = match &self.adapter.host {
+            Some(h) => h.to_str().unwrap_or("localhost").to_string(),
+            None => self.endpoints[0]
+                .label
+                .rsplit_once(':')
+                .map_or("localhost".to_string(), |(h, _)| h.to_string()),
+        };
+        // A hash, not the text: the headers may hold a provider key.
+        let fingerprint = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!("{c:?}").hash(&mut h);
+            tls.map(|t| (t.sni.clone(), t.verify)).hash(&mut h);
+            host.hash(&mut h);
+            for (k, v) in &self.adapter.headers {
+                (k.as_str(), v.as_bytes()).hash(&mut h);
+            }
+            h.finish()
+        };
+        let labels: HashMap<SocketAddr, Arc<str>> = self
+            .endpoints
+            .iter()
+            .map(|e| (e.addr, e.label.clone()))
+            .collect();
+        let inherited = previous
+            .and_then(|p| p.active_health.as_ref())
+            .filter(|a| a.fingerprint == fingerprint);
+        let active = match inherited {
+            Some(a) => {
+                a.labels.store(Arc::new(labels));
+                ActiveHealth {
+                    registry: a.registry.clone(),
+                    labels: a.labels.clone(),
+                    fingerprint,
                 }
-                HealthCheckKind::Http => {
-                    let host = match &self.adapter.host {
-                        Some(h) => h.to_str().unwrap_or("localhost").to_string(),
-                        None => self.endpoints[0]
-                            .label
-                            .rsplit_once(':')
-                            .map_or("localhost".to_string(), |(h, _)| h.to_string()),
-                    };
-                    let mut h = HttpHealthCheck::new(&host, tls);
-                    h.consecutive_success = c.healthy_threshold as usize;
-                    h.consecutive_failure = c.unhealthy_threshold as usize;
-                    h.peer_template.options.connection_timeout = Some(c.timeout.get());
-                    h.peer_template.options.read_timeout = Some(c.timeout.get());
-                    if let Ok(mut req) =
-                        pingora_http::RequestHeader::build("GET", c.path.as_bytes(), None)
-                    {
-                        let _ = req.append_header("Host", host.as_str());
-                        let _ = req.append_header("User-Agent", "tollgate-health-check");
-                        h.req = req;
-                    }
-                    let expect = c.expect_status;
-                    h.validator = Some(Box::new(move |resp| {
-                        if resp.status.as_u16() == expect {
-                            Ok(())
-                        } else {
-                            pingora_core::Error::e_explain(
-                                pingora_core::ErrorType::HTTPStatus(resp.status.as_u16()),
-                                format!("expected status {expect}"),
-                            )
-                        }
-                    }));
-                    h.health_changed_callback = Some(observer);
-                    Box::new(h)
+            }
+            None => {
+                let labels = Arc::new(ArcSwap::from_pointee(labels));
+                let registry = Arc::new(HealthRegistry::new());
+                registry.set_health_check(self.health_check_for(&c, &host, tls, labels.clone()));
+                ActiveHealth {
+                    registry,
+                    labels,
+                    fingerprint,
                 }
-            };
-        self.selector.set_health_check(check);
-        // Every endpoint starts healthy (pingora-load-balancing's default) until checked.
+            }
+        };
+        self.selector =
+            Selector::build(self.balance, &self.endpoints, Some(active.registry.clone()));
+        // New registries start every endpoint healthy (pingora-load-balancing's default) until
+        // checked; an inherited one reports what it knows.
         for e in &self.endpoints {
+            let backend = Backend::new(&e.addr.to_string()).expect("socket address");
             crate::observe::metrics::UPSTREAM_ENDPOINT_HEALTHY
                 .with_label_values(&[&self.name, &e.label])
-                .set(1);
+                .set(i64::from(self.selector.backends().ready(&backend)));
         }
+        self.active_health = Some(active);
         self.health_check = Some(c);
         self
+    }
+
+    /// pingora-load-balancing's check for `c`, reporting flips under `labels`.
+    fn health_check_for(
+        &self,
+        c: &crate::config::model::HealthCheckConfig,
+        host: &str,
+        tls: Option<&Tls>,
+        labels: Arc<ArcSwap<HashMap<SocketAddr, Arc<str>>>>,
+    ) -> Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> {
+        use crate::config::model::HealthCheckKind;
+        use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+        let observer = Box::new(HealthObserver {
+            group: self.name.clone(),
+            labels,
+        });
+        match c.kind {
+            HealthCheckKind::Tcp => {
+                let mut t = TcpHealthCheck::new();
+                t.consecutive_success = c.healthy_threshold as usize;
+                t.consecutive_failure = c.unhealthy_threshold as usize;
+                t.peer_template.options.connection_timeout = Some(c.timeout.get());
+                t.health_changed_callback = Some(observer);
+                t
+            }
+            HealthCheckKind::Http => {
+                let mut h = HttpHealthCheck::new(host, tls.is_some());
+                h.consecutive_success = c.healthy_threshold as usize;
+                h.consecutive_failure = c.unhealthy_threshold as usize;
+                let o = &mut h.peer_template.options;
+                o.connection_timeout = Some(c.timeout.get());
+                o.read_timeout = Some(c.timeout.get());
+                if let Some(tls) = tls {
+                    o.verify_cert = tls.verify;
+                    o.verify_hostname = tls.verify;
+                    if let Some(sni) = &tls.sni {
+                        h.peer_template.sni = sni.clone();
+                    }
+                }
+                if let Ok(mut req) =
+                    pingora_http::RequestHeader::build("GET", c.path.as_bytes(), None)
+                {
+                    let _ = req.append_header("Host", host);
+                    let _ = req.append_header("User-Agent", "tollgate-health-check");
+                    for (k, v) in &self.adapter.headers {
+                        let _ = req.insert_header(k.clone(), v.clone());
+                    }
+                    h.req = req;
+                }
+                let expect = c.expect_status;
+                h.validator = Some(Box::new(move |resp| {
+                    if resp.status.as_u16() == expect {
+                        Ok(())
+                    } else {
+                        pingora_core::Error::e_explain(
+                            pingora_core::ErrorType::HTTPStatus(resp.status.as_u16()),
+                            format!("expected status {expect}"),
+                        )
+                    }
+                }));
+                h.health_changed_callback = Some(observer);
+                Box::new(h)
+            }
+        }
+    }
+
+    /// The endpoint at `addr`, if the group has one.
+    pub fn endpoint_at(&self, addr: SocketAddr) -> Option<&Endpoint> {
+        self.by_addr.get(&addr).map(|&i| &self.endpoints[i])
     }
 
     /// Check every endpoint once (in parallel). Selection skips the ones found unhealthy.
@@ -468,7 +573,8 @@ impl UpstreamGroup {
 /// Reports health flips of a group's endpoints: metric and log.
 struct HealthObserver {
     group: String,
-    labels: HashMap<SocketAddr, Arc<str>>,
+    /// Replaced on a reload that keeps the check (the endpoints' labels may have changed).
+    labels: Arc<ArcSwap<HashMap<SocketAddr, Arc<str>>>>,
 }
 
 #[async_trait::async_trait]
@@ -477,7 +583,7 @@ impl pingora_load_balancing::health_check::HealthObserve for HealthObserver {
         let label = target
             .addr
             .as_inet()
-            .and_then(|a| self.labels.get(a))
+            .and_then(|a| self.labels.load().get(a).cloned())
             .map_or_else(|| target.addr.to_string(), |l| l.to_string());
         crate::observe::metrics::UPSTREAM_ENDPOINT_HEALTHY
             .with_label_values(&[&self.group, &label])
