@@ -826,3 +826,37 @@ async fn a_reload_keeps_open_circuits_and_health_verdicts_of_unchanged_endpoints
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn a_timed_out_attempt_is_repeated_only_on_another_endpoint() {
+    use common::Reply;
+    let hang = || Reply {
+        delay: Duration::from_secs(3),
+        ..Reply::default()
+    };
+    // One endpoint that hangs: one attempt, then 504 (not one wait per attempt).
+    let slow = MockUpstream::named("slow").await;
+    slow.set_reply(hang());
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\"", slow.addr()),
+        "    retry: { attempts: 3, per_try_timeout: 200ms }\n",
+    ))
+    .await;
+    assert_eq!(tg.get("/x").await.status(), 504);
+    assert_eq!(slow.count(), 1, "a hanging endpoint is not asked again");
+
+    // Two that hang, three attempts: each is tried once.
+    let (a, b) = (
+        MockUpstream::named("a").await,
+        MockUpstream::named("b").await,
+    );
+    a.set_reply(hang());
+    b.set_reply(hang());
+    let tg = Tollgate::start(&group(
+        &format!("\"{}\", \"{}\"", a.addr(), b.addr()),
+        "    retry: { attempts: 3, per_try_timeout: 200ms }\n    circuit_breaker: { failures: 0 }\n",
+    ))
+    .await;
+    assert_eq!(tg.get("/x").await.status(), 504);
+    assert_eq!((a.count(), b.count()), (1, 1));
+}

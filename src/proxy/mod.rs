@@ -234,34 +234,13 @@ impl ProxyHttp for Tollgate {
             .ok_or_else(|| Error::explain(pingora_core::ErrorType::InternalError, "no route"))?;
         let route = route.clone();
         let now = crate::ratelimit::unix_nanos_now();
-        let tried_in = |gi: usize| -> Vec<usize> {
-            ctx.tried
-                .iter()
-                .filter(|(g, _)| *g == gi)
-                .map(|&(_, e)| e)
-                .collect()
-        };
         // Failover: the first group (from the current one on) with attempts left and a usable
         // endpoint serves; when none has, the last group is tried anyway (best effort).
-        let start = ctx.tried.last().map_or(0, |&(g, _)| g);
-        let usable = route
-            .upstreams
-            .iter()
-            .enumerate()
-            .skip(start)
-            .find_map(|(gi, group)| {
-                let tried = tried_in(gi);
-                if tried.len() >= group.attempts as usize {
-                    return None;
-                }
-                let key = balance_key(session, ctx, group);
-                group.select_usable(&key, &tried, now).map(|i| (gi, i))
-            });
-        let (gi, i) = usable.unwrap_or_else(|| {
+        let (gi, i) = next_usable(session, ctx, now).unwrap_or_else(|| {
             let gi = route.upstreams.len() - 1;
             let group = &route.upstreams[gi];
             let key = balance_key(session, ctx, group);
-            (gi, group.select(&key, &tried_in(gi), now))
+            (gi, group.select(&key, &tried_in(ctx, gi), now))
         });
         let group = route.upstreams[gi].clone();
         let endpoint = &group.endpoints[i];
@@ -305,7 +284,11 @@ impl ProxyHttp for Tollgate {
         }
         let before_headers = ctx.upstream_started.is_some();
         let upstream_side = *e.esource() == pingora_core::ErrorSource::Upstream;
-        if before_headers && upstream_side && attempts_left(ctx) {
+        // A timed-out attempt is repeated only somewhere else (as nginx's proxy_next_upstream
+        // does): asking a hanging endpoint again would make the client wait once per attempt.
+        let timed_out = matches!(e.etype(), pingora_core::ErrorType::ReadTimedout);
+        let elsewhere = || another_endpoint_usable(session, ctx);
+        if before_headers && upstream_side && attempts_left(ctx) && (!timed_out || elsewhere()) {
             e.set_retry(budget_allows(ctx));
             return e;
         }
@@ -728,6 +711,57 @@ fn balance_key(
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default(),
     }
+}
+
+/// The endpoints of the route's group `gi` this request has tried.
+fn tried_in(ctx: &RequestCtx, gi: usize) -> Vec<usize> {
+    ctx.tried
+        .iter()
+        .filter(|(g, _)| *g == gi)
+        .map(|&(_, e)| e)
+        .collect()
+}
+
+/// The next endpoint to try, as `(group index, endpoint index)`: in the first group, from the
+/// current one on, with attempts left and a usable endpoint (healthy, circuit closed or
+/// probing, not yet tried). `None` when no group has one.
+fn next_usable(session: &Session, ctx: &RequestCtx, now: u64) -> Option<(usize, usize)> {
+    first_group_with(session, ctx, |group, key, tried| {
+        group.select_usable(key, tried, now)
+    })
+}
+
+/// Whether [`next_usable`] would find an endpoint now (asking takes no half-open probe).
+fn another_endpoint_usable(session: &Session, ctx: &RequestCtx) -> bool {
+    let now = crate::ratelimit::unix_nanos_now();
+    first_group_with(session, ctx, |group, key, tried| {
+        group.has_usable(key, tried, now).then_some(0)
+    })
+    .is_some()
+}
+
+/// Walk the route's groups from the current one on, skipping those out of attempts, and
+/// return the first `(group index, endpoint index)` that `choose(group, balance key, tried)`
+/// finds.
+fn first_group_with(
+    session: &Session,
+    ctx: &RequestCtx,
+    choose: impl Fn(&crate::upstream::UpstreamGroup, &[u8], &[usize]) -> Option<usize>,
+) -> Option<(usize, usize)> {
+    let route = ctx.route.as_ref()?;
+    let start = ctx.tried.last().map_or(0, |&(g, _)| g);
+    route
+        .upstreams
+        .iter()
+        .enumerate()
+        .skip(start)
+        .find_map(|(gi, group)| {
+            let tried = tried_in(ctx, gi);
+            if tried.len() >= group.attempts as usize {
+                return None;
+            }
+            choose(group, &balance_key(session, ctx, group), &tried).map(|i| (gi, i))
+        })
 }
 
 /// Whether the route's groups have attempts left for this request.

@@ -86,15 +86,27 @@ impl Breaker {
             State::Open => false,
             State::HalfOpen => {
                 let started = self.probing.load(Ordering::Acquire);
-                let stale =
-                    started != 0 && now.saturating_sub(started) > self.backoff.as_nanos() as u64;
-                (started == 0 || stale)
+                self.probe_free(started, now)
                     && self
                         .probing
                         .compare_exchange(started, now.max(1), Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
             }
         }
+    }
+
+    /// Whether [`Breaker::allows`] would say yes at `now`, without taking the probe.
+    pub fn would_allow(&self, now: u64) -> bool {
+        match self.state(now) {
+            State::Closed => true,
+            State::Open => false,
+            State::HalfOpen => self.probe_free(self.probing.load(Ordering::Acquire), now),
+        }
+    }
+
+    /// No probe in flight (`started` = 0), or the one in flight stopped counting.
+    fn probe_free(&self, started: u64, now: u64) -> bool {
+        started == 0 || now.saturating_sub(started) > self.backoff.as_nanos() as u64
     }
 
     /// A request succeeded: close the circuit and forget past failures.
@@ -160,8 +172,13 @@ mod tests {
         assert_eq!(b.state(S / 2), State::Open);
         assert!(!b.allows(S / 2));
         assert_eq!(b.state(S), State::HalfOpen);
+        assert!(
+            b.would_allow(S) && b.would_allow(S),
+            "asking takes no probe"
+        );
         assert!(b.allows(S), "one probe");
         assert!(!b.allows(S), "only one probe at a time");
+        assert!(!b.would_allow(S));
         // The probe fails: open again, twice as long.
         assert!(b.failure(S));
         assert_eq!(b.state(2 * S + S / 2), State::Open);

@@ -555,6 +555,15 @@ impl UpstreamGroup {
         })
     }
 
+    /// Whether [`UpstreamGroup::select_usable`] would find an endpoint, without taking a
+    /// half-open circuit's probe.
+    pub fn has_usable(&self, key: &[u8], tried: &[usize], now: u64) -> bool {
+        self.pick(key, |i, healthy| {
+            healthy && !tried.contains(&i) && self.endpoints[i].breaker.would_allow(now)
+        })
+        .is_some()
+    }
+
     /// Pick an endpoint for a request hashing to `key` (ignored unless `consistent_hash`),
     /// other than those in `tried`, whose circuit lets a request through at `now` (unix
     /// nanoseconds). Falls back to a tried or open endpoint rather than none when nothing else
