@@ -43,7 +43,9 @@ pub struct RequestCtx {
     /// Its level.
     pub compress_level: u32,
     /// tollgate's own brotli encoder for this response (brotli is not left to Pingora's module).
-    pub brotli: Option<crate::compress::BrotliStream>,
+    /// Boxed: the encoder state is kilobytes, and the context lives inside every request's
+    /// future, which Pingora moves (copies) into a box per request.
+    pub brotli: Option<Box<crate::compress::BrotliStream>>,
     /// Compression happens before the cache (this request fills a cache entry on a route that
     /// compresses): the stored object is the encoded variant.
     pub compress_upstream: bool,
@@ -112,5 +114,18 @@ impl RequestCtx {
     /// The route name for labels and logs (`none` when no route matched).
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map_or("none", |r| &r.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The context is part of every request's future, which Pingora copies into a box when
+    /// the request starts: a large member (an encoder state inline) costs every request.
+    #[test]
+    fn the_request_context_stays_small() {
+        let size = std::mem::size_of::<RequestCtx>();
+        assert!(size <= 768, "RequestCtx is {size} bytes");
     }
 }

@@ -414,7 +414,7 @@ impl ProxyHttp for Tollgate {
             }
             if verdict.is_ok() && ctx.compress == Some(Algorithm::Brotli) && ctx.brotli.is_none() {
                 compress::set_encoded_headers(upstream_response, "br")?;
-                ctx.brotli = Some(compress::BrotliStream::new(ctx.compress_level));
+                ctx.brotli = Some(Box::new(compress::BrotliStream::new(ctx.compress_level)));
             }
             if varies {
                 // A shared cache must not hand an uncompressed copy to clients that asked for
