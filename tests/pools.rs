@@ -860,3 +860,54 @@ async fn a_timed_out_attempt_is_repeated_only_on_another_endpoint() {
     assert_eq!(tg.get("/x").await.status(), 504);
     assert_eq!((a.count(), b.count()), (1, 1));
 }
+
+#[tokio::test]
+async fn http_health_checks_use_the_groups_tls_settings() {
+    // One self-signed TLS server behind two groups: `verify: false` accepts it, the default
+    // (verify) refuses it, for the health check as for requests.
+    let secure = MockUpstream::start_tls("tls").await;
+    let yaml = format!(
+        r#"upstreams:
+  lenient:
+    endpoints: ["{a}"]
+    tls: {{ sni: localhost, verify: false }}
+    health_check: {{ path: /health, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1 }}
+  strict:
+    endpoints: ["{a}"]
+    tls: {{ sni: localhost }}
+    health_check: {{ path: /health, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1 }}
+routes:
+  - {{ match: {{ path_prefix: /lenient/ }}, upstream: lenient }}
+  - {{ match: {{ path_prefix: /strict/ }}, upstream: strict }}
+"#,
+        a = secure.addr()
+    );
+    let tg = Tollgate::start(&yaml).await;
+    let label = secure.addr().to_string();
+    let healthy = |group: &'static str| {
+        let label = label.clone();
+        let tg = &tg;
+        async move {
+            tg.metric_reaches(
+                "tollgate_upstream_endpoint_healthy",
+                &[("upstream", group), ("endpoint", label.as_str())],
+                if group == "strict" { 0.0 } else { 1.0 },
+            )
+            .await
+        }
+    };
+    assert_eq!(healthy("strict").await, Some(0.0), "certificate refused");
+    // The lenient group's checks reached the server over TLS, with the configured SNI.
+    let checked = Tollgate::eventually(Duration::from_secs(5), || async {
+        secure
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/health")
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(checked, "no health check got through");
+    assert_eq!(secure.last_sni().as_deref(), Some("localhost"));
+    assert_eq!(healthy("lenient").await, Some(1.0));
+}
