@@ -23,6 +23,8 @@ pub struct Policy {
     pub algorithms: Vec<(Algorithm, u32)>,
     /// Responses with a known length below this stay as they are.
     pub min_size: u64,
+    /// Responses without a known length (chunked) are compressed too.
+    pub chunked: bool,
     /// Content types compressed: `type/subtype`, `type/*` or a `+suffix` (e.g. `+json`).
     pub content_types: Vec<String>,
     /// Lower-case request header name that turns compression off for a request.
@@ -50,6 +52,7 @@ impl Policy {
         Policy {
             algorithms,
             min_size: c.min_size,
+            chunked: c.chunked,
             content_types: c
                 .content_types
                 .iter()
@@ -217,15 +220,16 @@ pub fn response_compressible(policy: &Policy, resp: &ResponseHeader) -> Result<(
     if !policy.type_allowed(ct) {
         return Err("content_type");
     }
-    // Unknown length (chunked, streamed) is left alone: Pingora's encoders do not flush per
-    // chunk, so compressing would hold a streamed body (NDJSON, long polls, LLM tokens) back
-    // until its end.
+    // Unknown length (chunked, streamed) is left alone unless the route opts in: Pingora's
+    // encoders do not flush per chunk, so compressing would hold a streamed body (NDJSON, long
+    // polls, LLM tokens) back until its end.
     match resp
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
+        None if policy.chunked => Ok(()),
         None => Err("unknown_length"),
         Some(len) if len < policy.min_size => Err("too_small"),
         Some(_) => Ok(()),

@@ -188,6 +188,43 @@ async fn negotiation_follows_q_values() {
 }
 
 #[tokio::test]
+async fn chunked_responses_are_compressed_only_when_the_route_opts_in() {
+    let app = MockUpstream::start().await;
+    let body = json_body(5000);
+    app.set_reply(Reply {
+        chunked: true,
+        ..reply(body.clone(), &[])
+    });
+    let gzip = [("accept-encoding", "gzip")];
+    // Default: a response of unknown length goes out as it came.
+    let tg = Tollgate::start(&config(app.addr(), "      gzip: { level: 6 }\n")).await;
+    let r = get(&tg, "/x", &gzip).await;
+    assert!(r.headers().get("content-encoding").is_none());
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "chunked upstream"
+    );
+    assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+    // `chunked: true`: compressed, and it decodes to the same bytes.
+    let tg = Tollgate::start(&config(
+        app.addr(),
+        "      gzip: { level: 6 }\n      chunked: true\n",
+    ))
+    .await;
+    let r = get(&tg, "/x", &gzip).await;
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert_eq!(decode("gzip", &r.bytes().await.unwrap()), body);
+    // An event stream stays uncompressed even then.
+    let mut sse = reply(body.clone(), &[]);
+    sse.chunked = true;
+    sse.headers = vec![("content-type".into(), "text/event-stream".into())];
+    app.set_reply(sse);
+    let r = get(&tg, "/x", &gzip).await;
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+}
+
+#[tokio::test]
 async fn size_threshold_opt_out_and_content_types() {
     let app = MockUpstream::start().await;
     let tg = Tollgate::start(&config(

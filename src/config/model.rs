@@ -590,9 +590,12 @@ pub struct CompressionConfig {
     pub brotli: Option<AlgorithmConfig>,
     /// zstd (level 1-22, default 3).
     pub zstd: Option<AlgorithmConfig>,
-    /// Responses with a `Content-Length` below this many bytes pass untouched. Responses of
-    /// unknown length (streamed) are compressed when their type qualifies.
+    /// Responses with a `Content-Length` below this many bytes pass untouched.
     pub min_size: u64,
+    /// Compress responses without `Content-Length` (chunked) too. Off by default: an encoder
+    /// holds data until it has enough to emit, so a streamed body (NDJSON, long polls) would be
+    /// held back. `text/event-stream` is never compressed either way.
+    pub chunked: bool,
     /// Content types compressed: `type/subtype`, `type/*`, or `+suffix` (`+json`).
     pub content_types: Vec<String>,
     /// A request carrying this header is answered uncompressed.
@@ -608,6 +611,7 @@ impl Default for CompressionConfig {
             brotli: None,
             zstd: None,
             min_size: 1024,
+            chunked: false,
             content_types: [
                 "text/*",
                 "application/json",

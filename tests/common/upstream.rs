@@ -59,6 +59,8 @@ pub struct Reply {
     pub body: Bytes,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Send the body chunked (in two pieces, no `Content-Length`).
+    pub chunked: bool,
 }
 
 impl Default for Reply {
@@ -68,6 +70,7 @@ impl Default for Reply {
             headers: vec![("content-type".into(), "text/plain".into())],
             body: Bytes::from_static(b"hello from upstream"),
             delay: Duration::ZERO,
+            chunked: false,
         }
     }
 }
@@ -251,7 +254,16 @@ async fn catch_all(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut resp = Response::new(Body::from(reply.body));
+    let mut resp = if reply.chunked {
+        // A stream of unknown length: hyper sends it with Transfer-Encoding: chunked.
+        let half = reply.body.len() / 2;
+        let pieces = [reply.body.slice(..half), reply.body.slice(half..)];
+        Response::new(Body::from_stream(futures_util::stream::iter(
+            pieces.map(Ok::<_, std::io::Error>),
+        )))
+    } else {
+        Response::new(Body::from(reply.body))
+    };
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
     for (k, v) in reply.headers {
         resp.headers_mut().append(
