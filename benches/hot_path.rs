@@ -135,6 +135,15 @@ fn bench_select(c: &mut Criterion) {
             b.iter(|| g.select(black_box(b"tenant-42"), black_box(&[]), black_box(1)))
         });
     }
+    // What a request's first attempt asks (`select_usable`): on the one-endpoint group of a
+    // sidecar in front of its app, and on four endpoints.
+    for n in [1, 4] {
+        let g = group(Balance::RoundRobin, n);
+        c.bench_function(
+            &format!("upstream_select_usable/round_robin/{n}_endpoints"),
+            |b| b.iter(|| g.select_usable(black_box(b""), black_box(&[]), black_box(1))),
+        );
+    }
     let g = group(Balance::RoundRobin, 4);
     c.bench_function("upstream_select/round_robin/peer_clone", |b| {
         b.iter(|| g.endpoints[g.select(b"", &[], 1)].peer())

@@ -523,6 +523,12 @@ impl UpstreamGroup {
         }
     }
 
+    /// One endpoint and no active health check (a sidecar in front of its app): there is
+    /// nothing to choose and nothing marks it unhealthy, so selection can skip the selector.
+    fn is_single_unchecked(&self) -> bool {
+        self.endpoints.len() == 1 && self.active_health.is_none()
+    }
+
     /// The endpoint at `addr`, if the group has one.
     pub fn endpoint_at(&self, addr: SocketAddr) -> Option<&Endpoint> {
         self.by_addr.get(&addr).map(|&i| &self.endpoints[i])
@@ -550,6 +556,9 @@ impl UpstreamGroup {
     /// Pick an endpoint that is healthy, not open-circuited and not in `tried`, or `None`
     /// when the group has none left (the route then fails over to its next group).
     pub fn select_usable(&self, key: &[u8], tried: &[usize], now: u64) -> Option<usize> {
+        if self.is_single_unchecked() {
+            return (!tried.contains(&0) && self.endpoints[0].breaker.allows(now)).then_some(0);
+        }
         self.pick(key, |i, healthy| {
             healthy && !tried.contains(&i) && self.endpoints[i].breaker.allows(now)
         })
@@ -558,6 +567,9 @@ impl UpstreamGroup {
     /// Whether [`UpstreamGroup::select_usable`] would find an endpoint, without taking a
     /// half-open circuit's probe.
     pub fn has_usable(&self, key: &[u8], tried: &[usize], now: u64) -> bool {
+        if self.is_single_unchecked() {
+            return !tried.contains(&0) && self.endpoints[0].breaker.would_allow(now);
+        }
         self.pick(key, |i, healthy| {
             healthy && !tried.contains(&i) && self.endpoints[i].breaker.would_allow(now)
         })
@@ -608,5 +620,94 @@ impl pingora_load_balancing::health_check::HealthObserve for HealthObserver {
                 self.group
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(n: u16) -> UpstreamGroup {
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(1),
+            write: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+        };
+        let endpoints = (0..n)
+            .map(|i| {
+                let addr: SocketAddr = format!("127.0.0.1:{}", 3000 + i).parse().unwrap();
+                Endpoint::new(addr.to_string(), "127.0.0.1", addr, None, &t).with(
+                    1,
+                    Arc::new(Breaker::new(
+                        1,
+                        Duration::from_secs(1),
+                        Duration::from_secs(1),
+                    )),
+                )
+            })
+            .collect();
+        UpstreamGroup::new(
+            "app".into(),
+            endpoints,
+            Balance::RoundRobin,
+            HashOn::Tenant,
+            3,
+        )
+    }
+
+    /// The one-endpoint shortcut answers as the selector does: not when tried, not while its
+    /// circuit is open, and a half-open circuit lets exactly one probe through (asking whether
+    /// one is usable takes none).
+    #[test]
+    fn one_endpoint_groups_select_like_the_selector() {
+        const S: u64 = 1_000_000_000;
+        // Endpoint 0's answers, in a group of one (the shortcut) and in a group of two whose
+        // other endpoint was already tried (the selector).
+        fn script(g: &UpstreamGroup, others: &[usize]) -> Vec<(bool, Option<usize>)> {
+            let tried_0: Vec<usize> = others.iter().copied().chain([0]).collect();
+            let mut out = vec![
+                (
+                    g.has_usable(b"", others, 0),
+                    g.select_usable(b"", others, 0),
+                ),
+                (
+                    g.has_usable(b"", &tried_0, 0),
+                    g.select_usable(b"", &tried_0, 0),
+                ),
+            ];
+            assert!(g.endpoints[0].breaker.failure(0), "one failure opens");
+            out.push((
+                g.has_usable(b"", others, S / 2),
+                g.select_usable(b"", others, S / 2),
+            ));
+            // Half-open: asking twice takes no probe; the first select is the probe.
+            out.push((
+                g.has_usable(b"", others, S),
+                g.has_usable(b"", others, S).then_some(0),
+            ));
+            out.push((
+                g.has_usable(b"", others, S),
+                g.select_usable(b"", others, S),
+            ));
+            out.push((
+                g.has_usable(b"", others, S),
+                g.select_usable(b"", others, S),
+            ));
+            out
+        }
+        let alone = script(&group(1), &[]);
+        assert_eq!(alone, script(&group(2), &[1]));
+        assert_eq!(
+            alone,
+            vec![
+                (true, Some(0)),
+                (false, None),
+                (false, None),
+                (true, Some(0)),
+                (true, Some(0)),
+                (false, None),
+            ]
+        );
     }
 }
