@@ -65,7 +65,7 @@ impl BackgroundService for HealthChecker {
             let now = std::time::Instant::now();
             let mut live = Vec::new();
             for group in config.upstreams.values() {
-                let Some(hc) = &group.health_check else {
+                let Some(hc) = group.health_check() else {
                     continue;
                 };
                 let id = Arc::as_ptr(group) as usize;

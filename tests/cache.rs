@@ -78,6 +78,26 @@ async fn get(tg: &Tollgate, path: &str) -> Got {
     get_with(tg, path, &[]).await
 }
 
+/// An origin script: the first answer, `body` with `cache_control` and `Age: 10`, is stored
+/// already stale (when its max-age is 10); every later answer is `later`.
+fn stale_then(
+    body: &'static str,
+    cache_control: &str,
+    later: Answer,
+) -> impl Fn(&Seen, usize) -> Answer + Send + Sync + 'static {
+    let cache_control = cache_control.to_string();
+    move |_s: &Seen, n| {
+        if n == 0 {
+            Answer::ok(
+                body,
+                &[("cache-control", cache_control.as_str()), ("age", "10")],
+            )
+        } else {
+            later.clone()
+        }
+    }
+}
+
 fn fresh(body: &str) -> Answer {
     Answer::ok(body, &[("cache-control", "max-age=60")])
 }
@@ -442,13 +462,11 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_exactly_once() {
 
 #[tokio::test]
 async fn stale_if_error_serves_the_stale_object_on_5xx() {
-    let origin = Origin::start(|_s: &Seen, n| {
-        if n == 0 {
-            Answer::ok("good", &[("cache-control", "max-age=10"), ("age", "10")])
-        } else {
-            Answer::ok("broken", &[]).status(503)
-        }
-    })
+    let origin = Origin::start(stale_then(
+        "good",
+        "max-age=10",
+        Answer::ok("broken", &[]).status(503),
+    ))
     .await;
     let tg = start(&origin, "stale_if_error: 5m").await;
     assert_eq!(get(&tg, "/sie").await.body, "good");
@@ -465,13 +483,11 @@ async fn stale_if_error_serves_the_stale_object_on_5xx() {
     assert!(r.cache_status.ends_with("detail=stale-if-error"));
 
     // Without a stale-if-error window the error goes through.
-    let origin2 = Origin::start(|_s: &Seen, n| {
-        if n == 0 {
-            Answer::ok("good", &[("cache-control", "max-age=10"), ("age", "10")])
-        } else {
-            Answer::ok("broken", &[]).status(503)
-        }
-    })
+    let origin2 = Origin::start(stale_then(
+        "good",
+        "max-age=10",
+        Answer::ok("broken", &[]).status(503),
+    ))
     .await;
     let tg2 = start(&origin2, "").await;
     get(&tg2, "/sie").await;
@@ -920,15 +936,8 @@ routes:
 
 #[tokio::test]
 async fn a_stale_entry_without_validators_is_fetched_again_and_replaced() {
-    let origin = Origin::start(|_s: &Seen, n| {
-        if n == 0 {
-            // Stored (it had a lifetime) but stale on arrival, and nothing to revalidate with.
-            Answer::ok("old", &[("cache-control", "max-age=10"), ("age", "10")])
-        } else {
-            fresh("new")
-        }
-    })
-    .await;
+    // Stored (it had a lifetime) but stale on arrival, and nothing to revalidate with.
+    let origin = Origin::start(stale_then("old", "max-age=10", fresh("new"))).await;
     let tg = start(&origin, "").await;
     assert_eq!(get(&tg, "/e").await.x_cache, "MISS");
     let r = get(&tg, "/e").await;
@@ -944,14 +953,12 @@ async fn a_stale_entry_without_validators_is_fetched_again_and_replaced() {
 
 #[tokio::test]
 async fn stale_if_error_covers_an_origin_that_times_out() {
-    let origin = Origin::start(|_s: &Seen, n| {
-        if n == 0 {
-            Answer::ok("good", &[("cache-control", "max-age=10"), ("age", "10")])
-        } else {
-            // Never answered (the gate stays shut): the attempt's read timeout fires.
-            Answer::ok("late", &[]).held()
-        }
-    })
+    // Later answers are never given (the gate stays shut): the attempt's read timeout fires.
+    let origin = Origin::start(stale_then(
+        "good",
+        "max-age=10",
+        Answer::ok("late", &[]).held(),
+    ))
     .await;
     let yaml = format!(
         r#"upstreams:
@@ -984,14 +991,8 @@ routes:
 async fn must_revalidate_and_proxy_revalidate_forbid_serving_stale_on_error() {
     for directive in ["must-revalidate", "proxy-revalidate"] {
         let cc = format!("max-age=10, {directive}");
-        let origin = Origin::start(move |_s: &Seen, n| {
-            if n == 0 {
-                Answer::ok("good", &[("cache-control", cc.as_str()), ("age", "10")])
-            } else {
-                Answer::ok("broken", &[]).status(503)
-            }
-        })
-        .await;
+        let broken = Answer::ok("broken", &[]).status(503);
+        let origin = Origin::start(stale_then("good", &cc, broken)).await;
         let tg = start(&origin, "stale_while_revalidate: 5m, stale_if_error: 5m").await;
         assert_eq!(get(&tg, "/strict").await.x_cache, "MISS");
         // The route would allow both stale windows; the origin's directive wins: the stale

@@ -187,17 +187,15 @@ async fn killing_an_endpoint_under_load_loses_no_request_and_it_rejoins() {
     let killed = Instant::now();
     let a_label = a.to_string();
     let open = [("endpoint", a_label.as_str())];
-    loop {
-        let m = tg.metrics().await;
-        if metric_value(&m, "tollgate_upstream_circuit_open", &open) == Some(1.0) {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "circuit never opened"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let opened = Tollgate::eventually_every(
+        Duration::from_secs(10),
+        Duration::from_millis(2),
+        || async {
+            metric_value(&tg.metrics().await, "tollgate_upstream_circuit_open", &open) == Some(1.0)
+        },
+    )
+    .await;
+    assert!(opened, "circuit never opened");
     let to_open = killed.elapsed();
     // From here on, all traffic is on the survivor (the circuit is retried only after 300 ms).
     let m = tg.metrics().await;
@@ -218,21 +216,19 @@ async fn killing_an_endpoint_under_load_loses_no_request_and_it_rejoins() {
     // succeeds and closes the circuit.
     let _demo_a2 = DemoUpstream::start(a).await;
     let revived = Instant::now();
-    loop {
-        let m = tg.metrics().await;
-        let healthy = [("upstream", "app"), ("endpoint", a_label.as_str())];
-        if metric_value(&m, "tollgate_upstream_circuit_open", &open) == Some(0.0)
-            && metric_value(&m, "tollgate_upstream_endpoint_healthy", &healthy) == Some(1.0)
-            && successes(&m, a) > a_at_open
-        {
-            break;
-        }
-        assert!(
-            revived.elapsed() < Duration::from_secs(10),
-            "never rejoined"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let healthy = [("upstream", "app"), ("endpoint", a_label.as_str())];
+    let rejoined = Tollgate::eventually_every(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            let m = tg.metrics().await;
+            metric_value(&m, "tollgate_upstream_circuit_open", &open) == Some(0.0)
+                && metric_value(&m, "tollgate_upstream_endpoint_healthy", &healthy) == Some(1.0)
+                && successes(&m, a) > a_at_open
+        },
+    )
+    .await;
+    assert!(rejoined, "never rejoined");
     let to_rejoin = revived.elapsed();
     stop.store(true, Ordering::Relaxed);
     for l in load {

@@ -298,8 +298,7 @@ pub struct UpstreamGroup {
     pub budget: budget::RetryBudget,
     /// No new attempt after the request is this old.
     pub deadline: Option<Duration>,
-    /// Active health check settings, if any.
-    pub health_check: Option<crate::config::model::HealthCheckConfig>,
+    /// Active health checks, if the group has them.
     active_health: Option<ActiveHealth>,
     selector: Selector,
     by_addr: HashMap<SocketAddr, usize>,
@@ -309,6 +308,8 @@ pub struct UpstreamGroup {
 /// pingora-load-balancing's registry (one check per endpoint, verdicts, consecutive counts)
 /// and the endpoint labels its observer reports under.
 struct ActiveHealth {
+    /// The settings (interval, thresholds, ...).
+    config: crate::config::model::HealthCheckConfig,
     registry: Arc<HealthRegistry>,
     labels: Arc<ArcSwap<HashMap<SocketAddr, Arc<str>>>>,
     /// Hash of everything the check's behaviour depends on (settings, TLS, Host, headers).
@@ -355,7 +356,6 @@ impl UpstreamGroup {
             retry_on: Vec::new(),
             budget: budget::RetryBudget::new(1.0, 1000),
             deadline: None,
-            health_check: None,
             active_health: None,
             selector,
             by_addr,
@@ -428,6 +428,7 @@ impl UpstreamGroup {
             Some(a) => {
                 a.labels.store(Arc::new(labels));
                 ActiveHealth {
+                    config: c,
                     registry: a.registry.clone(),
                     labels: a.labels.clone(),
                     fingerprint,
@@ -438,6 +439,7 @@ impl UpstreamGroup {
                 let registry = Arc::new(HealthRegistry::new());
                 registry.set_health_check(self.health_check_for(&c, &host, tls, labels.clone()));
                 ActiveHealth {
+                    config: c,
                     registry,
                     labels,
                     fingerprint,
@@ -455,8 +457,12 @@ impl UpstreamGroup {
                 .set(i64::from(self.selector.backends().ready(&backend)));
         }
         self.active_health = Some(active);
-        self.health_check = Some(c);
         self
+    }
+
+    /// The group's active health check settings, if it has checks.
+    pub fn health_check(&self) -> Option<&crate::config::model::HealthCheckConfig> {
+        self.active_health.as_ref().map(|a| &a.config)
     }
 
     /// pingora-load-balancing's check for `c`, reporting flips under `labels`.

@@ -264,7 +264,16 @@ impl Tollgate {
     }
 
     /// Poll `cond` until it holds or `limit` passes (a condition wait, not a fixed sleep).
-    pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+    pub async fn eventually<F, Fut>(limit: Duration, cond: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        Self::eventually_every(limit, Duration::from_millis(20), cond).await
+    }
+
+    /// [`Tollgate::eventually`], polling every `every` (finer, to time what it waits for).
+    pub async fn eventually_every<F, Fut>(limit: Duration, every: Duration, mut cond: F) -> bool
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -277,7 +286,7 @@ impl Tollgate {
             if Instant::now() > deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(every).await;
         }
     }
 }
