@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod demo;

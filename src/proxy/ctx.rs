@@ -4,8 +4,9 @@ use crate::config::{Route, RuntimeConfig};
 use crate::observe::metrics::InFlight;
 use crate::proxy::limit::Applied;
 use crate::tenant::Caller;
+use crate::upstream::attempts::Attempts;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
@@ -16,28 +17,18 @@ pub struct RequestCtx {
     pub route: Option<Arc<Route>>,
     /// The request id sent upstream and back to the client.
     pub request_id: String,
-    /// Label of the endpoint the last attempt went to.
-    pub endpoint: Option<Arc<str>>,
     /// Who is calling (set on rate-limited routes).
     pub caller: Option<Caller>,
     /// The caller presented an API key no tenant owns (and config rejects those).
     pub unknown_key: bool,
     /// The rate-limit decision, for the response headers.
     pub limit: Option<Applied>,
-    /// Upstream attempts made.
-    pub attempts: u32,
-    /// Attempts so far: (index of the group in the route's `upstreams`, endpoint index).
-    pub tried: Vec<(usize, usize)>,
-    /// The group of the current attempt.
-    pub group: Option<std::sync::Arc<crate::upstream::UpstreamGroup>>,
+    /// The upstream attempts: endpoints tried, the attempt under way, its timing.
+    pub upstream: Attempts,
     /// When the request started (ctx creation, right after the request header was read).
     pub started: Instant,
     /// The same moment on the wall clock, for the access log.
     pub started_at: SystemTime,
-    /// When the current upstream attempt started (cleared once it is accounted for).
-    pub upstream_started: Option<Instant>,
-    /// Time to upstream response headers of the attempt that answered.
-    pub upstream_ttfb: Option<Duration>,
     /// The coding negotiated for this response (compression routes only).
     pub compress: Option<pingora_core::protocols::http::compression::Algorithm>,
     /// Its level.
@@ -82,17 +73,12 @@ impl RequestCtx {
             config,
             route: None,
             request_id: String::new(),
-            endpoint: None,
             caller: None,
             unknown_key: false,
             limit: None,
-            attempts: 0,
-            tried: Vec::new(),
-            group: None,
+            upstream: Attempts::new(crate::clock::mono_nanos()),
             started: Instant::now(),
             started_at: SystemTime::now(),
-            upstream_started: None,
-            upstream_ttfb: None,
             own_error: None,
             compress: None,
             compress_level: 0,

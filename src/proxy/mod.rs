@@ -16,11 +16,14 @@ pub mod errors;
 pub mod headers;
 pub mod limit;
 
+use crate::clock;
 use crate::compress;
 use crate::config::RuntimeConfig;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::{metrics, request_id};
 use crate::ratelimit::RateLimiter;
+use crate::upstream::attempts::{self, AttemptError};
+use crate::upstream::UpstreamGroup;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
@@ -223,48 +226,22 @@ impl ProxyHttp for Tollgate {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        if ctx.upstream_started.is_some() {
-            // The previous attempt connected but failed before response headers (a retry).
-            endpoint_failed(ctx);
-            count_upstream(ctx, "error");
-        }
         let route = ctx
             .route
-            .as_ref()
+            .clone()
             .ok_or_else(|| Error::explain(pingora_core::ErrorType::InternalError, "no route"))?;
-        let route = route.clone();
-        let now = crate::ratelimit::unix_nanos_now();
-        // Failover: the first group (from the current one on) with attempts left and a usable
-        // endpoint serves; when none has, the last group is tried anyway (best effort).
-        let (gi, i) = next_usable(session, ctx, now).unwrap_or_else(|| {
-            let gi = route.upstreams.len() - 1;
-            let group = &route.upstreams[gi];
-            let key = balance_key(session, ctx, group);
-            (gi, group.select(&key, &tried_in(ctx, gi), now))
-        });
-        let group = route.upstreams[gi].clone();
-        let endpoint = &group.endpoints[i];
-        if ctx.attempts == 0 {
-            group.budget.deposit();
-        } else {
-            metrics::UPSTREAM_RETRIES_TOTAL
-                .with_label_values(&[&group.name])
-                .inc();
-        }
-        ctx.attempts += 1;
-        ctx.tried.push((gi, i));
-        ctx.endpoint = Some(endpoint.label.clone());
-        ctx.upstream_started = Some(std::time::Instant::now());
-        let peer = endpoint.peer();
-        ctx.group = Some(group);
-        Ok(peer)
+        let key = |g: &UpstreamGroup| balance_key(session, ctx.caller.as_ref(), &ctx.config, g);
+        let (group, i) = ctx
+            .upstream
+            .start_next(&route.upstreams, key, clock::mono_nanos());
+        Ok(group.endpoints[i].peer())
     }
 
     /// Replaces Pingora's default, keeping its safety: a request whose method is not
     /// idempotent (unless the route allows it) or whose body no longer fits the retry buffer
-    /// is never retried. On top of it, an idempotent request whose attempt failed before the
-    /// response headers (a reset, a read timeout) is retried on another endpoint while
-    /// attempts and the retry budget allow.
+    /// is never retried. On top of it, the upstream attempt policy
+    /// ([`crate::upstream::attempts`]) retries an idempotent request whose attempt failed
+    /// before the response headers, while attempts and the retry budget allow.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -274,25 +251,26 @@ impl ProxyHttp for Tollgate {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !may_repeat(session, ctx) {
-            e.set_retry(false);
-            return e;
-        }
-        if matches!(e.etype(), pingora_core::ErrorType::HTTPStatus(_)) {
+        if matches!(e.etype(), pingora_core::ErrorType::HTTPStatus(_)) && may_repeat(session, ctx) {
             // Ours (retry_on_status): already decided.
             return e;
         }
-        let before_headers = ctx.upstream_started.is_some();
-        let upstream_side = *e.esource() == pingora_core::ErrorSource::Upstream;
-        // A timed-out attempt is repeated only somewhere else (as nginx's proxy_next_upstream
-        // does): asking a hanging endpoint again would make the client wait once per attempt.
-        let timed_out = matches!(e.etype(), pingora_core::ErrorType::ReadTimedout);
-        let elsewhere = || another_endpoint_usable(session, ctx);
-        if before_headers && upstream_side && attempts_left(ctx) && (!timed_out || elsewhere()) {
-            e.set_retry(budget_allows(ctx));
+        let error = AttemptError {
+            repeatable: may_repeat(session, ctx),
+            upstream_side: *e.esource() == pingora_core::ErrorSource::Upstream,
+            timed_out: matches!(e.etype(), pingora_core::ErrorType::ReadTimedout),
+        };
+        let Some(route) = ctx.route.clone() else {
             return e;
+        };
+        let key = |g: &UpstreamGroup| balance_key(session, ctx.caller.as_ref(), &ctx.config, g);
+        match ctx
+            .upstream
+            .retry_after_error(&route.upstreams, key, error, clock::mono_nanos())
+        {
+            Some(retry) => e.set_retry(retry),
+            None => e.retry.decide_reuse(client_reused),
         }
-        e.retry.decide_reuse(client_reused);
         e
     }
 
@@ -303,15 +281,12 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let outcome = match e.etype() {
-            pingora_core::ErrorType::ConnectTimedout => "timeout",
-            _ => "connect_error",
-        };
-        count_upstream(ctx, outcome);
-        endpoint_failed(ctx);
-        // Nothing reached the upstream: another endpoint may take it, whatever the method
-        // (and outside the retry budget: it costs the upstreams nothing).
-        e.set_retry(attempts_left(ctx));
+        let timed_out = matches!(e.etype(), pingora_core::ErrorType::ConnectTimedout);
+        let groups = ctx.route.as_ref().map_or(&[][..], |r| &r.upstreams[..]);
+        let retry = ctx
+            .upstream
+            .connect_failed(groups, timed_out, clock::mono_nanos());
+        e.set_retry(retry);
         e
     }
 
@@ -321,21 +296,32 @@ impl ProxyHttp for Tollgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
-        if let Some(e) = retry_on_status(session, upstream_response, ctx) {
-            return Err(e);
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        let retry_after = attempts::retry_after(
+            upstream_response
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            std::time::SystemTime::now(),
+        );
+        let now = clock::mono_nanos();
+        let repeatable = may_repeat(session, ctx);
+        let groups = ctx.route.as_ref().map_or(&[][..], |r| &r.upstreams[..]);
+        if ctx
+            .upstream
+            .retry_on_status(groups, status, retry_after, repeatable, now)
+        {
+            let mut e = Error::explain(
+                pingora_core::ErrorType::HTTPStatus(status),
+                format!("upstream answered {status}: retrying on another endpoint"),
+            );
+            e.set_retry(true);
+            return Err(e.into_up());
         }
         caching::vary_by_coding(upstream_response, ctx)?;
         caching::invalidate_after_mutation(session, upstream_response, ctx);
-        if let (Some(started), Some(group)) = (ctx.upstream_started, &ctx.group) {
-            let ttfb = started.elapsed();
-            ctx.upstream_ttfb = Some(ttfb);
-            metrics::upstream_duration()
-                .with_label_values(&[&group.name])
-                .observe(ttfb.as_secs_f64());
-        }
-        count_upstream(ctx, "success");
-        record_answer(upstream_response, ctx);
+        ctx.upstream.answered(status, retry_after, now);
         Ok(())
     }
 
@@ -363,7 +349,7 @@ impl ProxyHttp for Tollgate {
             }
             None => {}
         }
-        if let Some(group) = &ctx.group {
+        if let Some(group) = ctx.upstream.group() {
             let a = &group.adapter;
             if let Some(h) = &a.host {
                 upstream_request.insert_header(http::header::HOST, h.clone())?;
@@ -435,7 +421,7 @@ impl ProxyHttp for Tollgate {
                 upstream_response.insert_header("x-response-time", format!("{total:.3}ms"))?;
             }
             if obs.server_timing_header {
-                let value = match ctx.upstream_ttfb {
+                let value = match ctx.upstream.ttfb() {
                     Some(u) => format!("upstream;dur={:.3}, total;dur={total:.3}", millis(u)),
                     None => format!("total;dur={total:.3}"),
                 };
@@ -490,11 +476,11 @@ impl ProxyHttp for Tollgate {
                 let msg = match k {
                     ProxyError::UpstreamTimeout => format!(
                         "upstream {} did not answer in time",
-                        ctx.endpoint.as_deref().unwrap_or("-")
+                        ctx.upstream.endpoint_label().map_or("-", |l| &**l)
                     ),
                     ProxyError::UpstreamUnreachable => format!(
                         "upstream {} could not be reached or failed",
-                        ctx.endpoint.as_deref().unwrap_or("-")
+                        ctx.upstream.endpoint_label().map_or("-", |l| &**l)
                     ),
                     ProxyError::BadRequest => "malformed request".to_string(),
                     _ => "internal error".to_string(),
@@ -518,20 +504,15 @@ impl ProxyHttp for Tollgate {
             return;
         }
         let elapsed = ctx.started.elapsed();
-        // An attempt that connected but got no response headers ended in an error: the
-        // upstream's, unless the client went away first (not the upstream's fault).
-        let upstream_fault =
-            e.is_some_and(|e| *e.esource() != pingora_core::ErrorSource::Downstream);
-        if ctx.upstream_started.is_some() && upstream_fault {
-            let timed_out = e.is_some_and(|e| {
-                matches!(
-                    e.etype(),
-                    pingora_core::ErrorType::ReadTimedout | pingora_core::ErrorType::WriteTimedout
-                )
-            });
-            count_upstream(ctx, if timed_out { "timeout" } else { "error" });
-            endpoint_failed(ctx);
-        }
+        let client_fault = e.is_none_or(|e| *e.esource() == pingora_core::ErrorSource::Downstream);
+        let timed_out = e.is_some_and(|e| {
+            matches!(
+                e.etype(),
+                pingora_core::ErrorType::ReadTimedout | pingora_core::ErrorType::WriteTimedout
+            )
+        });
+        ctx.upstream
+            .ended_unanswered(client_fault, timed_out, clock::mono_nanos());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
         let method = metrics::method_label(&req.method);
@@ -610,9 +591,9 @@ impl ProxyHttp for Tollgate {
             status,
             bytes,
             duration_ms: round3(millis(elapsed)),
-            upstream_ms: ctx.upstream_ttfb.map(|d| round3(millis(d))),
-            upstream: ctx.endpoint.clone(),
-            attempts: ctx.attempts,
+            upstream_ms: ctx.upstream.ttfb().map(|d| round3(millis(d))),
+            upstream: ctx.upstream.endpoint_label().cloned(),
+            attempts: ctx.upstream.count(),
             cache,
             ratelimit: match &ctx.limit {
                 None => "none",
@@ -679,8 +660,9 @@ fn prepare_compression(
 /// The key a `consistent_hash` group hashes for this request (empty for other balances).
 fn balance_key(
     session: &Session,
-    ctx: &RequestCtx,
-    group: &crate::upstream::UpstreamGroup,
+    caller: Option<&crate::tenant::Caller>,
+    config: &RuntimeConfig,
+    group: &UpstreamGroup,
 ) -> Vec<u8> {
     use crate::config::model::Balance;
     use crate::upstream::HashOn;
@@ -692,14 +674,14 @@ fn balance_key(
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.config
+        config
             .identity
             .client_ip(session.req_header(), peer)
             .map(|ip| ip.to_string().into_bytes())
             .unwrap_or_default()
     };
     match &group.hash_on {
-        HashOn::Tenant => match ctx.caller.as_ref().and_then(|c| c.tenant.as_deref()) {
+        HashOn::Tenant => match caller.and_then(|c| c.tenant.as_deref()) {
             Some(t) => t.as_bytes().to_vec(),
             None => client_ip(),
         },
@@ -713,93 +695,6 @@ fn balance_key(
     }
 }
 
-/// The endpoints of the route's group `gi` this request has tried.
-fn tried_in(ctx: &RequestCtx, gi: usize) -> Vec<usize> {
-    ctx.tried
-        .iter()
-        .filter(|(g, _)| *g == gi)
-        .map(|&(_, e)| e)
-        .collect()
-}
-
-/// The next endpoint to try, as `(group index, endpoint index)`: in the first group, from the
-/// current one on, with attempts left and a usable endpoint (healthy, circuit closed or
-/// probing, not yet tried). `None` when no group has one.
-fn next_usable(session: &Session, ctx: &RequestCtx, now: u64) -> Option<(usize, usize)> {
-    first_group_with(session, ctx, |group, key, tried| {
-        group.select_usable(key, tried, now)
-    })
-}
-
-/// Whether [`next_usable`] would find an endpoint now (asking takes no half-open probe).
-fn another_endpoint_usable(session: &Session, ctx: &RequestCtx) -> bool {
-    let now = crate::ratelimit::unix_nanos_now();
-    first_group_with(session, ctx, |group, key, tried| {
-        group.has_usable(key, tried, now).then_some(0)
-    })
-    .is_some()
-}
-
-/// Walk the route's groups from the current one on, skipping those out of attempts, and
-/// return the first `(group index, endpoint index)` that `choose(group, balance key, tried)`
-/// finds.
-fn first_group_with(
-    session: &Session,
-    ctx: &RequestCtx,
-    choose: impl Fn(&crate::upstream::UpstreamGroup, &[u8], &[usize]) -> Option<usize>,
-) -> Option<(usize, usize)> {
-    let route = ctx.route.as_ref()?;
-    let start = ctx.tried.last().map_or(0, |&(g, _)| g);
-    route
-        .upstreams
-        .iter()
-        .enumerate()
-        .skip(start)
-        .find_map(|(gi, group)| {
-            let tried = tried_in(ctx, gi);
-            if tried.len() >= group.attempts as usize {
-                return None;
-            }
-            choose(group, &balance_key(session, ctx, group), &tried).map(|i| (gi, i))
-        })
-}
-
-/// Whether the route's groups have attempts left for this request.
-fn attempts_left(ctx: &RequestCtx) -> bool {
-    let total: u32 = ctx
-        .route
-        .as_ref()
-        .map_or(1, |r| r.upstreams.iter().map(|g| g.attempts).sum());
-    let before_deadline = ctx
-        .group
-        .as_ref()
-        .and_then(|g| g.deadline)
-        .is_none_or(|d| ctx.started.elapsed() < d);
-    ctx.attempts < total && before_deadline
-}
-
-/// A response status the group retries (idempotent request, attempts and budget left): the
-/// error that makes Pingora try another endpoint. `None`: pass the response on.
-fn retry_on_status(
-    session: &Session,
-    resp: &ResponseHeader,
-    ctx: &mut RequestCtx,
-) -> Option<Box<Error>> {
-    let status = resp.status.as_u16();
-    let retryable = ctx.group.as_ref()?.retry_on.contains(&status);
-    if !retryable || !attempts_left(ctx) || !may_repeat(session, ctx) || !budget_allows(ctx) {
-        return None;
-    }
-    record_answer(resp, ctx);
-    count_upstream(ctx, "retried");
-    let mut e = Error::explain(
-        pingora_core::ErrorType::HTTPStatus(status),
-        format!("upstream answered {status}: retrying on another endpoint"),
-    );
-    e.set_retry(true);
-    Some(e.into_up())
-}
-
 /// Whether this request may be sent again after (part of) it reached an upstream: an
 /// idempotent method, or a route that allows repeating writes, and a body still held in
 /// Pingora's retry buffer (the safety of Pingora's own `error_while_proxy`).
@@ -807,91 +702,6 @@ fn may_repeat(session: &Session, ctx: &RequestCtx) -> bool {
     (session.req_header().method.is_idempotent()
         || ctx.route.as_ref().is_some_and(|r| r.retry_non_idempotent))
         && !session.as_ref().retry_buffer_truncated()
-}
-
-/// Take a retry from the current group's budget.
-fn budget_allows(ctx: &RequestCtx) -> bool {
-    let now = crate::ratelimit::unix_nanos_now();
-    ctx.group
-        .as_ref()
-        .is_some_and(|g| g.budget.try_withdraw(now))
-}
-
-/// Tell the current endpoint's circuit breaker how its answer went: a 429 or 503 with
-/// `Retry-After` holds it that long (overload announced, as LLM providers do: not a failure);
-/// a status in the group's `retry.on` is a failure (retried or passed on); anything else is a
-/// success.
-fn record_answer(resp: &ResponseHeader, ctx: &RequestCtx) {
-    let (Some(group), Some(&(_, i))) = (&ctx.group, ctx.tried.last()) else {
-        return;
-    };
-    let b = &group.endpoints[i].breaker;
-    let status = resp.status.as_u16();
-    let cool = (status == 429 || status == 503)
-        .then(|| retry_after(resp))
-        .flatten();
-    if let Some(wait) = cool {
-        b.hold(crate::ratelimit::unix_nanos_now() + wait.as_nanos() as u64);
-        set_circuit_gauge(ctx, i, 1);
-    } else if group.retry_on.contains(&status) {
-        endpoint_failed(ctx);
-    } else if b.success() {
-        set_circuit_gauge(ctx, i, 0);
-    }
-}
-
-/// The endpoint of the current attempt failed (connection error, timeout, reset): tell its
-/// circuit breaker.
-fn endpoint_failed(ctx: &RequestCtx) {
-    if let (Some(group), Some(&(_, i))) = (&ctx.group, ctx.tried.last()) {
-        let opened = group.endpoints[i]
-            .breaker
-            .failure(crate::ratelimit::unix_nanos_now());
-        if opened {
-            set_circuit_gauge(ctx, i, 1);
-            tracing::warn!(
-                "upstream {} endpoint {}: circuit open after repeated failures",
-                group.name,
-                group.endpoints[i].label
-            );
-        }
-    }
-}
-
-fn set_circuit_gauge(ctx: &RequestCtx, i: usize, open: i64) {
-    if let Some(group) = &ctx.group {
-        metrics::UPSTREAM_CIRCUIT_OPEN
-            .with_label_values(&[&group.name, &group.endpoints[i].label])
-            .set(open);
-    }
-}
-
-/// `Retry-After` as a wait: delta-seconds or an HTTP date (capped at an hour).
-fn retry_after(resp: &ResponseHeader) -> Option<std::time::Duration> {
-    let v = resp
-        .headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let wait = match v.parse::<u64>() {
-        Ok(secs) => std::time::Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(v)
-            .ok()?
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    };
-    (!wait.is_zero()).then_some(wait.min(std::time::Duration::from_secs(3600)))
-}
-
-/// Count one upstream attempt's outcome and close the attempt.
-fn count_upstream(ctx: &mut RequestCtx, outcome: &str) {
-    ctx.upstream_started = None;
-    if let (Some(group), Some(endpoint)) = (&ctx.group, &ctx.endpoint) {
-        metrics::UPSTREAM_REQUESTS_TOTAL
-            .with_label_values(&[&group.name, endpoint, outcome])
-            .inc();
-    }
 }
 
 #[cfg(test)]

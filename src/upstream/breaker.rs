@@ -31,7 +31,7 @@ pub struct Breaker {
     opened: AtomicU32,
     /// Unix nanoseconds until which the circuit is open (0: closed).
     open_until: AtomicU64,
-    /// When the half-open probe in flight started (unix nanoseconds; 0: none). A probe whose
+    /// When the half-open probe in flight started (monotonic nanoseconds, [`crate::clock`]; 0: none). A probe whose
     /// result never came back (the client went away first) stops counting after `backoff`.
     probing: AtomicU64,
 }
@@ -66,7 +66,7 @@ impl Breaker {
             && self.max_backoff == other.max_backoff
     }
 
-    /// The circuit's state at `now` (unix nanoseconds).
+    /// The circuit's state at `now` (monotonic nanoseconds, [`crate::clock`]).
     pub fn state(&self, now: u64) -> State {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
@@ -128,7 +128,7 @@ impl Breaker {
         self.open_until.swap(0, Ordering::AcqRel) != 0
     }
 
-    /// Keep the circuit open until `until` (unix nanoseconds), without counting a failure:
+    /// Keep the circuit open until `until` (monotonic nanoseconds), without counting a failure:
     /// the endpoint asked for it (`Retry-After` on a 429 or 503).
     pub fn hold(&self, until: u64) {
         self.open_until.fetch_max(until, Ordering::AcqRel);

@@ -50,7 +50,7 @@ impl RetryBudget {
         }
     }
 
-    /// May a retry happen at `now` (unix nanoseconds)? Takes a token when it may.
+    /// May a retry happen at `now` (monotonic nanoseconds)? Takes a token when it may.
     pub fn try_withdraw(&self, now: u64) -> bool {
         let last = self.last_refill.swap(now, Ordering::AcqRel);
         if last != 0 && now > last && self.min_per_sec > 0 {

@@ -11,6 +11,7 @@
 //! registry (verdicts and consecutive counts), so an edit elsewhere in the file does not send
 //! traffic back to an endpoint known to be down.
 
+pub mod attempts;
 pub mod breaker;
 pub mod budget;
 
@@ -339,7 +340,7 @@ impl UpstreamGroup {
             .map(|(i, e)| (e.addr, i))
             .collect();
         // Report each breaker as it is: fresh ones closed, inherited ones as they stand.
-        let now = crate::ratelimit::unix_nanos_now();
+        let now = crate::clock::mono_nanos();
         for e in &endpoints {
             crate::observe::metrics::UPSTREAM_CIRCUIT_OPEN
                 .with_label_values(&[&name, &e.label])
@@ -583,7 +584,7 @@ impl UpstreamGroup {
     }
 
     /// Pick an endpoint for a request hashing to `key` (ignored unless `consistent_hash`),
-    /// other than those in `tried`, whose circuit lets a request through at `now` (unix
+    /// other than those in `tried`, whose circuit lets a request through at `now` (monotonic
     /// nanoseconds). Falls back to a tried or open endpoint rather than none when nothing else
     /// is left (a request is better sent than refused outright). Returns its index.
     pub fn select(&self, key: &[u8], tried: &[usize], now: u64) -> usize {
