@@ -1,6 +1,6 @@
 //! Route matching: which route serves a request, by host and longest path prefix.
 //!
-//! The rule (documented in docs/config.md):
+//! The rule (documented in docs/routing.md, "Route matching"):
 //! 1. A route is a candidate when its `host` matches (absent = any host; `*.example.com` matches
 //!    any subdomain of example.com at any depth, not example.com itself; case-insensitive, the
 //!    port of the Host header ignored) and the request path starts with its `path_prefix`

@@ -1,6 +1,7 @@
 //! tollgate's own error responses: small JSON bodies that carry the request id, and the mapping
 //! from Pingora errors to 4xx/5xx statuses.
 
+use super::ctx::RequestCtx;
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
@@ -90,29 +91,32 @@ pub fn body(err: ProxyError, message: &str, request_id: &str) -> Bytes {
 /// Write an error response (header and body) to the client.
 pub async fn respond(
     session: &mut Session,
+    ctx: &RequestCtx,
     err: ProxyError,
     message: &str,
-    request_id: &str,
 ) -> pingora_core::Result<()> {
-    let body = body(err, message, request_id);
-    let h = ResponseHeader::build(err.status(), Some(4))?;
-    respond_with(session, h, body, request_id).await
+    let body = body(err, message, &ctx.request_id);
+    let h = ResponseHeader::build(err.status(), Some(6))?;
+    respond_with(session, ctx, h, body).await
 }
 
 /// Write a JSON response built elsewhere: `h` carries the status and any extra headers; the
-/// content type, length, `Cache-Control: no-store` and the request id are added here.
+/// content type, length, `Cache-Control: no-store`, the request id and the timing headers
+/// are added here.
 pub async fn respond_with(
     session: &mut Session,
+    ctx: &RequestCtx,
     mut h: ResponseHeader,
     body: Bytes,
-    request_id: &str,
 ) -> pingora_core::Result<()> {
+    let request_id = ctx.request_id.as_str();
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if !request_id.is_empty() {
         h.insert_header(crate::observe::request_id::HEADER, request_id)?;
     }
+    crate::observe::timing::add_headers(&mut h, ctx)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     // tollgate's own small JSON answers go out as they are, whatever the route's compression.
     no_compression_on_the_way_out(session);

@@ -20,7 +20,7 @@ use crate::clock;
 use crate::compress;
 use crate::config::RuntimeConfig;
 use crate::observe::access_log::{AccessLog, Entry};
-use crate::observe::{metrics, request_id};
+use crate::observe::{metrics, request_id, timing};
 use crate::ratelimit::RateLimiter;
 use crate::upstream::attempts::{self, AttemptError};
 use crate::upstream::UpstreamGroup;
@@ -143,13 +143,13 @@ impl ProxyHttp for Tollgate {
         if has_dot_segment(path) {
             let msg = "the request path contains `.` or `..` segments";
             ctx.own_error = Some(ProxyError::BadRequest.code());
-            errors::respond(session, ProxyError::BadRequest, msg, &ctx.request_id).await?;
+            errors::respond(session, ctx, ProxyError::BadRequest, msg).await?;
             return Ok(true);
         }
         let Some(route) = ctx.route.clone() else {
             let msg = format!("no route matches host and path `{path}`");
             ctx.own_error = Some(ProxyError::RouteNotFound.code());
-            errors::respond(session, ProxyError::RouteNotFound, &msg, &ctx.request_id).await?;
+            errors::respond(session, ctx, ProxyError::RouteNotFound, &msg).await?;
             return Ok(true);
         };
         // Unknown keys are refused where limits apply; a route that only caches lets the
@@ -160,7 +160,7 @@ impl ProxyHttp for Tollgate {
             h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
             let body = errors::body(ProxyError::UnknownApiKey, msg, &ctx.request_id);
             ctx.own_error = Some(ProxyError::UnknownApiKey.code());
-            errors::respond_with(session, h, body, &ctx.request_id).await?;
+            errors::respond_with(session, ctx, h, body).await?;
             return Ok(true);
         }
         // A background refresh is tollgate's own request: it costs the caller nothing.
@@ -178,7 +178,7 @@ impl ProxyHttp for Tollgate {
                 let body =
                     serde_json::to_vec(&limit::too_many_requests_body(applied, &ctx.request_id))
                         .expect("json");
-                errors::respond_with(session, h, body.into(), &ctx.request_id).await?;
+                errors::respond_with(session, ctx, h, body.into()).await?;
                 return Ok(true);
             }
         }
@@ -414,20 +414,7 @@ impl ProxyHttp for Tollgate {
             caching::add_status_headers(session, upstream_response, ctx)?;
         }
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
-        let obs = &ctx.config.source.observability;
-        if obs.response_time_header || obs.server_timing_header {
-            let total = millis(ctx.started.elapsed());
-            if obs.response_time_header {
-                upstream_response.insert_header("x-response-time", format!("{total:.3}ms"))?;
-            }
-            if obs.server_timing_header {
-                let value = match ctx.upstream.ttfb() {
-                    Some(u) => format!("upstream;dur={:.3}, total;dur={total:.3}", millis(u)),
-                    None => format!("total;dur={total:.3}"),
-                };
-                upstream_response.insert_header("server-timing", value)?;
-            }
-        }
+        timing::add_headers(upstream_response, ctx)?;
         if let Some(applied) = &ctx.limit {
             limit::add_headers(
                 upstream_response,
@@ -485,7 +472,7 @@ impl ProxyHttp for Tollgate {
                     ProxyError::BadRequest => "malformed request".to_string(),
                     _ => "internal error".to_string(),
                 };
-                if let Err(err) = errors::respond(session, k, &msg, &ctx.request_id).await {
+                if let Err(err) = errors::respond(session, ctx, k, &msg).await {
                     tracing::debug!("could not send error response: {err}");
                 }
                 k.status()
