@@ -49,6 +49,10 @@ pub struct Entry {
     pub ratelimit: &'static str,
     /// Error kind when tollgate answered with an error of its own or the request failed.
     pub error: Option<String>,
+    /// The request took `slow_threshold` or longer: `"slow": true` (absent otherwise), so
+    /// `grep '"slow":true'` finds them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub slow: bool,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -591,6 +591,7 @@ impl ProxyHttp for Tollgate {
             error: e
                 .map(|e| format!("{:?}", e.etype()))
                 .or_else(|| ctx.own_error.map(str::to_owned)),
+            slow: elapsed >= cfg.slow_threshold.get(),
         });
     }
 }

@@ -1,0 +1,46 @@
+//! Access log lines of requests at or over `slow_threshold` carry `"slow": true`; others
+//! carry no `slow` field, so `grep '"slow":true'` finds exactly the slow ones.
+
+mod common;
+
+use common::{MockUpstream, Reply, Tollgate};
+use std::time::Duration;
+
+#[tokio::test]
+async fn slow_requests_are_marked_in_the_access_log() {
+    let app = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let tg = Tollgate::start(&format!(
+        "upstreams:\n  app:\n    endpoints: [\"{}\"]\n\
+         routes:\n  - name: api\n    match: {{ path_prefix: / }}\n    upstream: app\n\
+         observability:\n  access_log: {{ output: \"{}\", slow_threshold: 300ms }}\n",
+        app.addr(),
+        log.display()
+    ))
+    .await;
+    tg.get("/fast").await.bytes().await.unwrap();
+    app.set_reply(Reply {
+        delay: Duration::from_millis(400),
+        ..Reply::default()
+    });
+    tg.get("/slow").await.bytes().await.unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let both = Tollgate::eventually(Duration::from_secs(5), || async {
+        text().lines().count() >= 2
+    })
+    .await;
+    assert!(both, "two access log lines expected, got:\n{}", text());
+    let lines: Vec<serde_json::Value> = text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_path = |p: &str| lines.iter().find(|l| l["path"] == p).unwrap().clone();
+    assert_eq!(by_path("/slow")["slow"], serde_json::Value::Bool(true));
+    assert!(
+        by_path("/fast").get("slow").is_none(),
+        "{}",
+        by_path("/fast")
+    );
+    assert_eq!(text().matches("\"slow\":true").count(), 1);
+}
