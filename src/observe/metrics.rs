@@ -357,6 +357,20 @@ pub fn init(buckets: &[f64]) {
     for r in ["success", "failure"] {
         CONFIG_RELOADS_TOTAL.with_label_values(&[r]);
     }
+    register_process_collector();
+}
+
+/// The standard `process_*` series (CPU seconds, resident and virtual memory, open and max
+/// fds, start time), read from `/proc` at each scrape by the prometheus crate's collector.
+/// Registered once; a second `init` (tests) finds it there already.
+fn register_process_collector() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = REGISTRY.register(Box::new(pc)) {
+            tracing::warn!("process metrics unavailable: {e}");
+        }
+    });
 }
 
 /// The Prometheus text exposition of the registry.
