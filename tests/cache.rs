@@ -8,6 +8,7 @@
 //! Staleness without sleeping: an origin answer with `Cache-Control: max-age=10` and `Age: 10`
 //! is stored already stale (its whole lifetime was used up before it arrived).
 
+#[path = "common_old/mod.rs"]
 mod common;
 
 use common::origin::{Answer, Origin, Seen};

@@ -3,6 +3,7 @@
 //! encoded bodies (passed through, or decompressed for clients that do not accept them),
 //! content types, HEAD, 304, Range/206, ETag weakening, event streams on time, and metrics.
 
+#[path = "common_old/mod.rs"]
 mod common;
 
 use common::{metric_value, MockUpstream, Reply, Tollgate};

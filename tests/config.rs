@@ -1,6 +1,7 @@
 //! `tollgate check` on every shipped config and on broken ones (asserting the messages), `run`
 //! refusing a bad file, and hot reload keeping the last good config.
 
+#[path = "common_old/mod.rs"]
 mod common;
 
 use common::{check_file, check_yaml, MockUpstream, Tollgate};

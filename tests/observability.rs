@@ -2,6 +2,7 @@
 //! the tenant label allowlist, timing headers, the JSON access log (fields, sampling, no
 //! secrets), and `promtool check metrics` on the live exposition.
 
+#[path = "common_old/mod.rs"]
 mod common;
 
 use common::{closed_addr, metric_value, MockUpstream, Reply, Tollgate};

@@ -1,6 +1,7 @@
 //! Proxying end to end: the real tollgate binary between a real HTTP client and in-process
 //! upstreams over loopback. Routing, keep-alive, headers, errors, streaming, WebSocket, TLS, h2c.
 
+#[path = "common_old/mod.rs"]
 mod common;
 
 use common::{closed_addr, metric_value, MockUpstream, Reply, Tollgate};

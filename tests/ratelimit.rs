@@ -3,6 +3,7 @@
 //! per-route cost and policies, metrics, and the `explain` / `hash-key` commands.
 //! (Sustained-rate convergence is proven on the limiter with a virtual clock: src/ratelimit.)
 
+#[path = "common_old/mod.rs"]
 mod common;
 
 use common::{MockUpstream, Tollgate};
