@@ -41,6 +41,11 @@ impl Got {
             .unwrap_or("")
     }
 
+    /// A header's (first) value, `None` when absent.
+    pub fn header_opt(&self, name: &str) -> Option<&str> {
+        self.has(name).then(|| self.header(name))
+    }
+
     /// Whether the response has header `name`.
     pub fn has(&self, name: &str) -> bool {
         self.headers.contains_key(name)
