@@ -10,72 +10,16 @@
 
 mod common;
 
-use common::origin::{Answer, Origin, Seen};
-use common::{metric_value, DemoUpstream, Tollgate};
+use common::*;
+use reqwest::Method;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A config with one catch-all route caching with `cache` (a flow mapping body).
-fn config(origin: SocketAddr, cache: &str, extra: &str) -> String {
-    format!(
-        r#"upstreams:
-  app:
-    endpoints: ["{origin}"]
-routes:
-  - name: api
-    match: {{ path_prefix: / }}
-    upstream: app
-    cache: {{ {cache} }}
-{extra}"#
-    )
-}
-
-async fn start(origin: &Origin, cache: &str) -> Tollgate {
-    Tollgate::start(&config(origin.addr(), cache, "")).await
-}
-
-struct Got {
-    status: u16,
-    x_cache: String,
-    cache_status: String,
-    age: Option<u64>,
-    body: String,
-}
-
-async fn get_with(tg: &Tollgate, path: &str, headers: &[(&str, &str)]) -> Got {
-    let mut req = tg.client.get(tg.url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.expect("request through tollgate");
-    got(r).await
-}
-
-async fn got(r: reqwest::Response) -> Got {
-    let h = |n: &str| {
-        r.headers()
-            .get(n)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    let (x_cache, cache_status) = (h("x-cache-status"), h("cache-status"));
-    let age = r
-        .headers()
-        .get("age")
-        .map(|v| v.to_str().unwrap().parse().unwrap());
-    let status = r.status().as_u16();
-    let body = r.text().await.unwrap();
-    Got {
-        status,
-        x_cache,
-        cache_status,
-        age,
-        body,
-    }
-}
-
-async fn get(tg: &Tollgate, path: &str) -> Got {
-    get_with(tg, path, &[]).await
+/// Group `app` on `origin`, one catch-all route `api` caching with `cache` (YAML text).
+fn cached(origin: SocketAddr, cache: &str) -> Config {
+    Config::new()
+        .upstream(Group::new("app", [origin]))
+        .route(Route::prefix("/").name("api").to("app").cache(cache))
 }
 
 /// An origin script: the first answer, `body` with `cache_control` and `Age: 10`, is stored
@@ -83,102 +27,104 @@ async fn get(tg: &Tollgate, path: &str) -> Got {
 fn stale_then(
     body: &'static str,
     cache_control: &str,
-    later: Answer,
-) -> impl Fn(&Seen, usize) -> Answer + Send + Sync + 'static {
+    later: Reply,
+) -> impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static {
     let cache_control = cache_control.to_string();
-    move |_s: &Seen, n| {
+    move |_, n| {
         if n == 0 {
-            Answer::ok(
-                body,
-                &[("cache-control", cache_control.as_str()), ("age", "10")],
-            )
+            Reply::ok(body).headers(&[("cache-control", &cache_control), ("age", "10")])
         } else {
             later.clone()
         }
     }
 }
 
-fn fresh(body: &str) -> Answer {
-    Answer::ok(body, &[("cache-control", "max-age=60")])
+/// A 200 with `body`, fresh for a minute.
+fn fresh(body: impl Into<axum::body::Bytes>) -> Reply {
+    Reply::ok(body).header("cache-control", "max-age=60")
 }
+
+/// Tenants `acme` and `globex` (keys `key-acme`, `key-globex`, from the environment) on a
+/// generous tier that anonymous callers share.
+fn with_tenants(cfg: Config) -> Config {
+    cfg.identity("anonymous_tier", "free")
+        .tier("free", "{ rps: 1000, burst: 1000 }")
+        .tenant("acme", "free", ["${ACME_KEY}"])
+        .tenant("globex", "free", ["${GLOBEX_KEY}"])
+        .env("ACME_KEY", "key-acme")
+        .env("GLOBEX_KEY", "key-globex")
+}
+
+const ACME: [(&str, &str); 1] = [("authorization", "Bearer key-acme")];
+const GLOBEX: [(&str, &str); 1] = [("authorization", "Bearer key-globex")];
 
 #[tokio::test]
 async fn miss_then_hit_with_rfc9211_cache_status_and_age() {
-    let origin = Origin::start(|s: &Seen, n| {
-        Answer::ok(
-            format!("{} #{n}", s.path),
-            &[
-                ("cache-control", "max-age=100"),
-                ("age", "7"),
-                ("cache-status", "app-cache; fwd=uri-miss"),
-            ],
-        )
+    let origin = Upstream::scripted(|r, n| {
+        Reply::ok(format!("{} #{n}", r.path)).headers(&[
+            ("cache-control", "max-age=100"),
+            ("age", "7"),
+            ("cache-status", "app-cache; fwd=uri-miss"),
+        ])
     })
     .await;
-    let tg = start(&origin, "ttl: 60s").await;
+    let tg = cached(origin.addr(), "{ ttl: 60s }").start().await;
 
-    let first = get(&tg, "/api/models").await;
-    assert_eq!(first.status, 200);
-    assert_eq!(first.body, "/api/models #0");
-    assert_eq!(first.x_cache, "MISS");
+    let first = tg.get("/api/models").await;
+    first.assert_status(200);
+    assert_eq!(first.text(), "/api/models #0");
+    assert_eq!(first.cache(), "MISS");
     // RFC 9211: tollgate's member follows the one of the cache nearer the origin.
     assert_eq!(
-        first.cache_status,
+        first.cache_status(),
         "app-cache; fwd=uri-miss, tollgate; fwd=miss; fwd-status=200; stored"
     );
 
-    let second = get(&tg, "/api/models").await;
-    assert_eq!(second.body, "/api/models #0", "served from cache");
-    assert_eq!(second.x_cache, "HIT");
+    let second = tg.get("/api/models").await;
+    assert_eq!(second.text(), "/api/models #0", "served from cache");
+    assert_eq!(second.cache(), "HIT");
     // Fresh for 100 s minus the 7 s it was old on arrival.
     let ttl: i64 = second
-        .cache_status
+        .cache_status()
         .strip_prefix("app-cache; fwd=uri-miss, tollgate; hit; ttl=")
-        .unwrap_or_else(|| panic!("{}", second.cache_status))
+        .unwrap_or_else(|| panic!("{}", second.cache_status()))
         .parse()
         .unwrap();
     assert!((90..=93).contains(&ttl), "ttl {ttl}");
-    assert!(second.age.unwrap() >= 7, "Age counts the age on arrival");
+    assert!(second.age().unwrap() >= 7, "Age counts the age on arrival");
     assert_eq!(origin.count(), 1);
 
     // Other paths and queries are other entries.
-    assert_eq!(get(&tg, "/api/models?page=2").await.x_cache, "MISS");
-    assert_eq!(get(&tg, "/api/other").await.x_cache, "MISS");
+    assert_eq!(tg.get("/api/models?page=2").await.cache(), "MISS");
+    assert_eq!(tg.get("/api/other").await.cache(), "MISS");
     assert_eq!(origin.count(), 3);
 
     let m = tg.metrics().await;
     assert!(metric_value(&m, "tollgate_cache_entries", &[]).unwrap() >= 3.0);
     assert!(metric_value(&m, "tollgate_cache_used_bytes", &[]).unwrap() > 0.0);
-    assert_eq!(
-        tg.metric_reaches(
-            "tollgate_cache_requests_total",
-            &[("route", "api"), ("status", "hit")],
-            1.0
-        )
-        .await,
-        Some(1.0)
-    );
+    let hits = [("route", "api"), ("status", "hit")];
+    tg.expect_metric("tollgate_cache_requests_total", &hits, 1.0)
+        .await;
 }
 
 #[tokio::test]
 async fn origin_directives_and_route_rules_decide_what_is_stored() {
-    let origin = Origin::start(|s: &Seen, n| {
-        let body = format!("{} #{n}", s.path);
-        match s.path.as_str() {
-            "/no-store" => Answer::ok(body, &[("cache-control", "no-store")]),
-            "/private" => Answer::ok(body, &[("cache-control", "private, max-age=60")]),
-            "/cookie" => Answer::ok(
-                body,
-                &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
-            ),
-            "/bare" => Answer::ok(body, &[]),
-            "/error" => Answer::ok(body, &[("cache-control", "max-age=60")]).status(500),
-            _ => fresh(&body),
+    let origin = Upstream::scripted(|r, n| {
+        let body = format!("{} #{n}", r.path);
+        match r.path.as_str() {
+            "/no-store" => Reply::ok(body).header("cache-control", "no-store"),
+            "/private" => Reply::ok(body).header("cache-control", "private, max-age=60"),
+            "/cookie" => fresh(body).header("set-cookie", "s=1"),
+            "/bare" => Reply::ok(body),
+            "/error" => fresh(body).status(500),
+            _ => fresh(body),
         }
     })
     .await;
     // No route ttl: only origin freshness counts.
-    let tg = start(&origin, "stale_if_error: 0s").await;
+    let tg = cached(origin.addr(), "{ stale_if_error: 0s }")
+        .start()
+        .await;
     for (path, detail) in [
         ("/no-store", "origin-no-store"),
         ("/private", "origin-no-store"),
@@ -186,272 +132,233 @@ async fn origin_directives_and_route_rules_decide_what_is_stored() {
         ("/bare", "no-freshness"),
         ("/error", "status"),
     ] {
-        let a = get(&tg, path).await;
-        assert_eq!(a.x_cache, "MISS", "{path}");
+        let a = tg.get(path).await;
+        assert_eq!(a.cache(), "MISS", "{path}");
         assert!(
-            a.cache_status.ends_with(&format!("detail={detail}")),
+            a.cache_status().ends_with(&format!("detail={detail}")),
             "{path}: {}",
-            a.cache_status
+            a.cache_status()
         );
         // Not stored; and remembered as such, so the next request skips the cache lock.
-        let b = get(&tg, path).await;
-        assert_eq!(b.x_cache, "BYPASS", "{path} must not be stored");
+        let b = tg.get(path).await;
+        assert_eq!(b.cache(), "BYPASS", "{path} must not be stored");
         assert!(
-            b.cache_status.ends_with(&format!("detail={detail}")),
+            b.cache_status().ends_with(&format!("detail={detail}")),
             "{path}: {}",
-            b.cache_status
+            b.cache_status()
         );
-        assert_ne!(a.body, b.body, "{path} answered twice by the origin");
+        assert_ne!(a.text(), b.text(), "{path} answered twice by the origin");
     }
 
     // Authorization on a shared-scope route: neither stored nor served from shared entries.
-    let anon = get(&tg, "/authz").await;
-    assert_eq!(anon.x_cache, "MISS");
-    assert_eq!(get(&tg, "/authz").await.x_cache, "HIT");
+    let anon = tg.get("/authz").await;
+    assert_eq!(anon.cache(), "MISS");
+    assert_eq!(tg.get("/authz").await.cache(), "HIT");
     let before = origin.count();
-    let a = get_with(&tg, "/authz", &[("authorization", "Bearer x")]).await;
-    assert_eq!(a.x_cache, "BYPASS");
+    let a = tg
+        .get_with("/authz", &[("authorization", "Bearer x")])
+        .await;
+    assert_eq!(a.cache(), "BYPASS");
     assert_eq!(
-        a.cache_status,
+        a.cache_status(),
         "tollgate; fwd=bypass; fwd-status=200; detail=authorization"
     );
     assert_ne!(
-        a.body, anon.body,
+        a.text(),
+        anon.text(),
         "the shared entry is not served to a credentialed request"
     );
     assert_eq!(origin.count(), before + 1);
 
     // Methods other than GET/HEAD bypass the cache.
-    let r = got(tg.client.post(tg.url("/thing")).send().await.unwrap()).await;
-    assert_eq!(r.x_cache, "BYPASS");
+    let r = tg.send(tg.req(Method::POST, "/thing")).await;
+    assert_eq!(r.cache(), "BYPASS");
     assert!(
-        r.cache_status.starts_with("tollgate; fwd=bypass"),
+        r.cache_status().starts_with("tollgate; fwd=bypass"),
         "{}",
-        r.cache_status
+        r.cache_status()
     );
 }
 
 #[tokio::test]
 async fn head_and_conditional_requests_are_answered_from_cache() {
-    let origin = Origin::start(|_s: &Seen, n| {
-        Answer::ok(
-            format!("body #{n}"),
-            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
-        )
-    })
-    .await;
-    let tg = start(&origin, "").await;
-    assert_eq!(get(&tg, "/doc").await.x_cache, "MISS");
+    let origin =
+        Upstream::scripted(|_, n| fresh(format!("body #{n}")).header("etag", "\"v1\"")).await;
+    let tg = cached(origin.addr(), "{}").start().await;
+    assert_eq!(tg.get("/doc").await.cache(), "MISS");
 
-    let head = tg.client.head(tg.url("/doc")).send().await.unwrap();
-    assert_eq!(head.status(), 200);
-    assert_eq!(head.headers()["x-cache-status"], "HIT");
-    assert_eq!(head.headers()["content-length"], "7");
+    let head = tg.send(tg.req(Method::HEAD, "/doc")).await;
+    head.assert_status(200)
+        .assert_header("x-cache-status", "HIT")
+        .assert_header("content-length", "7");
 
-    let cond = get_with(&tg, "/doc", &[("if-none-match", "\"v1\"")]).await;
+    let cond = tg.get_with("/doc", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(cond.status, 304, "matching validator: 304 from cache");
-    assert_eq!(cond.x_cache, "HIT");
-    let other = get_with(&tg, "/doc", &[("if-none-match", "\"v0\"")]).await;
-    assert_eq!(other.status, 200);
-    assert_eq!(other.body, "body #0");
+    assert_eq!(cond.cache(), "HIT");
+    let other = tg.get_with("/doc", &[("if-none-match", "\"v0\"")]).await;
+    other.assert_status(200);
+    assert_eq!(other.text(), "body #0");
     assert_eq!(origin.count(), 1, "all of it from one origin response");
 }
 
 #[tokio::test]
 async fn stale_entry_is_revalidated_with_validators_and_a_304_refreshes_it() {
-    let origin = Origin::start(|s: &Seen, n| {
+    let origin = Upstream::scripted(|r, n| {
         if n == 0 {
             // Stored already stale: the next request revalidates.
-            Answer::ok(
-                "the full body",
-                &[
-                    ("cache-control", "max-age=10"),
-                    ("age", "10"),
-                    ("etag", "\"v1\""),
-                    ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
-                ],
-            )
-        } else if s.header("if-none-match") == "\"v1\"" {
-            Answer::ok("", &[("cache-control", "max-age=60"), ("etag", "\"v1\"")]).status(304)
+            Reply::ok("the full body").headers(&[
+                ("cache-control", "max-age=10"),
+                ("age", "10"),
+                ("etag", "\"v1\""),
+                ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
+            ])
+        } else if r.header("if-none-match") == "\"v1\"" {
+            Reply::ok("")
+                .status(304)
+                .headers(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")])
         } else {
-            Answer::ok("unexpected full fetch", &[])
+            Reply::ok("unexpected full fetch")
         }
     })
     .await;
-    let tg = start(&origin, "").await;
-    assert_eq!(get(&tg, "/r").await.x_cache, "MISS");
+    let tg = cached(origin.addr(), "{}").start().await;
+    assert_eq!(tg.get("/r").await.cache(), "MISS");
 
-    let second = get(&tg, "/r").await;
-    assert_eq!(second.status, 200);
-    assert_eq!(second.body, "the full body");
-    assert_eq!(second.x_cache, "REVALIDATED");
+    let second = tg.get("/r").await;
+    second.assert_status(200);
+    assert_eq!(second.text(), "the full body");
+    assert_eq!(second.cache(), "REVALIDATED");
     assert!(
         second
-            .cache_status
+            .cache_status()
             .starts_with("tollgate; fwd=stale; fwd-status=304"),
         "{}",
-        second.cache_status
+        second.cache_status()
     );
-    let seen = origin.seen();
-    assert_eq!(seen.len(), 2);
-    assert_eq!(seen[1].header("if-none-match"), "\"v1\"");
+    assert_eq!(origin.count(), 2);
+    let revalidation = origin.request(1);
+    assert_eq!(revalidation.header("if-none-match"), "\"v1\"");
     assert_eq!(
-        seen[1].header("if-modified-since"),
+        revalidation.header("if-modified-since"),
         "Mon, 02 Nov 2026 10:00:00 GMT"
     );
 
-    let third = get(&tg, "/r").await;
-    assert_eq!(third.x_cache, "HIT", "the 304 made it fresh again");
-    assert_eq!(third.body, "the full body");
+    let third = tg.get("/r").await;
+    assert_eq!(third.cache(), "HIT", "the 304 made it fresh again");
+    assert_eq!(third.text(), "the full body");
     assert_eq!(origin.count(), 2);
 }
 
 #[tokio::test]
 async fn vary_keeps_one_variant_per_header_value() {
-    let origin = Origin::start(|s: &Seen, n| {
-        Answer::ok(
-            format!(
-                "lang={} variant={} #{n}",
-                s.header("accept-language"),
-                s.header("x-variant")
-            ),
-            &[
-                ("cache-control", "max-age=60"),
-                ("vary", "Accept-Language, X-Variant"),
-            ],
-        )
+    let origin = Upstream::scripted(|r, n| {
+        let (lang, variant) = (r.header("accept-language"), r.header("x-variant"));
+        fresh(format!("lang={lang} variant={variant} #{n}"))
+            .header("vary", "Accept-Language, X-Variant")
     })
     .await;
-    let tg = start(&origin, "").await;
+    let tg = cached(origin.addr(), "{}").start().await;
     let combos = [("en", "a"), ("fr", "a"), ("en", "b")];
     let mut first = Vec::new();
     for (lang, v) in combos {
-        let r = get_with(&tg, "/v", &[("accept-language", lang), ("x-variant", v)]).await;
-        assert_eq!(r.x_cache, "MISS", "{lang}/{v} is its own variant");
+        let r = tg
+            .get_with("/v", &[("accept-language", lang), ("x-variant", v)])
+            .await;
+        assert_eq!(r.cache(), "MISS", "{lang}/{v} is its own variant");
         assert!(
-            r.body.starts_with(&format!("lang={lang} variant={v} ")),
+            r.text().starts_with(&format!("lang={lang} variant={v} ")),
             "{}",
-            r.body
+            r.text()
         );
-        first.push(r.body);
+        first.push(r.text().to_string());
     }
     for (i, (lang, v)) in combos.iter().enumerate() {
-        let r = get_with(&tg, "/v", &[("accept-language", lang), ("x-variant", v)]).await;
-        assert_eq!(r.x_cache, "HIT", "{lang}/{v}");
-        assert_eq!(r.body, first[i], "each variant gets its own body");
+        let r = tg
+            .get_with("/v", &[("accept-language", lang), ("x-variant", v)])
+            .await;
+        assert_eq!(r.cache(), "HIT", "{lang}/{v}");
+        assert_eq!(r.text(), first[i], "each variant gets its own body");
     }
     assert_eq!(origin.count(), 3);
 }
 
-const KEYS: [(&str, &str); 2] = [("ACME_KEY", "key-acme"), ("GLOBEX_KEY", "key-globex")];
-
-const TENANTS: &str = r#"identity:
-  anonymous_tier: free
-tiers:
-  free: { rps: 1000, burst: 1000 }
-tenants:
-  acme: { tier: free, api_keys: ["${ACME_KEY}"] }
-  globex: { tier: free, api_keys: ["${GLOBEX_KEY}"] }
-"#;
-
 #[tokio::test]
 async fn tenant_scope_never_serves_one_tenants_body_to_another() {
     let origin =
-        Origin::start(|s: &Seen, _| fresh(&format!("data for {}", s.header("authorization"))))
-            .await;
-    let tg =
-        Tollgate::start_with_env(&config(origin.addr(), "scope: tenant", TENANTS), &KEYS).await;
-    let acme = [("authorization", "Bearer key-acme")];
-    let globex = [("authorization", "Bearer key-globex")];
+        Upstream::scripted(|r, _| fresh(format!("data for {}", r.header("authorization")))).await;
+    let tg = with_tenants(cached(origin.addr(), "{ scope: tenant }"))
+        .start()
+        .await;
 
-    let a = get_with(&tg, "/api/me", &acme).await;
-    assert_eq!(a.x_cache, "MISS");
-    let g = get_with(&tg, "/api/me", &globex).await;
-    assert_eq!(g.x_cache, "MISS", "globex must not get acme's entry");
-    assert_eq!(g.body, "data for Bearer key-globex");
+    let a = tg.get_with("/api/me", &ACME).await;
+    assert_eq!(a.cache(), "MISS");
+    let g = tg.get_with("/api/me", &GLOBEX).await;
+    assert_eq!(g.cache(), "MISS", "globex must not get acme's entry");
+    assert_eq!(g.text(), "data for Bearer key-globex");
     for _ in 0..3 {
-        let a = get_with(&tg, "/api/me", &acme).await;
-        assert_eq!(
-            (a.x_cache.as_str(), a.body.as_str()),
-            ("HIT", "data for Bearer key-acme")
-        );
-        let g = get_with(&tg, "/api/me", &globex).await;
-        assert_eq!(
-            (g.x_cache.as_str(), g.body.as_str()),
-            ("HIT", "data for Bearer key-globex")
-        );
+        let a = tg.get_with("/api/me", &ACME).await;
+        assert_eq!((a.cache(), a.text()), ("HIT", "data for Bearer key-acme"));
+        let g = tg.get_with("/api/me", &GLOBEX).await;
+        assert_eq!((g.cache(), g.text()), ("HIT", "data for Bearer key-globex"));
     }
     // Anonymous callers share one entry, distinct from both tenants'.
-    let anon = get(&tg, "/api/me").await;
-    assert_eq!(
-        (anon.x_cache.as_str(), anon.body.as_str()),
-        ("MISS", "data for ")
-    );
+    let anon = tg.get("/api/me").await;
+    assert_eq!((anon.cache(), anon.text()), ("MISS", "data for "));
     assert_eq!(origin.count(), 3);
 }
 
 #[tokio::test]
 async fn stale_while_revalidate_serves_at_once_and_refreshes_exactly_once() {
-    let origin = Origin::start(|_s: &Seen, n| {
+    let origin = Upstream::scripted(|_, n| {
         if n == 0 {
-            Answer::ok(
-                "v1",
-                &[
-                    ("cache-control", "max-age=10, stale-while-revalidate=300"),
-                    ("age", "10"),
-                ],
-            )
+            Reply::ok("v1").headers(&[
+                ("cache-control", "max-age=10, stale-while-revalidate=300"),
+                ("age", "10"),
+            ])
         } else {
             // The refresh is held until the test has seen every stale answer.
             fresh("v2").held()
         }
     })
     .await;
-    let tg = start(&origin, "").await;
-    assert_eq!(get(&tg, "/swr").await.body, "v1");
+    let tg = cached(origin.addr(), "{}").start().await;
+    assert_eq!(tg.get("/swr").await.text(), "v1");
 
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (client, url) = (tg.client.clone(), tg.url("/swr"));
         tasks.push(tokio::spawn(async move {
-            got(client.get(url).send().await.unwrap()).await
+            Got::read(client.get(url).send().await.unwrap()).await
         }));
     }
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(
-            r.body, "v1",
+            r.text(),
+            "v1",
             "stale body served at once (the refresh is still held)"
         );
-        assert_eq!(r.x_cache, "UPDATING");
+        assert_eq!(r.cache(), "UPDATING");
         assert!(
-            r.cache_status.contains("detail=stale-while-revalidate"),
+            r.cache_status().contains("detail=stale-while-revalidate"),
             "{}",
-            r.cache_status
+            r.cache_status()
         );
     }
     // The refresh runs in the background: wait for it to reach the origin.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while origin.count() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no background refresh reached the origin"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let refreshing = eventually(Duration::from_secs(10), || async { origin.count() >= 2 }).await;
+    assert!(refreshing, "no background refresh reached the origin");
 
     origin.open_gate(1);
-    assert_eq!(
-        tg.metric_reaches(
-            "tollgate_cache_background_revalidations_total",
-            &[("route", "api"), ("outcome", "refreshed")],
-            1.0
-        )
-        .await,
-        Some(1.0)
-    );
-    let after = get(&tg, "/swr").await;
-    assert_eq!((after.x_cache.as_str(), after.body.as_str()), ("HIT", "v2"));
+    let refreshed = [("route", "api"), ("outcome", "refreshed")];
+    tg.expect_metric(
+        "tollgate_cache_background_revalidations_total",
+        &refreshed,
+        1.0,
+    )
+    .await;
+    let after = tg.get("/swr").await;
+    assert_eq!((after.cache(), after.text()), ("HIT", "v2"));
     // A second refresh would have reached the origin (and been held there) meanwhile.
     assert_eq!(
         origin.count(),
@@ -462,64 +369,62 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_exactly_once() {
 
 #[tokio::test]
 async fn stale_if_error_serves_the_stale_object_on_5xx() {
-    let origin = Origin::start(stale_then(
-        "good",
-        "max-age=10",
-        Answer::ok("broken", &[]).status(503),
-    ))
-    .await;
-    let tg = start(&origin, "stale_if_error: 5m").await;
-    assert_eq!(get(&tg, "/sie").await.body, "good");
-    let r = get(&tg, "/sie").await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body, "good");
-    assert_eq!(r.x_cache, "STALE");
+    let broken = || Reply::ok("broken").status(503);
+    let origin = Upstream::scripted(stale_then("good", "max-age=10", broken())).await;
+    let tg = cached(origin.addr(), "{ stale_if_error: 5m }")
+        .start()
+        .await;
+    assert_eq!(tg.get("/sie").await.text(), "good");
+    let r = tg.get("/sie").await;
+    r.assert_status(200);
+    assert_eq!(r.text(), "good");
+    assert_eq!(r.cache(), "STALE");
     assert!(
-        r.cache_status
+        r.cache_status()
             .starts_with("tollgate; fwd=stale; fwd-status=503; ttl=-"),
         "{}",
-        r.cache_status
+        r.cache_status()
     );
-    assert!(r.cache_status.ends_with("detail=stale-if-error"));
+    assert!(r.cache_status().ends_with("detail=stale-if-error"));
 
     // Without a stale-if-error window the error goes through.
-    let origin2 = Origin::start(stale_then(
-        "good",
-        "max-age=10",
-        Answer::ok("broken", &[]).status(503),
-    ))
-    .await;
-    let tg2 = start(&origin2, "").await;
-    get(&tg2, "/sie").await;
-    assert_eq!(get(&tg2, "/sie").await.status, 503);
+    let origin2 = Upstream::scripted(stale_then("good", "max-age=10", broken())).await;
+    let tg2 = cached(origin2.addr(), "{}").start().await;
+    tg2.get("/sie").await;
+    tg2.get("/sie").await.assert_status(503);
 }
 
 #[tokio::test]
 async fn stale_if_error_survives_the_origin_process_being_killed() {
-    let port = common::free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = free_addr();
     let mut demo = DemoUpstream::start(addr).await;
-    let tg = Tollgate::start(&config(addr, "ttl: 1s, stale_if_error: 5m", "")).await;
-    let first = get(&tg, "/api/hello").await;
-    assert_eq!(first.x_cache, "MISS");
-    assert!(first.body.contains("\"hello\""));
+    let tg = cached(addr, "{ ttl: 1s, stale_if_error: 5m }")
+        .start()
+        .await;
+    let first = tg.get("/api/hello").await;
+    assert_eq!(first.cache(), "MISS");
+    assert!(first.text().contains("\"hello\""));
 
     demo.kill();
     // Poll until the entry has expired: every answer meanwhile must still be the stored body.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = get(&tg, "/api/hello").await;
-        assert_eq!(r.status, 200, "origin down: {}", r.cache_status);
-        assert_eq!(r.body, first.body);
-        if r.x_cache == "STALE" {
-            assert!(r.cache_status.contains("fwd=stale"), "{}", r.cache_status);
+        let r = tg.get("/api/hello").await;
+        assert_eq!(r.status, 200, "origin down: {}", r.cache_status());
+        assert_eq!(r.text(), first.text());
+        if r.cache() == "STALE" {
             assert!(
-                !r.cache_status.contains("fwd-status"),
+                r.cache_status().contains("fwd=stale"),
+                "{}",
+                r.cache_status()
+            );
+            assert!(
+                !r.cache_status().contains("fwd-status"),
                 "no status from a dead origin"
             );
             break;
         }
-        assert_eq!(r.x_cache, "HIT");
+        assert_eq!(r.cache(), "HIT");
         assert!(Instant::now() < deadline, "never served stale");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -527,31 +432,28 @@ async fn stale_if_error_survives_the_origin_process_being_killed() {
 
 #[tokio::test]
 async fn fifty_concurrent_misses_make_one_upstream_request() {
-    let origin = Origin::start(|_s: &Seen, n| fresh(&format!("only #{n}")).held()).await;
-    let tg = start(&origin, "").await;
+    let origin = Upstream::scripted(|_, n| fresh(format!("only #{n}")).held()).await;
+    let tg = cached(origin.addr(), "{}").start().await;
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (client, url) = (tg.client.clone(), tg.url("/hot"));
         tasks.push(tokio::spawn(async move {
-            got(client.get(url).send().await.unwrap()).await
+            Got::read(client.get(url).send().await.unwrap()).await
         }));
     }
     // Release the origin only once all fifty are inside tollgate and one reached the origin.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let inflight = metric_value(&tg.metrics().await, "tollgate_http_requests_in_flight", &[]);
-        if inflight == Some(50.0) && origin.count() >= 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "in flight: {inflight:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let in_flight = "tollgate_http_requests_in_flight";
+    let all_in = eventually(Duration::from_secs(10), || async {
+        tg.metric(in_flight, &[]).await == Some(50.0) && origin.count() >= 1
+    })
+    .await;
+    assert!(all_in, "in flight: {:?}", tg.metric(in_flight, &[]).await);
     origin.open_gate(50);
     let mut outcomes = std::collections::BTreeMap::new();
     for t in tasks {
         let r = t.await.unwrap();
-        assert_eq!((r.status, r.body.as_str()), (200, "only #0"));
-        *outcomes.entry(r.x_cache).or_insert(0) += 1;
+        assert_eq!((r.status, r.text()), (200, "only #0"));
+        *outcomes.entry(r.cache().to_string()).or_insert(0) += 1;
     }
     assert_eq!(origin.count(), 1, "{outcomes:?}");
     assert_eq!(outcomes.get("MISS"), Some(&1), "{outcomes:?}");
@@ -560,19 +462,16 @@ async fn fifty_concurrent_misses_make_one_upstream_request() {
 
 #[tokio::test]
 async fn admin_purge_by_url_prefix_and_tenant_needs_the_token() {
-    let origin = Origin::start(|s: &Seen, n| fresh(&format!("{}?{} #{n}", s.path, s.query))).await;
-    let tg = common::Tollgate::start_with_env_admin(
-        &config(origin.addr(), "scope: tenant", TENANTS),
-        "  token: \"${TOLLGATE_ADMIN_TOKEN}\"\n",
-        &[("TOLLGATE_ADMIN_TOKEN", "s3cret-token"), KEYS[0], KEYS[1]],
-    )
-    .await;
-    let acme = [("authorization", "Bearer key-acme")];
-    let globex = [("authorization", "Bearer key-globex")];
+    let origin = Upstream::scripted(|r, n| fresh(format!("{}?{} #{n}", r.path, r.query))).await;
+    let tg = with_tenants(cached(origin.addr(), "{ scope: tenant }"))
+        .admin("token", "\"${TOLLGATE_ADMIN_TOKEN}\"")
+        .env("TOLLGATE_ADMIN_TOKEN", "s3cret-token")
+        .start()
+        .await;
     for p in ["/api/a", "/api/b?x=1", "/other"] {
-        get_with(&tg, p, &acme).await;
-        get_with(&tg, p, &globex).await;
-        get(&tg, p).await;
+        tg.get_with(p, &ACME).await;
+        tg.get_with(p, &GLOBEX).await;
+        tg.get(p).await;
     }
     let purge = |body: &'static str, token: Option<&'static str>| {
         let mut req = tg.client.post(tg.admin_url("/cache/purge")).body(body);
@@ -580,9 +479,8 @@ async fn admin_purge_by_url_prefix_and_tenant_needs_the_token() {
             req = req.bearer_auth(t);
         }
         async move {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.unwrap())
+            let r = Got::read(req.send().await.unwrap()).await;
+            (r.status, r.json())
         }
     };
     assert_eq!(purge(r#"{"all": true}"#, None).await.0, 401);
@@ -597,98 +495,89 @@ async fn admin_purge_by_url_prefix_and_tenant_needs_the_token() {
     // By tenant: acme's three entries go, globex's and the shared ones stay.
     let (status, body) = purge(r#"{"tenant": "acme"}"#, Some("s3cret-token")).await;
     assert_eq!((status, body["purged"].as_u64()), (200, Some(3)));
-    assert_eq!(get_with(&tg, "/api/a", &acme).await.x_cache, "MISS");
-    assert_eq!(get_with(&tg, "/api/a", &globex).await.x_cache, "HIT");
-    assert_eq!(get(&tg, "/api/a").await.x_cache, "HIT");
+    assert_eq!(tg.get_with("/api/a", &ACME).await.cache(), "MISS");
+    assert_eq!(tg.get_with("/api/a", &GLOBEX).await.cache(), "HIT");
+    assert_eq!(tg.get("/api/a").await.cache(), "HIT");
 
     // By prefix, every scope: /api/a and /api/b?x=1 for acme (refilled: 1), globex and shared.
     let (status, body) = purge(r#"{"prefix": "/api/"}"#, Some("s3cret-token")).await;
     assert_eq!((status, body["purged"].as_u64()), (200, Some(5)));
-    assert_eq!(get_with(&tg, "/api/b?x=1", &globex).await.x_cache, "MISS");
-    assert_eq!(get(&tg, "/other").await.x_cache, "HIT");
+    assert_eq!(tg.get_with("/api/b?x=1", &GLOBEX).await.cache(), "MISS");
+    assert_eq!(tg.get("/other").await.cache(), "HIT");
 
     // By exact URL (query included), shared scope only.
-    get(&tg, "/api/b?x=1").await;
+    tg.get("/api/b?x=1").await;
     let (_, body) = purge(
         r#"{"url": "/api/b?x=1", "shared": true}"#,
         Some("s3cret-token"),
     )
     .await;
     assert_eq!(body["purged"].as_u64(), Some(1));
-    assert_eq!(get(&tg, "/api/b?x=1").await.x_cache, "MISS");
-    assert_eq!(get_with(&tg, "/api/b?x=1", &globex).await.x_cache, "HIT");
-    assert!(
-        metric_value(
-            &tg.metrics().await,
+    assert_eq!(tg.get("/api/b?x=1").await.cache(), "MISS");
+    assert_eq!(tg.get_with("/api/b?x=1", &GLOBEX).await.cache(), "HIT");
+    let purged = tg
+        .metric(
             "tollgate_cache_purged_entries_total",
-            &[("reason", "admin")]
+            &[("reason", "admin")],
         )
-        .unwrap()
-            >= 9.0
-    );
+        .await;
+    assert!(purged.unwrap() >= 9.0, "{purged:?}");
 }
 
 #[tokio::test]
 async fn successful_mutations_invalidate_the_path_and_related_prefixes() {
-    let origin = Origin::start(|s: &Seen, n| {
-        if s.method == "GET" {
-            fresh(&format!("{} #{n}", s.path))
-        } else if s.path.ends_with("/fail") {
-            Answer::ok("no", &[]).status(500)
+    let origin = Upstream::scripted(|r, n| {
+        if r.method == "GET" {
+            fresh(format!("{} #{n}", r.path))
+        } else if r.path.ends_with("/fail") {
+            Reply::ok("no").status(500)
         } else {
-            Answer::ok("done", &[]).status(201)
+            Reply::ok("done").status(201)
         }
     })
     .await;
-    let tg = start(
-        &origin,
-        "scope: shared, invalidate_prefixes: [\"/api/items/list\"]",
-    )
-    .await;
+    let cache = r#"{ scope: shared, invalidate_prefixes: ["/api/items/list"] }"#;
+    let tg = cached(origin.addr(), cache).start().await;
     for p in [
         "/api/items/1",
         "/api/items/2",
         "/api/items/list?page=1",
         "/api/items/fail",
     ] {
-        assert_eq!(get(&tg, p).await.x_cache, "MISS");
+        assert_eq!(tg.get(p).await.cache(), "MISS");
     }
-    let r = tg
-        .client
-        .put(tg.url("/api/items/1"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let r = tg.send(tg.req(Method::PUT, "/api/items/1").body("x")).await;
+    r.assert_status(201);
     assert_eq!(
-        get(&tg, "/api/items/1").await.x_cache,
+        tg.get("/api/items/1").await.cache(),
         "MISS",
         "mutated path purged"
     );
     assert_eq!(
-        get(&tg, "/api/items/list?page=1").await.x_cache,
+        tg.get("/api/items/list?page=1").await.cache(),
         "MISS",
         "related prefix purged"
     );
     assert_eq!(
-        get(&tg, "/api/items/2").await.x_cache,
+        tg.get("/api/items/2").await.cache(),
         "HIT",
         "other paths kept"
     );
 
-    let r = tg
-        .client
-        .delete(tg.url("/api/items/fail"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 500);
+    let r = tg.send(tg.req(Method::DELETE, "/api/items/fail")).await;
+    r.assert_status(500);
     assert_eq!(
-        get(&tg, "/api/items/fail").await.x_cache,
+        tg.get("/api/items/fail").await.cache(),
         "HIT",
         "a failed mutation purges nothing"
     );
+}
+
+/// [`cached`] with route defaults, in a 1 MiB store taking objects up to 256 KiB.
+fn small_store(origin: SocketAddr) -> Config {
+    cached(origin, "{}")
+        .cache("max_size", "1MiB")
+        .cache("max_object_size", "256KiB")
 }
 
 #[tokio::test]
@@ -696,16 +585,11 @@ async fn eviction_keeps_the_store_within_its_byte_budget() {
     // 4 KiB bodies into a 1 MiB store: about two hundred fit (each entry also pays for its
     // headers and bookkeeping). Enough entries per LRU shard (16) that the approximate,
     // per-shard LRU order is a sure thing at both ends: the newest all stay, the oldest goes.
-    let origin = Origin::start(|s: &Seen, _| fresh(&format!("{:<4096}", s.path))).await;
-    let tg = Tollgate::start(&config(
-        origin.addr(),
-        "",
-        "cache:\n  max_size: 1MiB\n  max_object_size: 256KiB\n",
-    ))
-    .await;
+    let origin = Upstream::scripted(|r, _| fresh(format!("{:<4096}", r.path))).await;
+    let tg = small_store(origin.addr()).start().await;
     const N: usize = 600;
     for i in 0..N {
-        assert_eq!(get(&tg, &format!("/obj/{i}")).await.x_cache, "MISS");
+        assert_eq!(tg.get(&format!("/obj/{i}")).await.cache(), "MISS");
     }
     let m = tg.metrics().await;
     let used = metric_value(&m, "tollgate_cache_used_bytes", &[]).unwrap();
@@ -722,45 +606,41 @@ async fn eviction_keeps_the_store_within_its_byte_budget() {
     );
     for i in N - 10..N {
         assert_eq!(
-            get(&tg, &format!("/obj/{i}")).await.x_cache,
+            tg.get(&format!("/obj/{i}")).await.cache(),
             "HIT",
             "recent entry {i} kept"
         );
     }
     assert_eq!(
-        get(&tg, "/obj/0").await.x_cache,
+        tg.get("/obj/0").await.cache(),
         "MISS",
         "least recently used evicted"
     );
 
     // Larger than max_object_size: passed through, not stored.
-    let origin2 = Origin::start(|_s: &Seen, n| fresh(&format!("{n}{}", "x".repeat(300_000)))).await;
-    let tg2 = Tollgate::start(&config(
-        origin2.addr(),
-        "",
-        "cache:\n  max_size: 1MiB\n  max_object_size: 256KiB\n",
-    ))
-    .await;
-    let big = get(&tg2, "/big").await;
+    let origin2 = Upstream::scripted(|_, n| fresh(format!("{n}{}", "x".repeat(300_000)))).await;
+    let tg2 = small_store(origin2.addr()).start().await;
+    let big = tg2.get("/big").await;
     assert_eq!(big.body.len(), 300_001);
     assert!(
-        big.cache_status.contains("detail=too-large"),
+        big.cache_status().contains("detail=too-large"),
         "{}",
-        big.cache_status
+        big.cache_status()
     );
-    let again = get(&tg2, "/big").await;
+    let again = tg2.get("/big").await;
     assert_eq!(again.body.len(), 300_001);
     assert_eq!(
-        again.x_cache, "BYPASS",
+        again.cache(),
+        "BYPASS",
         "remembered as too large: no lock, no store"
     );
-    assert!(again.cache_status.ends_with("detail=too-large"));
+    assert!(again.cache_status().ends_with("detail=too-large"));
     assert_eq!(origin2.count(), 2);
 }
 
 #[tokio::test]
 async fn cache_config_errors_name_the_key() {
-    let (code, _, err) = common::check_yaml(
+    let (code, _, err) = check_yaml(
         r#"upstreams: { app: { endpoints: ["127.0.0.1:1"] } }
 routes:
   - match: { path_prefix: / }
@@ -770,7 +650,7 @@ routes:
     );
     assert_eq!(code, 1);
     assert!(err.contains("routes[0].cache.scope"), "{err}");
-    let (code, _, err) = common::check_yaml(
+    let (code, _, err) = check_yaml(
         r#"upstreams: { app: { endpoints: ["127.0.0.1:1"] } }
 routes:
   - match: { path_prefix: / }
@@ -793,38 +673,35 @@ cache: { max_size: 10MB, max_object_size: 8MB }
 #[tokio::test]
 async fn unknown_keys_on_a_route_that_only_caches_pass_uncached() {
     let origin =
-        Origin::start(|s: &Seen, n| fresh(&format!("{} #{n}", s.header("authorization")))).await;
-    let yaml = format!(
-        r#"upstreams:
-  app:
-    endpoints: ["{}"]
-routes:
-  - name: api
-    match: {{ path_prefix: / }}
-    upstream: app
-    rate_limit: {{ enabled: false }}
-    cache: {{ scope: tenant }}
-{TENANTS}"#,
-        origin.addr()
-    );
-    let tg = Tollgate::start_with_env(&yaml, &KEYS).await;
+        Upstream::scripted(|r, n| fresh(format!("{} #{n}", r.header("authorization")))).await;
+    let route = Route::prefix("/")
+        .name("api")
+        .to("app")
+        .rate_limit("{ enabled: false }")
+        .cache("{ scope: tenant }");
+    let tg = with_tenants(
+        Config::new()
+            .upstream(Group::new("app", [origin.addr()]))
+            .route(route),
+    )
+    .start()
+    .await;
     let stranger = [("authorization", "Bearer not-a-tenant")];
     for _ in 0..2 {
-        let r = get_with(&tg, "/api/me", &stranger).await;
+        let r = tg.get_with("/api/me", &stranger).await;
         assert_eq!(
             r.status, 200,
             "no limits here: unknown keys are not refused"
         );
-        assert_eq!(r.x_cache, "BYPASS");
+        assert_eq!(r.cache(), "BYPASS");
         assert!(
-            r.cache_status.ends_with("detail=unknown-key"),
+            r.cache_status().ends_with("detail=unknown-key"),
             "{}",
-            r.cache_status
+            r.cache_status()
         );
     }
-    let acme = [("authorization", "Bearer key-acme")];
-    assert_eq!(get_with(&tg, "/api/me", &acme).await.x_cache, "MISS");
-    assert_eq!(get_with(&tg, "/api/me", &acme).await.x_cache, "HIT");
+    assert_eq!(tg.get_with("/api/me", &ACME).await.cache(), "MISS");
+    assert_eq!(tg.get_with("/api/me", &ACME).await.cache(), "HIT");
     assert_eq!(origin.count(), 3);
 }
 
@@ -835,49 +712,26 @@ async fn compressed_routes_store_one_encoded_variant_per_coding() {
         .map(|i| format!("{{\"id\":{i},\"name\":\"item-{i}\"}},"))
         .collect();
     let body = format!("[{}]", doc.trim_end_matches(','));
-    let origin_body = body.clone();
-    let origin = Origin::start(move |_s: &Seen, _| {
-        Answer::ok(
-            origin_body.clone(),
-            &[
-                ("cache-control", "max-age=60"),
-                ("content-type", "application/json"),
-            ],
-        )
-    })
-    .await;
-    let yaml = format!(
-        r#"upstreams:
-  app:
-    endpoints: ["{}"]
-routes:
-  - name: api
-    match: {{ path_prefix: / }}
-    upstream: app
-    cache: {{ scope: shared }}
-    compression: {{ gzip: {{ level: 6 }}, brotli: {{ level: 5 }} }}
-"#,
-        origin.addr()
-    );
-    let tg = Tollgate::start(&yaml).await;
+    let origin = Upstream::start().await;
+    origin.set_reply(fresh(body.clone()).header("content-type", "application/json"));
+    let route = Route::prefix("/")
+        .name("api")
+        .to("app")
+        .cache("{ scope: shared }")
+        .compression("{ gzip: { level: 6 }, brotli: { level: 5 } }");
+    let tg = Config::new()
+        .upstream(Group::new("app", [origin.addr()]))
+        .route(route)
+        .start()
+        .await;
     let fetch = |ae: Option<&'static str>, opt_out: bool| {
-        let mut req = tg.client.get(tg.url("/list"));
-        if let Some(ae) = ae {
-            req = req.header("accept-encoding", ae);
-        }
+        let mut headers = Vec::new();
+        headers.extend(ae.map(|ae| ("accept-encoding", ae)));
         if opt_out {
-            req = req.header("x-no-compression", "1");
+            headers.push(("x-no-compression", "1"));
         }
-        async move {
-            let r = req.send().await.unwrap();
-            let enc = r
-                .headers()
-                .get("content-encoding")
-                .map(|v| v.to_str().unwrap().to_string());
-            let x = r.headers()["x-cache-status"].to_str().unwrap().to_string();
-            let raw = r.bytes().await.unwrap().to_vec();
-            (x, enc, raw)
-        }
+        let tg = &tg;
+        async move { tg.get_with("/list", &headers).await }
     };
     let gunzip = |raw: &[u8]| {
         let mut s = String::new();
@@ -886,103 +740,97 @@ routes:
             .unwrap();
         s
     };
+    let encoding = |r: &Got| r.header_opt("content-encoding").map(str::to_string);
 
-    let (x, enc, raw) = fetch(Some("gzip"), false).await;
-    assert_eq!((x.as_str(), enc.as_deref()), ("MISS", Some("gzip")));
-    assert_eq!(gunzip(&raw), body);
-    assert_eq!(origin.seen()[0].header("accept-encoding"), "gzip");
+    let r = fetch(Some("gzip"), false).await;
+    assert_eq!((r.cache(), encoding(&r).as_deref()), ("MISS", Some("gzip")));
+    assert_eq!(gunzip(&r.body), body);
+    assert_eq!(origin.request(0).header("accept-encoding"), "gzip");
     // Another way of asking for gzip: the same (gzip) variant, served as stored.
-    let (x, enc, raw) = fetch(Some("deflate;q=1, gzip;q=0.8"), false).await;
-    assert_eq!((x.as_str(), enc.as_deref()), ("HIT", Some("gzip")));
-    assert_eq!(gunzip(&raw), body);
+    let r = fetch(Some("deflate;q=1, gzip;q=0.8"), false).await;
+    assert_eq!((r.cache(), encoding(&r).as_deref()), ("HIT", Some("gzip")));
+    assert_eq!(gunzip(&r.body), body);
 
     // No Accept-Encoding: the identity variant, fetched once.
-    let (x, enc, raw) = fetch(None, false).await;
-    assert_eq!((x.as_str(), enc.as_deref()), ("MISS", None));
-    assert_eq!(String::from_utf8(raw).unwrap(), body);
-    assert_eq!(origin.seen()[1].header("accept-encoding"), "");
-    let (x, enc, _) = fetch(None, false).await;
-    assert_eq!((x.as_str(), enc.as_deref()), ("HIT", None));
+    let r = fetch(None, false).await;
+    assert_eq!((r.cache(), encoding(&r)), ("MISS", None));
+    assert_eq!(r.text(), body);
+    assert_eq!(origin.request(1).header("accept-encoding"), "");
+    let r = fetch(None, false).await;
+    assert_eq!((r.cache(), encoding(&r)), ("HIT", None));
     // Opting out is the identity variant too.
-    let (x, enc, raw) = fetch(Some("gzip"), true).await;
-    assert_eq!((x.as_str(), enc.as_deref()), ("HIT", None));
-    assert_eq!(String::from_utf8(raw).unwrap(), body);
+    let r = fetch(Some("gzip"), true).await;
+    assert_eq!((r.cache(), encoding(&r)), ("HIT", None));
+    assert_eq!(r.text(), body);
     assert_eq!(origin.count(), 2);
 
     // brotli (tollgate's own encoder, on the way out): its entry keeps identity from the
     // upstream, encoded for each response; every response decodes strictly.
     for want in ["MISS", "HIT"] {
-        let (x, enc, raw) = fetch(Some("br"), false).await;
-        assert_eq!((x.as_str(), enc.as_deref()), (want, Some("br")));
+        let r = fetch(Some("br"), false).await;
+        assert_eq!((r.cache(), encoding(&r).as_deref()), (want, Some("br")));
         let mut out = String::new();
-        brotli::Decompressor::new(&raw[..], 4096)
+        brotli::Decompressor::new(&r.body[..], 4096)
             .read_to_string(&mut out)
             .expect("a complete brotli stream");
         assert_eq!(out, body);
     }
     assert_eq!(origin.count(), 3);
-    assert_eq!(origin.seen()[2].header("accept-encoding"), "");
+    assert_eq!(origin.request(2).header("accept-encoding"), "");
 
     // Compressed once, when the gzip variant was stored: hits are not compressed again.
-    let input = tg
-        .metric_reaches(
-            "tollgate_compression_input_bytes_total",
-            &[("algorithm", "gzip")],
-            body.len() as f64,
-        )
-        .await;
-    assert_eq!(input, Some(body.len() as f64));
+    let gzip = [("algorithm", "gzip")];
+    tg.expect_metric(
+        "tollgate_compression_input_bytes_total",
+        &gzip,
+        body.len() as f64,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_stale_entry_without_validators_is_fetched_again_and_replaced() {
     // Stored (it had a lifetime) but stale on arrival, and nothing to revalidate with.
-    let origin = Origin::start(stale_then("old", "max-age=10", fresh("new"))).await;
-    let tg = start(&origin, "").await;
-    assert_eq!(get(&tg, "/e").await.x_cache, "MISS");
-    let r = get(&tg, "/e").await;
-    assert_eq!((r.x_cache.as_str(), r.body.as_str()), ("EXPIRED", "new"));
+    let origin = Upstream::scripted(stale_then("old", "max-age=10", fresh("new"))).await;
+    let tg = cached(origin.addr(), "{}").start().await;
+    assert_eq!(tg.get("/e").await.cache(), "MISS");
+    let r = tg.get("/e").await;
+    assert_eq!((r.cache(), r.text()), ("EXPIRED", "new"));
     assert_eq!(
-        r.cache_status,
+        r.cache_status(),
         "tollgate; fwd=stale; fwd-status=200; stored"
     );
-    let r = get(&tg, "/e").await;
-    assert_eq!((r.x_cache.as_str(), r.body.as_str()), ("HIT", "new"));
+    let r = tg.get("/e").await;
+    assert_eq!((r.cache(), r.text()), ("HIT", "new"));
     assert_eq!(origin.count(), 2);
 }
 
 #[tokio::test]
 async fn stale_if_error_covers_an_origin_that_times_out() {
     // Later answers are never given (the gate stays shut): the attempt's read timeout fires.
-    let origin = Origin::start(stale_then(
-        "good",
-        "max-age=10",
-        Answer::ok("late", &[]).held(),
-    ))
-    .await;
-    let yaml = format!(
-        r#"upstreams:
-  app:
-    endpoints: ["{}"]
-    retry: {{ attempts: 1, per_try_timeout: 300ms }}
-routes:
-  - name: api
-    match: {{ path_prefix: / }}
-    upstream: app
-    cache: {{ stale_if_error: 5m }}
-"#,
-        origin.addr()
-    );
-    let tg = Tollgate::start(&yaml).await;
-    assert_eq!(get(&tg, "/slow").await.x_cache, "MISS");
-    let r = get(&tg, "/slow").await;
-    assert_eq!((r.status, r.body.as_str()), (200, "good"));
-    assert_eq!(r.x_cache, "STALE");
+    let later = Reply::ok("late").held();
+    let origin = Upstream::scripted(stale_then("good", "max-age=10", later)).await;
+    let tg = Config::new()
+        .upstream(
+            Group::new("app", [origin.addr()]).retry("{ attempts: 1, per_try_timeout: 300ms }"),
+        )
+        .route(
+            Route::prefix("/")
+                .name("api")
+                .to("app")
+                .cache("{ stale_if_error: 5m }"),
+        )
+        .start()
+        .await;
+    assert_eq!(tg.get("/slow").await.cache(), "MISS");
+    let r = tg.get("/slow").await;
+    assert_eq!((r.status, r.text()), (200, "good"));
+    assert_eq!(r.cache(), "STALE");
     assert!(
-        r.cache_status.starts_with("tollgate; fwd=stale")
-            && r.cache_status.ends_with("detail=stale-if-error"),
+        r.cache_status().starts_with("tollgate; fwd=stale")
+            && r.cache_status().ends_with("detail=stale-if-error"),
         "{}",
-        r.cache_status
+        r.cache_status()
     );
     assert_eq!(origin.count(), 2, "the refresh was tried (and timed out)");
 }
@@ -991,18 +839,19 @@ routes:
 async fn must_revalidate_and_proxy_revalidate_forbid_serving_stale_on_error() {
     for directive in ["must-revalidate", "proxy-revalidate"] {
         let cc = format!("max-age=10, {directive}");
-        let broken = Answer::ok("broken", &[]).status(503);
-        let origin = Origin::start(stale_then("good", &cc, broken)).await;
-        let tg = start(&origin, "stale_while_revalidate: 5m, stale_if_error: 5m").await;
-        assert_eq!(get(&tg, "/strict").await.x_cache, "MISS");
+        let broken = Reply::ok("broken").status(503);
+        let origin = Upstream::scripted(stale_then("good", &cc, broken)).await;
+        let cache = "{ stale_while_revalidate: 5m, stale_if_error: 5m }";
+        let tg = cached(origin.addr(), cache).start().await;
+        assert_eq!(tg.get("/strict").await.cache(), "MISS");
         // The route would allow both stale windows; the origin's directive wins: the stale
         // copy is neither served while revalidating nor in place of the error.
-        let r = get(&tg, "/strict").await;
+        let r = tg.get("/strict").await;
         assert_eq!(
-            (r.status, r.body.as_str()),
+            (r.status, r.text()),
             (503, "broken"),
             "{directive}: {}",
-            r.cache_status
+            r.cache_status()
         );
         assert!(origin.count() >= 2, "{directive}: the origin was asked");
     }

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{check_file, check_yaml, MockUpstream, Tollgate};
+use common::*;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -118,7 +119,7 @@ fn broken_configs_are_rejected_with_specific_messages() {
 
 #[test]
 fn a_missing_file_is_named() {
-    let (code, _, err) = common::check_file(Path::new("/nonexistent/tollgate.yaml"));
+    let (code, _, err) = check_file(Path::new("/nonexistent/tollgate.yaml"));
     assert_eq!(code, 1);
     assert!(
         err.contains("/nonexistent/tollgate.yaml: cannot read config file: no such file"),
@@ -167,41 +168,41 @@ fn run_refuses_a_bad_config_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.yaml");
     std::fs::write(&p, "upstreams: {}\nroutes: []\n").unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_cli(["run", "-c", p.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
     assert!(
         err.contains("no routes: define at least one route"),
         "{err}"
     );
 }
 
-fn routed_to(addr: std::net::SocketAddr, watch: &str) -> String {
-    format!(
-        "server:\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 1s\n  watch_interval: {watch}\nupstreams:\n  app:\n    endpoints: [\"{addr}\"]\nroutes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: app\n"
-    )
+/// Group `app` on `addr` behind one catch-all route, the config file watched every `watch`
+/// (`0s`: not watched).
+fn routed_to(addr: SocketAddr, watch: &str) -> Config {
+    Config::new()
+        .server("watch_interval", watch)
+        .upstream(Group::new("app", [addr]))
+        .route(Route::prefix("/").name("all").to("app"))
 }
 
+/// Which upstream served a GET (its `x-upstream` name), `None` if none did.
 async fn served_by(tg: &Tollgate) -> Option<String> {
     let r = tg.client.get(tg.url("/who")).send().await.ok()?;
-    r.headers()
-        .get("x-upstream")
-        .map(|v| v.to_str().unwrap().to_string())
+    Got::read(r)
+        .await
+        .header_opt("x-upstream")
+        .map(str::to_string)
 }
 
 #[tokio::test]
 async fn sighup_reloads_and_a_broken_file_keeps_the_last_good_config() {
-    let (a, b) = tokio::join!(MockUpstream::named("a"), MockUpstream::named("b"));
-    let tg = Tollgate::start(&routed_to(a.addr(), "0s")).await;
+    let (a, b) = tokio::join!(Upstream::named("a"), Upstream::named("b"));
+    let tg = routed_to(a.addr(), "0s").start().await;
     assert_eq!(served_by(&tg).await.as_deref(), Some("a"));
 
     tg.write_config(&routed_to(b.addr(), "0s"));
     tg.signal(libc::SIGHUP);
-    let switched = Tollgate::eventually(Duration::from_secs(10), || async {
+    let switched = eventually(Duration::from_secs(10), || async {
         served_by(&tg).await.as_deref() == Some("b")
     })
     .await;
@@ -210,15 +211,9 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_last_good_config() {
         "SIGHUP did not load the new config:\n{}",
         tg.log()
     );
-    assert_eq!(
-        tg.metric_reaches(
-            "tollgate_config_reloads_total",
-            &[("result", "success")],
-            1.0
-        )
-        .await,
-        Some(1.0)
-    );
+    let reloads = "tollgate_config_reloads_total";
+    tg.expect_metric(reloads, &[("result", "success")], 1.0)
+        .await;
 
     // A broken file is refused: the error is logged, the last good config keeps serving.
     std::fs::write(
@@ -227,15 +222,8 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_last_good_config() {
     )
     .unwrap();
     tg.signal(libc::SIGHUP);
-    assert_eq!(
-        tg.metric_reaches(
-            "tollgate_config_reloads_total",
-            &[("result", "failure")],
-            1.0
-        )
-        .await,
-        Some(1.0)
-    );
+    tg.expect_metric(reloads, &[("result", "failure")], 1.0)
+        .await;
     for _ in 0..5 {
         assert_eq!(served_by(&tg).await.as_deref(), Some("b"));
     }
@@ -252,11 +240,11 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_last_good_config() {
 
 #[tokio::test]
 async fn a_changed_file_is_picked_up_without_a_signal() {
-    let (a, b) = tokio::join!(MockUpstream::named("a"), MockUpstream::named("b"));
-    let tg = Tollgate::start(&routed_to(a.addr(), "100ms")).await;
+    let (a, b) = tokio::join!(Upstream::named("a"), Upstream::named("b"));
+    let tg = routed_to(a.addr(), "100ms").start().await;
     assert_eq!(served_by(&tg).await.as_deref(), Some("a"));
     tg.write_config(&routed_to(b.addr(), "100ms"));
-    let switched = Tollgate::eventually(Duration::from_secs(10), || async {
+    let switched = eventually(Duration::from_secs(10), || async {
         served_by(&tg).await.as_deref() == Some("b")
     })
     .await;
@@ -265,8 +253,8 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
 
 #[tokio::test]
 async fn sigterm_drains_and_exits_within_the_configured_timeouts() {
-    let app = MockUpstream::start().await;
-    let mut tg = Tollgate::start(&routed_to(app.addr(), "0s")).await;
+    let app = Upstream::start().await;
+    let mut tg = routed_to(app.addr(), "0s").start().await;
     assert_eq!(served_by(&tg).await.as_deref(), Some("upstream"));
     tg.signal(libc::SIGTERM);
     // grace_period 0s + shutdown_timeout 1s: gone well within 10 s.
@@ -284,20 +272,15 @@ fn run_refuses_a_port_in_use_at_once() {
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("t.yaml");
-    let admin = common::free_port();
+    let admin = free_port();
     std::fs::write(
         &p,
         format!("listen: {addr}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n{GOOD_TAIL}"),
     )
     .unwrap();
     let started = std::time::Instant::now();
-    let out = std::process::Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_cli(["run", "-c", p.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
     assert!(
         err.contains(&format!("cannot listen on {addr} (listen)")),
         "{err}"

@@ -4,12 +4,31 @@
 
 mod common;
 
-use common::{closed_addr, metric_value, MockUpstream, Reply, Tollgate};
+use common::*;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-fn config(app: std::net::SocketAddr, extra: &str) -> String {
+const REQUESTS: &str = "tollgate_http_requests_total";
+
+/// Group `app` on `app`, route `api` on `/api/` (anything else is a 404).
+fn api(app: SocketAddr) -> Config {
+    Config::new()
+        .upstream(Group::new("app", [app]))
+        .route(Route::prefix("/api/").name("api").to("app"))
+}
+
+/// Tier `free` (generous) and tenant `acme` with the key in `${ACME}`.
+fn with_acme(cfg: Config) -> Config {
+    cfg.tier("free", "{ rps: 100, burst: 100 }")
+        .tenant("acme", "free", ["${ACME}"])
+}
+
+/// `observability.access_log` writing to `log`, with more keys (`", sample_rate: 0.0"`).
+fn access_log(log: &Path, more: &str) -> String {
     format!(
-        "upstreams:\n  app:\n    endpoints: [\"{app}\"]\nroutes:\n  - name: api\n    match: {{ path_prefix: /api/ }}\n    upstream: app\n{extra}"
+        "{{ output: {}{more} }}",
+        config::quote(&log.display().to_string())
     )
 }
 
@@ -30,20 +49,14 @@ fn bucket(m: &str, le: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn known_traffic_gives_exact_counters_and_histogram_buckets() {
-    let app = MockUpstream::start().await;
-    let tg = Tollgate::start(&config(app.addr(), "")).await;
+    let app = Upstream::start().await;
+    let tg = api(app.addr()).start().await;
     for _ in 0..3 {
-        assert_eq!(
-            tg.get("/api/fast").await.text().await.unwrap(),
-            "hello from upstream"
-        );
+        assert_eq!(tg.get("/api/fast").await.text(), "hello from upstream");
     }
-    app.set_reply(Reply {
-        delay: Duration::from_millis(600),
-        ..Reply::default()
-    });
-    assert_eq!(tg.get("/api/slow").await.status(), 200);
-    assert_eq!(tg.get("/nowhere").await.status(), 404);
+    app.set_reply(Reply::default().delay(Duration::from_millis(600)));
+    tg.get("/api/slow").await.assert_status(200);
+    tg.get("/nowhere").await.assert_status(404);
 
     let labels = [
         ("route", "api"),
@@ -51,17 +64,9 @@ async fn known_traffic_gives_exact_counters_and_histogram_buckets() {
         ("status_class", "2xx"),
         ("tenant", "none"),
     ];
-    assert_eq!(
-        tg.metric_reaches("tollgate_http_requests_total", &labels, 4.0)
-            .await,
-        Some(4.0)
-    );
+    tg.expect_metric(REQUESTS, &labels, 4.0).await;
     let labels = [("route", "none"), ("status_class", "4xx")];
-    assert_eq!(
-        tg.metric_reaches("tollgate_http_requests_total", &labels, 1.0)
-            .await,
-        Some(1.0)
-    );
+    tg.expect_metric(REQUESTS, &labels, 1.0).await;
     let m = tg.metrics().await;
     // Three fast requests below 250 ms, the slow one between 0.5 s and 1 s.
     assert_eq!(bucket(&m, "0.25"), Some(3.0), "{m}");
@@ -89,78 +94,55 @@ async fn known_traffic_gives_exact_counters_and_histogram_buckets() {
         Some(4.0)
     );
     // 4 x "hello from upstream" (19 bytes).
+    let bytes = [("route", "api")];
     assert_eq!(
-        metric_value(
-            &m,
-            "tollgate_http_response_body_bytes_total",
-            &[("route", "api")]
-        ),
+        metric_value(&m, "tollgate_http_response_body_bytes_total", &bytes),
         Some(76.0)
     );
-    assert_eq!(
-        tg.metric_reaches("tollgate_http_requests_in_flight", &[], 0.0)
-            .await,
-        Some(0.0)
-    );
+    tg.expect_metric("tollgate_http_requests_in_flight", &[], 0.0)
+        .await;
 }
 
 #[tokio::test]
 async fn upstream_failures_are_counted_by_outcome() {
     let dead = closed_addr();
-    let tg = Tollgate::start(&config(dead, "")).await;
-    assert_eq!(tg.get("/api/x").await.status(), 502);
+    let tg = api(dead).start().await;
+    tg.get("/api/x").await.assert_status(502);
     let labels = [
         ("upstream", "app"),
         ("endpoint", &*dead.to_string()),
         ("outcome", "connect_error"),
     ];
     // `retry.attempts` defaults to 3: each failed connection is one attempt.
+    tg.expect_metric("tollgate_upstream_requests_total", &labels, 3.0)
+        .await;
+    let retries = [("upstream", "app")];
     assert_eq!(
-        tg.metric_reaches("tollgate_upstream_requests_total", &labels, 3.0)
-            .await,
-        Some(3.0)
-    );
-    assert_eq!(
-        metric_value(
-            &tg.metrics().await,
-            "tollgate_upstream_retries_total",
-            &[("upstream", "app")]
-        ),
+        tg.metric("tollgate_upstream_retries_total", &retries).await,
         Some(2.0)
     );
 }
 
 #[tokio::test]
 async fn tenant_label_only_for_allowlisted_tenants() {
-    let app = MockUpstream::start().await;
-    let extra = "tiers:\n  free: { rps: 100, burst: 100 }\ntenants:\n  acme: { tier: free, api_keys: [\"${ACME}\"] }\n  globex: { tier: free, api_keys: [\"${GLOBEX}\"] }\nobservability:\n  tenant_label_allowlist: [acme]\n";
-    let tg = Tollgate::start_with_env(
-        &config(app.addr(), extra),
-        &[("ACME", "k-acme"), ("GLOBEX", "k-globex")],
-    )
-    .await;
+    let app = Upstream::start().await;
+    let tg = with_acme(api(app.addr()))
+        .tenant("globex", "free", ["${GLOBEX}"])
+        .observability("tenant_label_allowlist", "[acme]")
+        .env("ACME", "k-acme")
+        .env("GLOBEX", "k-globex")
+        .start()
+        .await;
     for key in ["k-acme", "k-acme", "k-globex"] {
         let r = tg
-            .client
-            .get(tg.url("/api/x"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+            .send(tg.req(reqwest::Method::GET, "/api/x").bearer_auth(key))
+            .await;
+        r.assert_status(200);
     }
-    let acme = [("route", "api"), ("tenant", "acme")];
-    assert_eq!(
-        tg.metric_reaches("tollgate_http_requests_total", &acme, 2.0)
-            .await,
-        Some(2.0)
-    );
-    let other = [("route", "api"), ("tenant", "other")];
-    assert_eq!(
-        tg.metric_reaches("tollgate_http_requests_total", &other, 1.0)
-            .await,
-        Some(1.0)
-    );
+    tg.expect_metric(REQUESTS, &[("route", "api"), ("tenant", "acme")], 2.0)
+        .await;
+    tg.expect_metric(REQUESTS, &[("route", "api"), ("tenant", "other")], 1.0)
+        .await;
     let m = tg.metrics().await;
     assert!(
         !m.contains("globex"),
@@ -176,40 +158,35 @@ async fn tenant_label_only_for_allowlisted_tenants() {
 
 #[tokio::test]
 async fn response_time_and_server_timing_headers_are_switchable() {
-    let app = MockUpstream::start().await;
-    let tg = Tollgate::start(&config(
-        app.addr(),
-        "observability:\n  server_timing_header: true\n",
-    ))
-    .await;
+    let app = Upstream::start().await;
+    let tg = api(app.addr())
+        .observability("server_timing_header", true)
+        .start()
+        .await;
     let r = tg.get("/api/x").await;
-    let rt = r.headers()["x-response-time"].to_str().unwrap().to_string();
+    let rt = r.header("x-response-time");
     let ms = rt.strip_suffix("ms").expect("ends in ms");
     assert!(
         ms.split_once('.').is_some_and(|(_, frac)| frac.len() == 3),
         "{rt}"
     );
     assert!(ms.parse::<f64>().unwrap() >= 0.0);
-    let st = r.headers()["server-timing"].to_str().unwrap().to_string();
+    let st = r.header("server-timing");
     assert!(
         st.starts_with("upstream;dur=") && st.contains(", total;dur="),
         "{st}"
     );
 
-    let off = Tollgate::start(&config(
-        app.addr(),
-        "observability:\n  response_time_header: false\n",
-    ))
-    .await;
+    let off = api(app.addr())
+        .observability("response_time_header", false)
+        .start()
+        .await;
     let r = off.get("/api/x").await;
-    assert!(r.headers().get("x-response-time").is_none());
-    assert!(
-        r.headers().get("server-timing").is_none(),
-        "Server-Timing is off by default"
-    );
+    r.assert_no_header("x-response-time");
+    assert!(!r.has("server-timing"), "Server-Timing is off by default");
 }
 
-fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+fn read_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -219,26 +196,21 @@ fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn access_log_lines_carry_the_fields_and_never_secrets() {
-    let app = MockUpstream::start().await;
+    let app = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let extra = format!(
-        "tiers:\n  free: {{ rps: 100, burst: 100 }}\ntenants:\n  acme: {{ tier: free, api_keys: [\"${{ACME}}\"] }}\nobservability:\n  access_log: {{ output: \"{}\" }}\n",
-        log.display()
-    );
-    let tg = Tollgate::start_with_env(&config(app.addr(), &extra), &[("ACME", "super-secret-key")])
+    let tg = with_acme(api(app.addr()))
+        .observability("access_log", access_log(&log, ""))
+        .env("ACME", "super-secret-key")
+        .start()
         .await;
-    let r = tg
-        .client
-        .get(tg.url("/api/items?token=query-secret&x=1"))
+    let req = tg
+        .req(reqwest::Method::GET, "/api/items?token=query-secret&x=1")
         .bearer_auth("super-secret-key")
         .header("x-request-id", "log-1")
-        .header("cookie", "session=cookie-secret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let ok = Tollgate::eventually(Duration::from_secs(5), || async {
+        .header("cookie", "session=cookie-secret");
+    tg.send(req).await.assert_status(200);
+    let ok = eventually(Duration::from_secs(5), || async {
         !read_lines(&log).is_empty()
     })
     .await;
@@ -278,8 +250,8 @@ async fn access_log_lines_carry_the_fields_and_never_secrets() {
     assert!(line["error"].is_null());
 
     // tollgate's own answers say which error they were.
-    assert_eq!(tg.get("/elsewhere").await.status(), 404);
-    let ok = Tollgate::eventually(Duration::from_secs(5), || async {
+    tg.get("/elsewhere").await.assert_status(404);
+    let ok = eventually(Duration::from_secs(5), || async {
         read_lines(&log).len() >= 2
     })
     .await;
@@ -292,45 +264,32 @@ async fn access_log_lines_carry_the_fields_and_never_secrets() {
 
 #[tokio::test]
 async fn sampling_keeps_slow_requests_and_errors() {
-    let app = MockUpstream::start().await;
+    let app = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let extra = format!(
-        "observability:\n  access_log: {{ output: \"{}\", sample_rate: 0.0, slow_threshold: 300ms }}\n",
-        log.display()
-    );
-    let tg = Tollgate::start(&config(app.addr(), &extra)).await;
+    let sampled = access_log(&log, ", sample_rate: 0.0, slow_threshold: 300ms");
+    let tg = api(app.addr())
+        .observability("access_log", sampled)
+        .start()
+        .await;
     for _ in 0..5 {
-        tg.get("/api/fast").await.bytes().await.unwrap();
+        tg.get("/api/fast").await;
     }
-    app.set_reply(Reply {
-        delay: Duration::from_millis(400),
-        ..Reply::default()
-    });
-    tg.get("/api/slow").await.bytes().await.unwrap();
-    app.set_reply(Reply {
-        status: 503,
-        ..Reply::default()
-    });
-    tg.get("/api/broken").await.bytes().await.unwrap();
+    app.set_reply(Reply::default().delay(Duration::from_millis(400)));
+    tg.get("/api/slow").await;
+    app.set_reply(Reply::default().status(503));
+    tg.get("/api/broken").await;
 
-    let ok = Tollgate::eventually(Duration::from_secs(5), || async {
+    let ok = eventually(Duration::from_secs(5), || async {
         read_lines(&log).len() >= 2
     })
     .await;
     assert!(ok, "expected the slow and the 5xx request in the log");
-    let out = [("outcome", "sampled_out")];
-    assert_eq!(
-        tg.metric_reaches("tollgate_access_log_lines_total", &out, 5.0)
-            .await,
-        Some(5.0)
-    );
-    let written = [("outcome", "written")];
-    assert_eq!(
-        tg.metric_reaches("tollgate_access_log_lines_total", &written, 2.0)
-            .await,
-        Some(2.0)
-    );
+    let lines = "tollgate_access_log_lines_total";
+    tg.expect_metric(lines, &[("outcome", "sampled_out")], 5.0)
+        .await;
+    tg.expect_metric(lines, &[("outcome", "written")], 2.0)
+        .await;
     let paths: Vec<String> = read_lines(&log)
         .iter()
         .map(|l| l["path"].as_str().unwrap().to_string())
@@ -340,9 +299,9 @@ async fn sampling_keeps_slow_requests_and_errors() {
 
 #[tokio::test]
 async fn live_metrics_pass_promtool_check_metrics() {
-    let app = MockUpstream::start().await;
-    let tg = Tollgate::start(&config(app.addr(), "")).await;
-    tg.get("/api/x").await.bytes().await.unwrap();
+    let app = Upstream::start().await;
+    let tg = api(app.addr()).start().await;
+    tg.get("/api/x").await;
     let m = tg.metrics().await;
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -1,10 +1,18 @@
-//! In-process upstream servers for tests (axum on real loopback sockets).
+//! The in-process upstream double: an axum server on a real loopback socket (plain HTTP, or
+//! HTTPS with a throwaway certificate) that records every request and answers as the test says.
 //!
-//! Every request is recorded (method, path, headers, body size, client address). Any path not
-//! listed below answers with the scripted [`Reply`]. Built-in paths:
+//! Any path not listed below answers with a [`Reply`]: a fixed one ([`Upstream::set_reply`];
+//! by default `200 text/plain "hello from upstream"`) or one computed per request by a script
+//! ([`Upstream::scripted`], [`Upstream::set_script`]) from the request and its sequence number,
+//! so freshness headers, validators, statuses and bodies can change from one request to the
+//! next. A reply can wait (`delay`), come chunked (no `Content-Length`), or be held at a gate
+//! until the test opens it ([`Upstream::open_gate`]), to make requests overlap
+//! deterministically. Every answer carries `x-upstream: <name>`, to tell upstreams apart.
+//!
+//! Built-in paths:
 //! - `/sse`: a `text/event-stream` whose events are the strings the test sends with
-//!   [`MockUpstream::sse_sender`], written when sent (to prove events are not buffered);
-//! - `/ws`: a WebSocket echo;
+//!   [`Upstream::sse_sender`], written when sent (to prove events are not buffered);
+//! - `/ws`: a WebSocket echo (`echo: <text>`);
 //! - `/bytes/{n}`: streams `n` bytes in 64 KiB chunks;
 //! - `/upload`: consumes the request body as a stream and answers with its length.
 
@@ -21,15 +29,19 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
     /// Method.
     pub method: String,
-    /// Path and query.
+    /// Path, without the query.
     pub path: String,
+    /// Query ("" when none).
+    pub query: String,
+    /// Path and query, as sent (`/a?b=1`).
+    pub uri: String,
     /// Headers as received.
     pub headers: HeaderMap,
     /// Body length.
@@ -48,12 +60,12 @@ impl Recorded {
     }
 }
 
-/// What the catch-all answers.
+/// What the upstream answers to a request (outside the built-in paths).
 #[derive(Debug, Clone)]
 pub struct Reply {
     /// Status code.
     pub status: u16,
-    /// Extra headers.
+    /// Headers (`x-upstream` is added).
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Bytes,
@@ -61,60 +73,94 @@ pub struct Reply {
     pub delay: Duration,
     /// Send the body chunked (in two pieces, no `Content-Length`).
     pub chunked: bool,
+    /// Wait for a permit of the gate ([`Upstream::open_gate`]) before answering.
+    pub held: bool,
 }
 
 impl Default for Reply {
+    /// `200`, `content-type: text/plain`, `hello from upstream`.
     fn default() -> Self {
-        Reply {
-            status: 200,
-            headers: vec![("content-type".into(), "text/plain".into())],
-            body: Bytes::from_static(b"hello from upstream"),
-            delay: Duration::ZERO,
-            chunked: false,
-        }
+        Reply::ok("hello from upstream").header("content-type", "text/plain")
     }
 }
+
+impl Reply {
+    /// A 200 with `body` and no headers.
+    pub fn ok(body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+            chunked: false,
+            held: false,
+        }
+    }
+
+    /// Same reply with another status.
+    pub fn status(mut self, status: u16) -> Reply {
+        self.status = status;
+        self
+    }
+
+    /// Same reply with one more header.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Same reply with more headers.
+    pub fn headers(self, headers: &[(&str, &str)]) -> Reply {
+        headers.iter().fold(self, |r, (k, v)| r.header(k, v))
+    }
+
+    /// Same reply, given after `delay`.
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    /// Same reply, its body sent chunked (unknown length).
+    pub fn chunked(mut self) -> Reply {
+        self.chunked = true;
+        self
+    }
+
+    /// Same reply, held at the gate until the test opens it.
+    pub fn held(mut self) -> Reply {
+        self.held = true;
+        self
+    }
+}
+
+type Script = dyn Fn(&Recorded, usize) -> Reply + Send + Sync;
 
 struct Shared {
     name: String,
     sni: Mutex<Option<String>>,
     requests: Mutex<Vec<Recorded>>,
-    reply: Mutex<Reply>,
+    script: Mutex<Arc<Script>>,
+    gate: Semaphore,
     sse: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
 
-impl Shared {
-    /// Fresh state, and the sender that feeds its `/sse` stream.
-    fn new(name: &str) -> (Arc<Shared>, mpsc::UnboundedSender<String>) {
-        let (sse_tx, sse_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            sni: Mutex::new(None),
-            requests: Mutex::new(Vec::new()),
-            reply: Mutex::new(Reply::default()),
-            sse: Mutex::new(Some(sse_rx)),
-        });
-        (shared, sse_tx)
-    }
-}
-
-/// A running mock upstream; stops when dropped.
-pub struct MockUpstream {
+/// A running upstream double; stops when dropped.
+pub struct Upstream {
     addr: SocketAddr,
     shared: Arc<Shared>,
     sse_tx: mpsc::UnboundedSender<String>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl MockUpstream {
+impl Upstream {
     /// Start on an ephemeral loopback port; answers carry `x-upstream: upstream`.
-    pub async fn start() -> MockUpstream {
+    pub async fn start() -> Upstream {
         Self::named("upstream").await
     }
 
-    /// Start with a name, sent back in an `x-upstream` response header (to tell upstreams apart).
-    pub async fn named(name: &str) -> MockUpstream {
-        let (shared, sse_tx) = Shared::new(name);
+    /// Start with a name, sent back in an `x-upstream` response header.
+    pub async fn named(name: &str) -> Upstream {
+        let (shared, sse_tx) = shared(name);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = router(shared.clone());
@@ -126,7 +172,7 @@ impl MockUpstream {
             .await
             .unwrap();
         });
-        MockUpstream {
+        Upstream {
             addr,
             shared,
             sse_tx,
@@ -134,12 +180,22 @@ impl MockUpstream {
         }
     }
 
+    /// Start with `script(request, n)` answering the `n`-th request (0-based, counted over all
+    /// paths).
+    pub async fn scripted(
+        script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
+        let up = Self::start().await;
+        up.set_script(script);
+        up
+    }
+
     /// Start an HTTPS upstream with a fresh self-signed certificate for `localhost`.
-    /// The server name each TLS client sent (SNI) is kept: see [`MockUpstream::last_sni`].
-    pub async fn start_tls(name: &str) -> MockUpstream {
+    /// The server name each TLS client sent (SNI) is kept: see [`Upstream::last_sni`].
+    pub async fn start_tls(name: &str) -> Upstream {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         use hyper_util::service::TowerToHyperService;
-        let (shared, sse_tx) = Shared::new(name);
+        let (shared, sse_tx) = shared(name);
         let acceptor = Arc::new(self_signed_acceptor());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -170,7 +226,7 @@ impl MockUpstream {
                 });
             }
         });
-        MockUpstream {
+        Upstream {
             addr,
             shared,
             sse_tx,
@@ -178,19 +234,24 @@ impl MockUpstream {
         }
     }
 
-    /// The SNI server name of the latest TLS handshake (TLS mocks only).
-    pub fn last_sni(&self) -> Option<String> {
-        self.shared.sni.lock().unwrap().clone()
-    }
-
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Change what the catch-all answers.
+    /// Answer every request from now on with `reply`.
     pub fn set_reply(&self, reply: Reply) {
-        *self.shared.reply.lock().unwrap() = reply;
+        self.set_script(move |_, _| reply.clone());
+    }
+
+    /// Answer the `n`-th request (0-based, counted over all paths) with `script(request, n)`.
+    pub fn set_script(&self, script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) {
+        *self.shared.script.lock().unwrap() = Arc::new(script);
+    }
+
+    /// Let `n` held replies go.
+    pub fn open_gate(&self, n: usize) {
+        self.shared.gate.add_permits(n);
     }
 
     /// Requests seen so far.
@@ -198,21 +259,55 @@ impl MockUpstream {
         self.shared.requests.lock().unwrap().clone()
     }
 
+    /// Requests seen so far for `path` (query ignored).
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        let all = self.shared.requests.lock().unwrap();
+        all.iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// The `i`-th request seen (0-based); panics if there were fewer.
+    pub fn request(&self, i: usize) -> Recorded {
+        let all = self.shared.requests.lock().unwrap();
+        all.get(i)
+            .unwrap_or_else(|| panic!("request {i} never came; {} seen", all.len()))
+            .clone()
+    }
+
     /// Number of requests seen so far.
     pub fn count(&self) -> usize {
         self.shared.requests.lock().unwrap().len()
     }
 
-    /// Send one event on the `/sse` stream (`None` would end it: drop the sender instead).
+    /// The SNI server name of the latest TLS handshake (TLS upstreams only).
+    pub fn last_sni(&self) -> Option<String> {
+        self.shared.sni.lock().unwrap().clone()
+    }
+
+    /// Sends events on the `/sse` stream (one stream per upstream; drop the sender to end it).
     pub fn sse_sender(&self) -> mpsc::UnboundedSender<String> {
         self.sse_tx.clone()
     }
 }
 
-impl Drop for MockUpstream {
+impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Fresh state answering with the default reply, and the sender that feeds its `/sse` stream.
+fn shared(name: &str) -> (Arc<Shared>, mpsc::UnboundedSender<String>) {
+    let (sse_tx, sse_rx) = mpsc::unbounded_channel();
+    let default: Arc<Script> = Arc::new(|_, _| Reply::default());
+    let shared = Arc::new(Shared {
+        name: name.to_string(),
+        sni: Mutex::new(None),
+        requests: Mutex::new(Vec::new()),
+        script: Mutex::new(default),
+        gate: Semaphore::new(0),
+        sse: Mutex::new(Some(sse_rx)),
+    });
+    (shared, sse_tx)
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -225,18 +320,24 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-fn record(shared: &Shared, req: &Request, peer: SocketAddr, body_len: usize) {
-    shared.requests.lock().unwrap().push(Recorded {
+/// Record `req`; its sequence number.
+fn record(shared: &Shared, req: &Request, peer: SocketAddr, body_len: usize) -> (Recorded, usize) {
+    let uri = req.uri();
+    let rec = Recorded {
         method: req.method().to_string(),
-        path: req
-            .uri()
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        uri: uri
             .path_and_query()
             .map(|p| p.to_string())
             .unwrap_or_default(),
         headers: req.headers().clone(),
         body_len,
         peer,
-    });
+    };
+    let mut all = shared.requests.lock().unwrap();
+    all.push(rec.clone());
+    (rec, all.len() - 1)
 }
 
 async fn catch_all(
@@ -249,8 +350,12 @@ async fn catch_all(
         .await
         .unwrap_or_default();
     let req = Request::from_parts(parts, Body::empty());
-    record(&shared, &req, peer, bytes.len());
-    let reply = shared.reply.lock().unwrap().clone();
+    let (rec, n) = record(&shared, &req, peer, bytes.len());
+    let script = shared.script.lock().unwrap().clone();
+    let reply = script(&rec, n);
+    if reply.held {
+        shared.gate.acquire().await.unwrap().forget();
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
@@ -282,20 +387,15 @@ async fn sse(
     req: Request,
 ) -> Response {
     record(&shared, &req, peer, 0);
-    let rx = shared
+    let mut rx = shared
         .sse
         .lock()
         .unwrap()
         .take()
-        .expect("one /sse stream per mock upstream");
-    let stream = tokio_stream_from(rx).map(|data| Ok::<_, Infallible>(Event::default().data(data)));
+        .expect("one /sse stream per upstream");
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|data| Ok::<_, Infallible>(Event::default().data(data)));
     Sse::new(stream).into_response()
-}
-
-fn tokio_stream_from(
-    mut rx: mpsc::UnboundedReceiver<String>,
-) -> impl futures_util::Stream<Item = String> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn ws(
