@@ -3,30 +3,28 @@
 
 mod common;
 
-use common::{MockUpstream, Reply, Tollgate};
+use common::{eventually, Config, Group, Reply, Route, Upstream};
 use std::time::Duration;
 
 #[tokio::test]
 async fn slow_requests_are_marked_in_the_access_log() {
-    let app = MockUpstream::start().await;
+    let app = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let tg = Tollgate::start(&format!(
-        "upstreams:\n  app:\n    endpoints: [\"{}\"]\n\
-         routes:\n  - name: api\n    match: {{ path_prefix: / }}\n    upstream: app\n\
-         observability:\n  access_log: {{ output: \"{}\", slow_threshold: 300ms }}\n",
-        app.addr(),
-        log.display()
-    ))
-    .await;
-    tg.get("/fast").await.bytes().await.unwrap();
-    app.set_reply(Reply {
-        delay: Duration::from_millis(400),
-        ..Reply::default()
-    });
-    tg.get("/slow").await.bytes().await.unwrap();
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .observability(
+            "access_log",
+            format!("{{ output: \"{}\", slow_threshold: 300ms }}", log.display()),
+        )
+        .start()
+        .await;
+    tg.get("/fast").await.assert_status(200);
+    app.set_reply(Reply::default().delay(Duration::from_millis(400)));
+    tg.get("/slow").await.assert_status(200);
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let both = Tollgate::eventually(Duration::from_secs(5), || async {
+    let both = eventually(Duration::from_secs(5), || async {
         text().lines().count() >= 2
     })
     .await;

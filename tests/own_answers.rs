@@ -4,31 +4,24 @@
 
 mod common;
 
-use common::{closed_addr, Tollgate};
+use common::{closed_addr, Config, Got, Group, Route};
 
-fn response_time_ms(r: &reqwest::Response) -> f64 {
+fn response_time_ms(r: &Got) -> f64 {
     let v = r
-        .headers()
-        .get("x-response-time")
-        .unwrap_or_else(|| panic!("no X-Response-Time on a {}", r.status()))
-        .to_str()
-        .unwrap()
-        .to_string();
+        .header_opt("x-response-time")
+        .unwrap_or_else(|| panic!("no X-Response-Time on {r:?}"));
     v.strip_suffix("ms").expect("ends in ms").parse().unwrap()
 }
 
 #[tokio::test]
 async fn own_error_answers_carry_x_response_time() {
-    let dead = closed_addr();
-    let tg = Tollgate::start(&format!(
-        "upstreams:\n  app:\n    endpoints: [\"{dead}\"]\n    retry: {{ attempts: 1 }}\n\
-         routes:\n  - name: api\n    match: {{ path_prefix: /api/ }}\n    upstream: app\n"
-    ))
-    .await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [closed_addr()]).retry("{ attempts: 1 }"))
+        .route(Route::prefix("/api/").name("api").to("app"))
+        .start()
+        .await;
     let not_found = tg.get("/elsewhere").await;
-    assert_eq!(not_found.status(), 404);
-    assert!(response_time_ms(&not_found) >= 0.0);
+    assert!(response_time_ms(not_found.assert_status(404)) >= 0.0);
     let unreachable = tg.get("/api/x").await;
-    assert_eq!(unreachable.status(), 502);
-    assert!(response_time_ms(&unreachable) >= 0.0);
+    assert!(response_time_ms(unreachable.assert_status(502)) >= 0.0);
 }

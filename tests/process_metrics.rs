@@ -3,17 +3,16 @@
 
 mod common;
 
-use common::{metric_value, MockUpstream, Tollgate};
+use common::{metric_value, Config, Group, Route, Upstream};
 
 #[tokio::test]
 async fn metrics_expose_the_standard_process_series() {
-    let app = MockUpstream::start().await;
-    let tg = Tollgate::start(&format!(
-        "upstreams:\n  app:\n    endpoints: [\"{}\"]\n\
-         routes:\n  - name: api\n    match: {{ path_prefix: / }}\n    upstream: app\n",
-        app.addr()
-    ))
-    .await;
+    let app = Upstream::start().await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .start()
+        .await;
     let text = tg.metrics().await;
     let value = |name: &str| {
         metric_value(&text, name, &[]).unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
