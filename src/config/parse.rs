@@ -3,6 +3,11 @@
 //! serde stops at the first error, so the file is first read as a `serde_yaml::Value`, then each
 //! section and each upstream or route is deserialized on its own: a typo in `routes[0]` and a bad
 //! duration in `upstreams.app` are both reported in one run, each with its YAML path.
+//!
+//! [`parse`] reads the YAML (`read_yaml`), then hands each top-level key to its section
+//! (`parse_section`): a section that is one value replaces its default (`replace`);
+//! `upstreams`, `routes`, `tiers` and `tenants` are read entry by entry (`parse_upstreams`,
+//! `parse_routes`, `parse_tiers`, `parse_tenants`).
 
 use super::error::ConfigError;
 use super::model::{
@@ -11,7 +16,7 @@ use super::model::{
 };
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_yaml::{Mapping, Value};
 
 /// Top-level keys, in the order the docs present them.
 pub const TOP_LEVEL_KEYS: &[&str] = &[
@@ -41,214 +46,24 @@ pub struct Parsed {
 
 /// Parse YAML text (already interpolated) into a [`Config`], collecting errors.
 pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
-    let root: Value = match serde_yaml::from_str(text) {
-        Ok(v) => v,
-        Err(e) if e.to_string().contains("duplicate entry") => {
-            // serde_yaml points at the enclosing mapping; name each repeated key and its lines.
-            let index = super::locate::LocationIndex::build(text);
-            let mut reported: Vec<&str> = Vec::new();
-            for d in index.duplicates() {
-                // Children of a repeated key repeat too: report the key once.
-                if reported.iter().any(|r| {
-                    d.path
-                        .strip_prefix(r)
-                        .is_some_and(|rest| rest.starts_with(['.', '[']))
-                }) {
-                    continue;
-                }
-                reported.push(&d.path);
-                let what = match d.path.strip_prefix("upstreams.") {
-                    Some(name) if !name.contains('.') => {
-                        format!("duplicate upstream name `{name}`")
-                    }
-                    _ => format!(
-                        "duplicate key `{}`",
-                        d.path.rsplit('.').next().unwrap_or(&d.path)
-                    ),
-                };
-                let mut err = ConfigError::at(
-                    &d.path,
-                    format!("{what} (first defined on line {})", d.first_line),
-                );
-                err.line = Some(d.line);
-                errors.push(err);
-            }
-            if index.duplicates().is_empty() {
-                errors.push(ConfigError::file(format!(
-                    "YAML error: {}",
-                    strip_location(&e.to_string())
-                )));
-            }
-            return None;
-        }
-        Err(e) => {
-            let mut err = ConfigError::file(format!(
-                "YAML syntax error: {}",
-                strip_location(&e.to_string())
-            ));
-            if let Some(loc) = e.location() {
-                err.line = Some(loc.line());
-                err.column = Some(loc.column());
-            }
-            errors.push(err);
-            return None;
-        }
+    let map = top_level_mapping(read_yaml(text, errors)?, errors)?;
+    let mut parsed = Parsed {
+        config: defaults(),
+        upstream_names: Vec::new(),
+        tier_names: Vec::new(),
     };
-    let map = match root {
-        Value::Mapping(m) => m,
-        Value::Null => {
-            errors.push(ConfigError::file(
-                "the file is empty: a config needs at least `upstreams` and `routes`",
-            ));
-            return None;
-        }
-        _ => {
-            errors.push(ConfigError::file(
-                "the top level must be a mapping of keys (`listen:`, `upstreams:`, `routes:`, ...)",
-            ));
-            return None;
-        }
-    };
-
-    let mut config = Config {
-        listen: vec!["0.0.0.0:8080".into()],
-        admin: AdminConfig::default(),
-        server: ServerConfig::default(),
-        upstreams: IndexMap::new(),
-        routes: Vec::new(),
-        identity: IdentityConfig::default(),
-        tiers: IndexMap::new(),
-        tenants: IndexMap::new(),
-        rate_limit: RateLimitConfig::default(),
-        observability: Default::default(),
-        cache: Default::default(),
-    };
-    let mut upstream_names = Vec::new();
-    let mut tier_names = Vec::new();
     let (mut saw_upstreams, mut saw_routes) = (false, false);
-
     for (key, value) in map {
-        let Some(key) = key.as_str().map(str::to_owned) else {
+        let Some(key) = key.as_str() else {
             errors.push(ConfigError::file(format!(
                 "top-level keys must be strings, found {}",
                 describe(&key)
             )));
             continue;
         };
-        match key.as_str() {
-            "listen" => {
-                if let Some(ListenField(l)) = section(value, "listen", errors) {
-                    config.listen = l;
-                }
-            }
-            "admin" => {
-                if let Some(a) = section(value, "admin", errors) {
-                    config.admin = a;
-                }
-            }
-            "server" => {
-                if let Some(s) = section(value, "server", errors) {
-                    config.server = s;
-                }
-            }
-            "upstreams" => {
-                saw_upstreams = true;
-                let Some(groups) = mapping_of(value, "upstreams", errors) else {
-                    continue;
-                };
-                if groups.is_empty() {
-                    errors.push(ConfigError::at(
-                        "upstreams",
-                        "no upstream groups: define at least one",
-                    ));
-                }
-                for (name, body) in groups {
-                    let path = format!("upstreams.{name}");
-                    upstream_names.push(name.clone());
-                    if let Some(u) = section::<UpstreamConfig>(body, &path, errors) {
-                        config.upstreams.insert(name, u);
-                    }
-                }
-            }
-            "routes" => {
-                saw_routes = true;
-                match value {
-                    Value::Sequence(items) if items.is_empty() => errors.push(ConfigError::at(
-                        "routes",
-                        "no routes: define at least one route",
-                    )),
-                    Value::Sequence(items) => {
-                        for (i, item) in items.into_iter().enumerate() {
-                            let path = format!("routes[{i}]");
-                            if let Some(r) = section::<RouteConfig>(item, &path, errors) {
-                                config.routes.push(r);
-                            } else {
-                                // Keep indices aligned with the file for later messages.
-                                config.routes.push(placeholder_route());
-                            }
-                        }
-                    }
-                    other => errors.push(ConfigError::at(
-                        "routes",
-                        format!(
-                            "expected a list of routes (`- match: ...`), found {}",
-                            describe(&other)
-                        ),
-                    )),
-                }
-            }
-            "identity" => {
-                if let Some(i) = section(value, "identity", errors) {
-                    config.identity = i;
-                }
-            }
-            "rate_limit" => {
-                if let Some(r) = section(value, "rate_limit", errors) {
-                    config.rate_limit = r;
-                }
-            }
-            "observability" => {
-                if let Some(o) = section(value, "observability", errors) {
-                    config.observability = o;
-                }
-            }
-            "cache" => {
-                if let Some(c) = section(value, "cache", errors) {
-                    config.cache = c;
-                }
-            }
-            "tiers" => {
-                let Some(entries) = mapping_of(value, "tiers", errors) else {
-                    continue;
-                };
-                for (name, body) in entries {
-                    tier_names.push(name.clone());
-                    if let Some(t) = section::<TierConfig>(body, &format!("tiers.{name}"), errors) {
-                        config.tiers.insert(name, t);
-                    }
-                }
-            }
-            "tenants" => {
-                let Some(entries) = mapping_of(value, "tenants", errors) else {
-                    continue;
-                };
-                for (name, body) in entries {
-                    if let Some(t) =
-                        section::<TenantConfig>(body, &format!("tenants.{name}"), errors)
-                    {
-                        config.tenants.insert(name, t);
-                    }
-                }
-            }
-            other => errors.push(ConfigError::at(
-                other,
-                format!(
-                    "unknown key `{other}`{} (top-level keys are: {})",
-                    suggest(other, TOP_LEVEL_KEYS),
-                    TOP_LEVEL_KEYS.join(", ")
-                ),
-            )),
-        }
+        saw_upstreams |= key == "upstreams";
+        saw_routes |= key == "routes";
+        parse_section(key, value, &mut parsed, errors);
     }
     if !saw_upstreams {
         errors.push(ConfigError::file(
@@ -260,11 +75,233 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
             "missing required key `routes`: define at least one route",
         ));
     }
-    Some(Parsed {
-        config,
-        upstream_names,
-        tier_names,
-    })
+    Some(parsed)
+}
+
+/// Read one top-level section into `parsed` (the keys in model order).
+fn parse_section(key: &str, value: Value, parsed: &mut Parsed, errors: &mut Vec<ConfigError>) {
+    let config = &mut parsed.config;
+    match key {
+        "listen" => {
+            if let Some(ListenField(l)) = section(value, "listen", errors) {
+                config.listen = l;
+            }
+        }
+        "admin" => replace(&mut config.admin, value, "admin", errors),
+        "server" => replace(&mut config.server, value, "server", errors),
+        "upstreams" => {
+            let names = &mut parsed.upstream_names;
+            parse_upstreams(value, &mut config.upstreams, names, errors);
+        }
+        "routes" => parse_routes(value, &mut config.routes, errors),
+        "identity" => replace(&mut config.identity, value, "identity", errors),
+        "tiers" => parse_tiers(value, &mut config.tiers, &mut parsed.tier_names, errors),
+        "tenants" => parse_tenants(value, &mut config.tenants, errors),
+        "rate_limit" => replace(&mut config.rate_limit, value, "rate_limit", errors),
+        "observability" => replace(&mut config.observability, value, "observability", errors),
+        "cache" => replace(&mut config.cache, value, "cache", errors),
+        other => errors.push(ConfigError::at(
+            other,
+            format!(
+                "unknown key `{other}`{} (top-level keys are: {})",
+                suggest(other, TOP_LEVEL_KEYS),
+                TOP_LEVEL_KEYS.join(", ")
+            ),
+        )),
+    }
+}
+
+/// The YAML document, or `None` with its syntax error (or its repeated keys) reported.
+fn read_yaml(text: &str, errors: &mut Vec<ConfigError>) -> Option<Value> {
+    match serde_yaml::from_str(text) {
+        Ok(v) => Some(v),
+        Err(e) if e.to_string().contains("duplicate entry") => {
+            report_duplicates(text, &e, errors);
+            None
+        }
+        Err(e) => {
+            let mut err = ConfigError::file(format!(
+                "YAML syntax error: {}",
+                strip_location(&e.to_string())
+            ));
+            if let Some(loc) = e.location() {
+                err.line = Some(loc.line());
+                err.column = Some(loc.column());
+            }
+            errors.push(err);
+            None
+        }
+    }
+}
+
+/// A key written twice: serde_yaml points at the enclosing mapping; name each repeated key and
+/// its lines instead.
+fn report_duplicates(text: &str, e: &serde_yaml::Error, errors: &mut Vec<ConfigError>) {
+    let index = super::locate::LocationIndex::build(text);
+    let mut reported: Vec<&str> = Vec::new();
+    for d in index.duplicates() {
+        // Children of a repeated key repeat too: report the key once.
+        if reported.iter().any(|r| {
+            d.path
+                .strip_prefix(r)
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
+        }) {
+            continue;
+        }
+        reported.push(&d.path);
+        let what = match d.path.strip_prefix("upstreams.") {
+            Some(name) if !name.contains('.') => format!("duplicate upstream name `{name}`"),
+            _ => format!(
+                "duplicate key `{}`",
+                d.path.rsplit('.').next().unwrap_or(&d.path)
+            ),
+        };
+        let mut err = ConfigError::at(
+            &d.path,
+            format!("{what} (first defined on line {})", d.first_line),
+        );
+        err.line = Some(d.line);
+        errors.push(err);
+    }
+    if index.duplicates().is_empty() {
+        errors.push(ConfigError::file(format!(
+            "YAML error: {}",
+            strip_location(&e.to_string())
+        )));
+    }
+}
+
+/// The document's top level as a mapping, or `None` with why it is not one.
+fn top_level_mapping(root: Value, errors: &mut Vec<ConfigError>) -> Option<Mapping> {
+    match root {
+        Value::Mapping(m) => Some(m),
+        Value::Null => {
+            errors.push(ConfigError::file(
+                "the file is empty: a config needs at least `upstreams` and `routes`",
+            ));
+            None
+        }
+        _ => {
+            errors.push(ConfigError::file(
+                "the top level must be a mapping of keys (`listen:`, `upstreams:`, `routes:`, ...)",
+            ));
+            None
+        }
+    }
+}
+
+/// The config of a file that sets nothing but `upstreams` and `routes`.
+fn defaults() -> Config {
+    Config {
+        listen: vec!["0.0.0.0:8080".into()],
+        admin: AdminConfig::default(),
+        server: ServerConfig::default(),
+        upstreams: IndexMap::new(),
+        routes: Vec::new(),
+        identity: IdentityConfig::default(),
+        tiers: IndexMap::new(),
+        tenants: IndexMap::new(),
+        rate_limit: RateLimitConfig::default(),
+        observability: Default::default(),
+        cache: Default::default(),
+    }
+}
+
+/// A section that is one value (`admin`, `server`, ...): when it deserializes, it replaces the
+/// default in `slot`; when not, the default stays and the error is reported.
+fn replace<T: DeserializeOwned>(
+    slot: &mut T,
+    value: Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if let Some(v) = section(value, path, errors) {
+        *slot = v;
+    }
+}
+
+/// `upstreams:`, group by group. Every name is recorded, even of a group that does not parse.
+fn parse_upstreams(
+    value: Value,
+    upstreams: &mut IndexMap<String, UpstreamConfig>,
+    names: &mut Vec<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(groups) = mapping_of(value, "upstreams", errors) else {
+        return;
+    };
+    if groups.is_empty() {
+        errors.push(ConfigError::at(
+            "upstreams",
+            "no upstream groups: define at least one",
+        ));
+    }
+    for (name, body) in groups {
+        let path = format!("upstreams.{name}");
+        names.push(name.clone());
+        if let Some(u) = section::<UpstreamConfig>(body, &path, errors) {
+            upstreams.insert(name, u);
+        }
+    }
+}
+
+/// `routes:`, route by route. A route that does not parse leaves a placeholder, so that
+/// `routes[i]` in later messages is still the i-th route of the file.
+fn parse_routes(value: Value, routes: &mut Vec<RouteConfig>, errors: &mut Vec<ConfigError>) {
+    match value {
+        Value::Sequence(items) if items.is_empty() => errors.push(ConfigError::at(
+            "routes",
+            "no routes: define at least one route",
+        )),
+        Value::Sequence(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let path = format!("routes[{i}]");
+                let route = section::<RouteConfig>(item, &path, errors);
+                routes.push(route.unwrap_or_else(placeholder_route));
+            }
+        }
+        other => errors.push(ConfigError::at(
+            "routes",
+            format!(
+                "expected a list of routes (`- match: ...`), found {}",
+                describe(&other)
+            ),
+        )),
+    }
+}
+
+/// `tiers:`, tier by tier. Every name is recorded, even of a tier that does not parse.
+fn parse_tiers(
+    value: Value,
+    tiers: &mut IndexMap<String, TierConfig>,
+    names: &mut Vec<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(entries) = mapping_of(value, "tiers", errors) else {
+        return;
+    };
+    for (name, body) in entries {
+        names.push(name.clone());
+        if let Some(t) = section::<TierConfig>(body, &format!("tiers.{name}"), errors) {
+            tiers.insert(name, t);
+        }
+    }
+}
+
+/// `tenants:`, tenant by tenant.
+fn parse_tenants(
+    value: Value,
+    tenants: &mut IndexMap<String, TenantConfig>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(entries) = mapping_of(value, "tenants", errors) else {
+        return;
+    };
+    for (name, body) in entries {
+        if let Some(t) = section::<TenantConfig>(body, &format!("tenants.{name}"), errors) {
+            tenants.insert(name, t);
+        }
+    }
 }
 
 /// A route that failed to parse: keeps `routes[i]` indices aligned; never compiled (the
@@ -290,6 +327,8 @@ pub fn is_placeholder(r: &RouteConfig) -> bool {
     r.upstream.is_empty() && r.matcher.path_prefix.is_empty()
 }
 
+/// A section of named entries (`upstreams`, `tiers`, `tenants`) as (name, body) pairs; a
+/// non-string name is reported and skipped, an empty section (`tiers:`) has no entries.
 fn mapping_of(
     value: Value,
     path: &str,
@@ -345,6 +384,7 @@ fn section<T: DeserializeOwned>(
     }
 }
 
+/// serde_path_to_error's path written the way this crate writes YAML paths: `a.b[0].c`.
 fn join_path(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
@@ -397,6 +437,7 @@ fn suggest(typo: &str, options: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// Levenshtein distance, in characters.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
@@ -412,6 +453,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// A serde_yaml message without its ` at line N column M` (lines are reported separately).
 fn strip_location(msg: &str) -> String {
     match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
@@ -419,6 +461,7 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
+/// What a YAML value is, for messages ("the number `5`", "a list").
 fn describe(v: &Value) -> String {
     match v {
         Value::Null => "nothing (null)".into(),

@@ -1,8 +1,24 @@
-//! Semantic checks over a parsed [`Config`]: every problem is collected, none stops the others.
+//! Semantic checks over a parsed [`Config`](super::model::Config): every problem is collected, none stops the others.
+//!
+//! [`validate`] is a table of contents: one function per section of the model, in model order
+//! (`validate_listen`, `validate_admin`, `validate_server`, `validate_upstream`,
+//! `validate_route`, `validate_identity`, `validate_tiers`, `validate_tenant`,
+//! `validate_observability`, `validate_cache_store`), each split into small helpers for its
+//! parts. A check that spans sections (a route naming an upstream, a tenant naming a tier) runs
+//! with the referencing section and is handed what it needs as arguments.
+//!
+//! Errors are raised by YAML path; `config::load` gives them their lines and sorts them by line
+//! (a stable sort), so errors on one line (a route written `- { ... }`) keep the order pushed.
 
 use super::error::ConfigError;
-use super::model::Config;
+use super::model::{
+    AdminConfig, CacheConfig, CircuitBreakerConfig, CompressionConfig, EndpointConfig,
+    HealthCheckConfig, IdentityConfig, ObservabilityConfig, RetryConfig, RouteCacheConfig,
+    RouteConfig, RouteRateLimitConfig, ServerConfig, TenantConfig, TierConfig, TimeoutsConfig,
+    TlsConfig, UpstreamConfig,
+};
 use super::parse::{is_placeholder, Parsed};
+use indexmap::IndexMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -14,20 +30,87 @@ pub fn validate(
     errors: &mut Vec<ConfigError>,
 ) {
     let config = &parsed.config;
-    let upstream_names = &parsed.upstream_names;
-    validate_limits(config, &parsed.tier_names, from_env, errors);
-    validate_observability(config, errors);
-    for (i, r) in config.routes.iter().enumerate() {
-        if let Some(c) = &r.compression {
-            validate_compression(c, &format!("routes[{i}].compression"), errors);
-        }
-        if let Some(c) = &r.cache {
-            validate_route_cache(c, &format!("routes[{i}].cache"), errors);
+    let known = Known {
+        upstreams: Names::new("upstream", &parsed.upstream_names),
+        tiers: Names::new("tier", &parsed.tier_names),
+        tier_limits: &config.tiers,
+        tenants: &config.tenants,
+    };
+    validate_listen(&config.listen, errors);
+    validate_admin(&config.admin, &config.listen, errors);
+    validate_server(&config.server, errors);
+    for (name, group) in &config.upstreams {
+        validate_upstream(name, group, errors);
+    }
+    let mut seen = SeenRoutes::default();
+    for (i, route) in config.routes.iter().enumerate() {
+        validate_route(i, route, &known, &mut seen, errors);
+    }
+    validate_identity(&config.identity, &known.tiers, errors);
+    validate_tiers(&config.tiers, errors);
+    let mut key_owners = HashMap::new();
+    for (id, tenant) in &config.tenants {
+        validate_tenant(id, tenant, &known.tiers, from_env, &mut key_owners, errors);
+    }
+    // The top-level `rate_limit:` has nothing serde does not already check; route policies are
+    // checked with their route (`validate_rate_limit`).
+    validate_observability(&config.observability, &config.tenants, errors);
+    validate_cache_store(&config.cache, errors);
+}
+
+/// What the checks of one section need from the others.
+struct Known<'a> {
+    /// Upstream groups a route may name.
+    upstreams: Names<'a>,
+    /// Tiers a tenant, the identity section or a route policy may name.
+    tiers: Names<'a>,
+    /// The tiers that parsed, whose bursts a route's cost must fit.
+    tier_limits: &'a IndexMap<String, TierConfig>,
+    /// The tenants that parsed, likewise.
+    tenants: &'a IndexMap<String, TenantConfig>,
+}
+
+/// Names that references may use: every one written in the file, even where its body failed to
+/// parse, so that a broken entry is not reported a second time as unknown where it is named.
+struct Names<'a> {
+    /// What they name (`upstream`, `tier`), for messages.
+    kind: &'static str,
+    names: &'a [String],
+}
+
+impl<'a> Names<'a> {
+    fn new(kind: &'static str, names: &'a [String]) -> Self {
+        Names { kind, names }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// `name`, at `path`, unless it is defined: then an error that lists what is.
+    fn check(&self, name: &str, path: String, errors: &mut Vec<ConfigError>) {
+        if !self.contains(name) {
+            let defined = if self.names.is_empty() {
+                "none".to_string()
+            } else {
+                self.names.join(", ")
+            };
+            let kind = self.kind;
+            errors.push(ConfigError::at(
+                path,
+                format!("unknown {kind} `{name}` (defined {kind}s: {defined})"),
+            ));
         }
     }
-    validate_cache_store(config, errors);
-    for (i, l) in config.listen.iter().enumerate() {
-        let path = if config.listen.len() == 1 {
+}
+
+// ---- listen, admin, server ----
+
+/// Every `listen:` address is `IP:port`, and there is at least one.
+fn validate_listen(listen: &[String], errors: &mut Vec<ConfigError>) {
+    for (i, l) in listen.iter().enumerate() {
+        // One address is written `listen: x`, several as a list.
+        let path = if listen.len() == 1 {
             "listen".to_string()
         } else {
             format!("listen[{i}]")
@@ -36,333 +119,471 @@ pub fn validate(
             errors.push(ConfigError::at(path, e));
         }
     }
-    if config.listen.is_empty() {
+    if listen.is_empty() {
         errors.push(ConfigError::at(
             "listen",
             "at least one listen address is required",
         ));
     }
-    match parse_listen(&config.admin.listen) {
-        Err(e) => errors.push(ConfigError::at("admin.listen", e)),
-        Ok(admin) => {
-            // Same port on the same or a wildcard address: the two listeners cannot both bind.
-            let clash = |l: &SocketAddr| {
-                l.port() == admin.port()
-                    && (l.ip() == admin.ip()
-                        || l.ip().is_unspecified()
-                        || admin.ip().is_unspecified())
-            };
-            if let Some(l) = config
-                .listen
-                .iter()
-                .filter_map(|l| parse_listen(l).ok())
-                .find(clash)
-            {
-                errors.push(ConfigError::at(
-                    "admin.listen",
-                    format!("`{admin}` overlaps the proxy listen address `{l}`: the admin listener needs its own port"),
-                ));
-            }
+}
+
+/// The admin token is not empty; the admin address parses and does not overlap the proxy's.
+fn validate_admin(admin: &AdminConfig, listen: &[String], errors: &mut Vec<ConfigError>) {
+    // The token is checked first: the order these two have always been reported in when
+    // `admin: { ... }` is written on one line.
+    if let Some(t) = &admin.token {
+        if t.trim().is_empty() {
+            errors.push(ConfigError::at(
+                "admin.token",
+                "is empty: set the variable it names (e.g. TOLLGATE_ADMIN_TOKEN) or remove the key",
+            ));
         }
     }
-    if config.server.threads == 0 || config.server.threads > 1024 {
+    let addr = match parse_listen(&admin.listen) {
+        Ok(a) => a,
+        Err(e) => return errors.push(ConfigError::at("admin.listen", e)),
+    };
+    // Same port on the same or a wildcard address: the two listeners cannot both bind.
+    let clash = |l: &SocketAddr| {
+        l.port() == addr.port()
+            && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
+    };
+    if let Some(l) = listen
+        .iter()
+        .filter_map(|l| parse_listen(l).ok())
+        .find(clash)
+    {
+        errors.push(ConfigError::at(
+            "admin.listen",
+            format!("`{addr}` overlaps the proxy listen address `{l}`: the admin listener needs its own port"),
+        ));
+    }
+}
+
+/// A sane thread count.
+fn validate_server(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
+    if server.threads == 0 || server.threads > 1024 {
         errors.push(ConfigError::at(
             "server.threads",
             "must be between 1 and 1024",
         ));
     }
+}
 
-    for (name, group) in &config.upstreams {
-        let base = format!("upstreams.{name}");
-        if let Err(e) = check_name(name) {
-            errors.push(ConfigError::at(
-                &base,
-                format!("bad upstream name `{name}`: {e}"),
-            ));
-        }
-        if group.endpoints.is_empty() {
-            errors.push(ConfigError::at(
-                format!("{base}.endpoints"),
-                format!("upstream group `{name}` has no endpoints: list at least one `host:port`"),
-            ));
-        }
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, ep) in group.endpoints.iter().enumerate() {
-            let path = format!("{base}.endpoints[{i}]");
-            if let Err(e) = parse_endpoint(ep.address()) {
-                let path = match ep {
-                    super::model::EndpointConfig::Weighted(_) => format!("{path}.address"),
-                    _ => path.clone(),
-                };
-                errors.push(ConfigError::at(&path, e));
-            }
-            if !(1..=1000).contains(&ep.weight()) {
-                errors.push(ConfigError::at(
-                    format!("{path}.weight"),
-                    format!("weights go from 1 to 1000, got {}", ep.weight()),
-                ));
-            }
-            if let Some(first) = seen.insert(ep.address(), i) {
-                errors.push(ConfigError::at(
-                    &path,
-                    format!("duplicate endpoint `{ep}` (already at endpoints[{first}])"),
-                ));
-            }
-        }
-        let hash_on = group.hash_on.as_str();
-        let header_ok = hash_on
-            .strip_prefix("header:")
-            .is_some_and(|h| http::header::HeaderName::from_bytes(h.trim().as_bytes()).is_ok());
-        if hash_on != "tenant" && hash_on != "client_ip" && !header_ok {
-            errors.push(ConfigError::at(
-                format!("{base}.hash_on"),
-                format!(
-                    "`{hash_on}` is not a hash key: write `tenant`, `client_ip` or `header:<name>`"
-                ),
-            ));
-        }
-        if !(1..=10).contains(&group.retry.attempts) {
-            errors.push(ConfigError::at(
-                format!("{base}.retry.attempts"),
-                format!(
-                    "attempts go from 1 (no retry) to 10, got {}",
-                    group.retry.attempts
-                ),
-            ));
-        }
-        for (j, st) in group.retry.on.iter().enumerate() {
-            if !(500..=599).contains(st) && *st != 429 && *st != 408 {
-                errors.push(ConfigError::at(
-                    format!("{base}.retry.on[{j}]"),
-                    format!("{st}: only 408, 429 and 5xx statuses can be retried"),
-                ));
-            }
-        }
-        if !(0.0..=1.0).contains(&group.retry.budget) || group.retry.budget.is_nan() {
-            errors.push(ConfigError::at(
-                format!("{base}.retry.budget"),
-                format!(
-                    "{} is not a fraction: write 0.2 for \"retries add at most 20% of requests\"",
-                    group.retry.budget
-                ),
-            ));
-        }
-        for (key, d) in [
-            ("per_try_timeout", group.retry.per_try_timeout),
-            ("deadline", group.retry.deadline),
-        ] {
-            if d.is_some_and(|d| d.get().is_zero()) {
-                errors.push(ConfigError::at(
-                    format!("{base}.retry.{key}"),
-                    "must be more than 0s (remove it for none)",
-                ));
-            }
-        }
-        let cb = &group.circuit_breaker;
-        if cb.failures > 0 && (cb.backoff.get().is_zero() || cb.max_backoff < cb.backoff) {
-            errors.push(ConfigError::at(
-                format!("{base}.circuit_breaker"),
-                format!(
-                    "backoff must be more than 0s and at most max_backoff (got {} and {})",
-                    cb.backoff, cb.max_backoff
-                ),
-            ));
-        }
-        if let Some(hc) = &group.health_check {
-            let hb = format!("{base}.health_check");
-            if !hc.path.starts_with('/') {
-                errors.push(ConfigError::at(
-                    format!("{hb}.path"),
-                    format!("`{}` must start with `/`", hc.path),
-                ));
-            }
-            if !(100..=599).contains(&hc.expect_status) {
-                errors.push(ConfigError::at(
-                    format!("{hb}.expect_status"),
-                    format!("{} is not an HTTP status", hc.expect_status),
-                ));
-            }
-            if hc.interval.get() < std::time::Duration::from_millis(100) {
-                errors.push(ConfigError::at(
-                    format!("{hb}.interval"),
-                    "must be at least 100ms",
-                ));
-            }
-            if hc.timeout.get().is_zero() || hc.timeout > hc.interval {
-                errors.push(ConfigError::at(
-                    format!("{hb}.timeout"),
-                    format!(
-                        "must be more than 0s and at most the interval ({})",
-                        hc.interval
-                    ),
-                ));
-            }
-            for (key, v) in [
-                ("healthy_threshold", hc.healthy_threshold),
-                ("unhealthy_threshold", hc.unhealthy_threshold),
-            ] {
-                if !(1..=100).contains(&v) {
-                    errors.push(ConfigError::at(
-                        format!("{hb}.{key}"),
-                        format!("goes from 1 to 100, got {v}"),
-                    ));
-                }
-            }
-        }
-        if let Some(h) = &group.host {
-            if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
-                errors.push(ConfigError::at(
-                    format!("{base}.host"),
-                    format!("`{h}` is not a valid Host header value"),
-                ));
-            }
-        }
-        for (key, p) in [
-            ("strip_prefix", &group.strip_prefix),
-            ("add_prefix", &group.add_prefix),
-        ] {
-            if let Some(p) = p {
-                if !p.starts_with('/') || p.len() < 2 || p.contains(['?', '#', ' ']) {
-                    errors.push(ConfigError::at(
-                        format!("{base}.{key}"),
-                        format!("`{p}` must be a path like `/v1` (starting with `/`, no query)"),
-                    ));
-                }
-            }
-        }
-        for (h, v) in &group.headers {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                errors.push(ConfigError::at(
-                    format!("{base}.headers.{h}"),
-                    format!("`{h}` is not a valid header name"),
-                ));
-            } else if http::HeaderValue::from_str(v).is_err() {
-                errors.push(ConfigError::at(
-                    format!("{base}.headers.{h}"),
-                    "the value has characters a header cannot carry",
-                ));
-            }
-        }
-        let t = &group.timeouts;
-        for (key, d) in [
-            ("connect", t.connect),
-            ("read", t.read),
-            ("write", t.write),
-            ("idle", t.idle),
-        ] {
-            if d.get().is_zero() {
-                errors.push(ConfigError::at(
-                    format!("{base}.timeouts.{key}"),
-                    "must be greater than 0s",
-                ));
-            }
-        }
-        if let Some(tls) = &group.tls {
-            if let Some(sni) = &tls.sni {
-                if let Err(e) = check_hostname(sni) {
-                    errors.push(ConfigError::at(
-                        format!("{base}.tls.sni"),
-                        format!("bad SNI `{sni}`: {e}"),
-                    ));
-                }
-            }
-        }
-    }
-    let mut names_seen: HashMap<&str, usize> = HashMap::new();
-    for name in upstream_names {
-        *names_seen.entry(name).or_default() += 1;
-    }
+// ---- upstreams ----
 
-    let mut route_names: HashMap<String, usize> = HashMap::new();
-    let mut matches: HashMap<(Option<String>, &str), usize> = HashMap::new();
-    for (i, r) in config.routes.iter().enumerate() {
-        if is_placeholder(r) {
-            continue;
+/// One upstream group, `upstreams.<name>`.
+fn validate_upstream(name: &str, group: &UpstreamConfig, errors: &mut Vec<ConfigError>) {
+    let base = format!("upstreams.{name}");
+    if let Err(e) = check_name(name) {
+        errors.push(ConfigError::at(
+            &base,
+            format!("bad upstream name `{name}`: {e}"),
+        ));
+    }
+    validate_endpoints(name, &group.endpoints, &base, errors);
+    validate_hash_on(&group.hash_on, &base, errors);
+    validate_retry(&group.retry, &format!("{base}.retry"), errors);
+    validate_circuit_breaker(
+        &group.circuit_breaker,
+        &format!("{base}.circuit_breaker"),
+        errors,
+    );
+    if let Some(hc) = &group.health_check {
+        validate_health_check(hc, &format!("{base}.health_check"), errors);
+    }
+    validate_rewrites(group, &base, errors);
+    validate_timeouts(&group.timeouts, &format!("{base}.timeouts"), errors);
+    if let Some(tls) = &group.tls {
+        validate_tls(tls, &format!("{base}.tls"), errors);
+    }
+}
+
+/// At least one endpoint; each a `host:port` with a weight in range, none listed twice.
+fn validate_endpoints(
+    group: &str,
+    endpoints: &[EndpointConfig],
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if endpoints.is_empty() {
+        errors.push(ConfigError::at(
+            format!("{base}.endpoints"),
+            format!("upstream group `{group}` has no endpoints: list at least one `host:port`"),
+        ));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, ep) in endpoints.iter().enumerate() {
+        let path = format!("{base}.endpoints[{i}]");
+        if let Err(e) = parse_endpoint(ep.address()) {
+            let path = match ep {
+                EndpointConfig::Weighted(_) => format!("{path}.address"),
+                EndpointConfig::Address(_) => path.clone(),
+            };
+            errors.push(ConfigError::at(&path, e));
         }
-        let base = format!("routes[{i}]");
-        let name = route_name(r.name.as_deref(), i);
-        if let Err(e) = check_name(&name) {
+        if !(1..=1000).contains(&ep.weight()) {
             errors.push(ConfigError::at(
-                format!("{base}.name"),
-                format!("bad route name `{name}`: {e}"),
+                format!("{path}.weight"),
+                format!("weights go from 1 to 1000, got {}", ep.weight()),
             ));
         }
-        if let Some(first) = route_names.insert(name.clone(), i) {
+        if let Some(first) = seen.insert(ep.address(), i) {
             errors.push(ConfigError::at(
-                format!("{base}.name"),
-                format!("duplicate route name `{name}` (already used by routes[{first}])"),
-            ));
-        }
-        let known: Vec<&str> = upstream_names.iter().map(String::as_str).collect();
-        let unknown = |name: &str, path: String, errors: &mut Vec<ConfigError>| {
-            if !known.contains(&name) {
-                errors.push(ConfigError::at(
-                    path,
-                    format!(
-                        "unknown upstream `{name}` (defined upstreams: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            }
-        };
-        match (r.upstream.is_empty(), r.upstreams.is_empty()) {
-            (false, true) => unknown(&r.upstream, format!("{base}.upstream"), errors),
-            (true, false) => {
-                for (j, u) in r.upstreams.iter().enumerate() {
-                    unknown(u, format!("{base}.upstreams[{j}]"), errors);
-                    if r.upstreams[..j].contains(u) {
-                        errors.push(ConfigError::at(
-                            format!("{base}.upstreams[{j}]"),
-                            format!("`{u}` is listed twice"),
-                        ));
-                    }
-                }
-            }
-            (false, false) => errors.push(ConfigError::at(
-                format!("{base}.upstreams"),
-                "give `upstream` or `upstreams`, not both",
-            )),
-            (true, true) => errors.push(ConfigError::at(
-                base.clone(),
-                "a route needs `upstream: <group>` (or `upstreams: [primary, backup]`)",
-            )),
-        }
-        let prefix = r.matcher.path_prefix.as_str();
-        if !prefix.starts_with('/') {
-            errors.push(ConfigError::at(
-                format!("{base}.match.path_prefix"),
-                format!("path prefix `{prefix}` must start with `/`"),
-            ));
-        }
-        let host = r.matcher.host.as_ref().map(|h| h.to_ascii_lowercase());
-        if let Some(h) = &host {
-            let bare = h.strip_prefix("*.").unwrap_or(h);
-            if let Err(e) = check_hostname(bare) {
-                errors.push(ConfigError::at(
-                    format!("{base}.match.host"),
-                    format!("bad host `{h}`: {e} (write `api.example.com` or `*.example.com`)"),
-                ));
-            }
-        }
-        if let Some(first) = matches.insert((host, prefix), i) {
-            errors.push(ConfigError::at(
-                format!("{base}.match"),
-                format!("same host and path_prefix as routes[{first}]: this route could never be chosen"),
+                &path,
+                format!("duplicate endpoint `{ep}` (already at endpoints[{first}])"),
             ));
         }
     }
 }
 
-/// Levels in range, a valid opt-out header, some content types.
-fn validate_compression(
-    c: &super::model::CompressionConfig,
+/// `tenant`, `client_ip` or `header:<valid header name>`.
+fn validate_hash_on(hash_on: &str, base: &str, errors: &mut Vec<ConfigError>) {
+    let header_ok = hash_on
+        .strip_prefix("header:")
+        .is_some_and(|h| http::header::HeaderName::from_bytes(h.trim().as_bytes()).is_ok());
+    if hash_on != "tenant" && hash_on != "client_ip" && !header_ok {
+        errors.push(ConfigError::at(
+            format!("{base}.hash_on"),
+            format!(
+                "`{hash_on}` is not a hash key: write `tenant`, `client_ip` or `header:<name>`"
+            ),
+        ));
+    }
+}
+
+/// Attempts, retryable statuses, the budget fraction and non-zero timeouts; `base` is the
+/// `retry` path.
+fn validate_retry(retry: &RetryConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    if !(1..=10).contains(&retry.attempts) {
+        errors.push(ConfigError::at(
+            format!("{base}.attempts"),
+            format!(
+                "attempts go from 1 (no retry) to 10, got {}",
+                retry.attempts
+            ),
+        ));
+    }
+    for (j, st) in retry.on.iter().enumerate() {
+        if !(500..=599).contains(st) && *st != 429 && *st != 408 {
+            errors.push(ConfigError::at(
+                format!("{base}.on[{j}]"),
+                format!("{st}: only 408, 429 and 5xx statuses can be retried"),
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&retry.budget) || retry.budget.is_nan() {
+        errors.push(ConfigError::at(
+            format!("{base}.budget"),
+            format!(
+                "{} is not a fraction: write 0.2 for \"retries add at most 20% of requests\"",
+                retry.budget
+            ),
+        ));
+    }
+    for (key, d) in [
+        ("per_try_timeout", retry.per_try_timeout),
+        ("deadline", retry.deadline),
+    ] {
+        if d.is_some_and(|d| d.get().is_zero()) {
+            errors.push(ConfigError::at(
+                format!("{base}.{key}"),
+                "must be more than 0s (remove it for none)",
+            ));
+        }
+    }
+}
+
+/// An enabled breaker backs off for some time, at most `max_backoff`; `path` is the
+/// `circuit_breaker` path (the error names the section: it is about two of its keys).
+fn validate_circuit_breaker(cb: &CircuitBreakerConfig, path: &str, errors: &mut Vec<ConfigError>) {
+    if cb.failures > 0 && (cb.backoff.get().is_zero() || cb.max_backoff < cb.backoff) {
+        errors.push(ConfigError::at(
+            path,
+            format!(
+                "backoff must be more than 0s and at most max_backoff (got {} and {})",
+                cb.backoff, cb.max_backoff
+            ),
+        ));
+    }
+}
+
+/// Path, expected status, interval, timeout and thresholds; `base` is the `health_check` path.
+fn validate_health_check(hc: &HealthCheckConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    if !hc.path.starts_with('/') {
+        errors.push(ConfigError::at(
+            format!("{base}.path"),
+            format!("`{}` must start with `/`", hc.path),
+        ));
+    }
+    if !(100..=599).contains(&hc.expect_status) {
+        errors.push(ConfigError::at(
+            format!("{base}.expect_status"),
+            format!("{} is not an HTTP status", hc.expect_status),
+        ));
+    }
+    if hc.interval.get() < std::time::Duration::from_millis(100) {
+        errors.push(ConfigError::at(
+            format!("{base}.interval"),
+            "must be at least 100ms",
+        ));
+    }
+    if hc.timeout.get().is_zero() || hc.timeout > hc.interval {
+        errors.push(ConfigError::at(
+            format!("{base}.timeout"),
+            format!(
+                "must be more than 0s and at most the interval ({})",
+                hc.interval
+            ),
+        ));
+    }
+    for (key, v) in [
+        ("healthy_threshold", hc.healthy_threshold),
+        ("unhealthy_threshold", hc.unhealthy_threshold),
+    ] {
+        if !(1..=100).contains(&v) {
+            errors.push(ConfigError::at(
+                format!("{base}.{key}"),
+                format!("goes from 1 to 100, got {v}"),
+            ));
+        }
+    }
+}
+
+/// What the group changes in requests it forwards: `host`, `strip_prefix`/`add_prefix` and
+/// `headers` must be things a request can carry.
+fn validate_rewrites(group: &UpstreamConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    if let Some(h) = &group.host {
+        if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
+            errors.push(ConfigError::at(
+                format!("{base}.host"),
+                format!("`{h}` is not a valid Host header value"),
+            ));
+        }
+    }
+    for (key, p) in [
+        ("strip_prefix", &group.strip_prefix),
+        ("add_prefix", &group.add_prefix),
+    ] {
+        if let Some(p) = p {
+            if !p.starts_with('/') || p.len() < 2 || p.contains(['?', '#', ' ']) {
+                errors.push(ConfigError::at(
+                    format!("{base}.{key}"),
+                    format!("`{p}` must be a path like `/v1` (starting with `/`, no query)"),
+                ));
+            }
+        }
+    }
+    for (h, v) in &group.headers {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errors.push(ConfigError::at(
+                format!("{base}.headers.{h}"),
+                format!("`{h}` is not a valid header name"),
+            ));
+        } else if http::HeaderValue::from_str(v).is_err() {
+            errors.push(ConfigError::at(
+                format!("{base}.headers.{h}"),
+                "the value has characters a header cannot carry",
+            ));
+        }
+    }
+}
+
+/// Every timeout above zero; `base` is the `timeouts` path.
+fn validate_timeouts(t: &TimeoutsConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    for (key, d) in [
+        ("connect", t.connect),
+        ("read", t.read),
+        ("write", t.write),
+        ("idle", t.idle),
+    ] {
+        if d.get().is_zero() {
+            errors.push(ConfigError::at(
+                format!("{base}.{key}"),
+                "must be greater than 0s",
+            ));
+        }
+    }
+}
+
+/// An SNI, when given, is a host name; `base` is the `tls` path.
+fn validate_tls(tls: &TlsConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    if let Some(sni) = &tls.sni {
+        if let Err(e) = check_hostname(sni) {
+            errors.push(ConfigError::at(
+                format!("{base}.sni"),
+                format!("bad SNI `{sni}`: {e}"),
+            ));
+        }
+    }
+}
+
+// ---- routes ----
+
+/// Routes validated so far: for duplicate names and for matches an earlier route shadows.
+#[derive(Default)]
+struct SeenRoutes<'a> {
+    names: HashMap<String, usize>,
+    matches: HashMap<(Option<String>, &'a str), usize>,
+}
+
+/// One route, `routes[i]`.
+fn validate_route<'a>(
+    i: usize,
+    r: &'a RouteConfig,
+    known: &Known,
+    seen: &mut SeenRoutes<'a>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let base = format!("routes[{i}]");
+    // The optional parts come first, name, upstreams and match after: the order a route's
+    // errors have always had when the route is written on one line (`- { ... }`).
+    if let Some(rl) = &r.rate_limit {
+        validate_rate_limit(rl, known, &format!("{base}.rate_limit"), errors);
+    }
+    if let Some(c) = &r.compression {
+        validate_compression(c, &format!("{base}.compression"), errors);
+    }
+    if let Some(c) = &r.cache {
+        validate_route_cache(c, &format!("{base}.cache"), errors);
+    }
+    // A route that failed to parse was reported then; its placeholder only keeps indices.
+    if is_placeholder(r) {
+        return;
+    }
+    let name = route_name(r.name.as_deref(), i);
+    if let Err(e) = check_name(&name) {
+        errors.push(ConfigError::at(
+            format!("{base}.name"),
+            format!("bad route name `{name}`: {e}"),
+        ));
+    }
+    if let Some(first) = seen.names.insert(name.clone(), i) {
+        errors.push(ConfigError::at(
+            format!("{base}.name"),
+            format!("duplicate route name `{name}` (already used by routes[{first}])"),
+        ));
+    }
+    validate_route_upstreams(r, &known.upstreams, &base, errors);
+    validate_match(i, r, seen, &base, errors);
+}
+
+/// Exactly one of `upstream` and `upstreams`, naming defined groups, none twice.
+fn validate_route_upstreams(
+    r: &RouteConfig,
+    upstreams: &Names,
     base: &str,
     errors: &mut Vec<ConfigError>,
 ) {
+    match (r.upstream.is_empty(), r.upstreams.is_empty()) {
+        (false, true) => upstreams.check(&r.upstream, format!("{base}.upstream"), errors),
+        (true, false) => {
+            for (j, u) in r.upstreams.iter().enumerate() {
+                upstreams.check(u, format!("{base}.upstreams[{j}]"), errors);
+                if r.upstreams[..j].contains(u) {
+                    errors.push(ConfigError::at(
+                        format!("{base}.upstreams[{j}]"),
+                        format!("`{u}` is listed twice"),
+                    ));
+                }
+            }
+        }
+        (false, false) => errors.push(ConfigError::at(
+            format!("{base}.upstreams"),
+            "give `upstream` or `upstreams`, not both",
+        )),
+        (true, true) => errors.push(ConfigError::at(
+            base,
+            "a route needs `upstream: <group>` (or `upstreams: [primary, backup]`)",
+        )),
+    }
+}
+
+/// `match:` has a `/` prefix and a valid host, and is not the same as an earlier route's.
+fn validate_match<'a>(
+    i: usize,
+    r: &'a RouteConfig,
+    seen: &mut SeenRoutes<'a>,
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    let prefix = r.matcher.path_prefix.as_str();
+    if !prefix.starts_with('/') {
+        errors.push(ConfigError::at(
+            format!("{base}.match.path_prefix"),
+            format!("path prefix `{prefix}` must start with `/`"),
+        ));
+    }
+    // Hosts match case-insensitively: `API.example.com` and `api.example.com` are one match.
+    let host = r.matcher.host.as_ref().map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &host {
+        let bare = h.strip_prefix("*.").unwrap_or(h);
+        if let Err(e) = check_hostname(bare) {
+            errors.push(ConfigError::at(
+                format!("{base}.match.host"),
+                format!("bad host `{h}`: {e} (write `api.example.com` or `*.example.com`)"),
+            ));
+        }
+    }
+    if let Some(first) = seen.matches.insert((host, prefix), i) {
+        errors.push(ConfigError::at(
+            format!("{base}.match"),
+            format!(
+                "same host and path_prefix as routes[{first}]: this route could never be chosen"
+            ),
+        ));
+    }
+}
+
+/// A route's `rate_limit:` policy: its cost, its per-tier overrides, and a cost that every
+/// tier's and tenant's bucket can hold.
+fn validate_rate_limit(
+    rl: &RouteRateLimitConfig,
+    known: &Known,
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if rl.cost == 0 {
+        errors.push(ConfigError::at(
+            format!("{base}.cost"),
+            "cost must be at least 1",
+        ));
+    }
+    for (tier, o) in &rl.tiers {
+        let path = format!("{base}.tiers.{tier}");
+        known.tiers.check(tier, path.clone(), errors);
+        check_rate(o.rps.unwrap_or(1.0), o.burst.or(Some(1)), &path, errors);
+    }
+    if !rl.enabled || rl.cost <= 1 {
+        return;
+    }
+    // A request costing more than a bucket holds can never pass: almost surely a mistake.
+    let burst_on_route =
+        |tier: &str, own: u32| rl.tiers.get(tier).and_then(|o| o.burst).unwrap_or(own);
+    let too_small = known
+        .tier_limits
+        .iter()
+        .map(|(name, t)| (format!("tier `{name}`"), burst_on_route(name, t.burst)))
+        .chain(known.tenants.iter().filter_map(|(id, t)| {
+            let tier = known.tier_limits.get(&t.tier)?;
+            let own = t.burst.unwrap_or(tier.burst);
+            Some((format!("tenant `{id}`"), burst_on_route(&t.tier, own)))
+        }))
+        .find(|(_, burst)| *burst < rl.cost);
+    if let Some((who, burst)) = too_small {
+        errors.push(ConfigError::at(
+            format!("{base}.cost"),
+            format!(
+                "cost {} exceeds the burst of {who} ({burst}): its requests could never pass; \
+                 raise that burst or give the tier a route policy under `tiers:`",
+                rl.cost
+            ),
+        ));
+    }
+}
+
+/// Levels in range, a valid opt-out header, some content types.
+fn validate_compression(c: &CompressionConfig, base: &str, errors: &mut Vec<ConfigError>) {
     for (name, algo, max) in [
         ("gzip", &c.gzip, 9),
         ("brotli", &c.brotli, 11),
@@ -390,19 +611,7 @@ fn validate_compression(
         ));
     }
     for (i, t) in c.content_types.iter().enumerate() {
-        // A media type `type/subtype` (parameters not allowed), `type/*`, or `+suffix`.
-        let token = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
-        };
-        let ok = match t.strip_prefix('+') {
-            Some(suffix) => token(suffix),
-            None => t
-                .split_once('/')
-                .is_some_and(|(a, b)| token(a) && (b == "*" || token(b))),
-        };
-        if !ok {
+        if !is_content_type_pattern(t) {
             errors.push(ConfigError::at(
                 format!("{base}.content_types[{i}]"),
                 format!("`{t}` is not a content type: write `text/html`, `text/*` or `+json`"),
@@ -411,9 +620,282 @@ fn validate_compression(
     }
 }
 
-/// The store's budget, object cap and lock timeout; the admin token.
-fn validate_cache_store(config: &Config, errors: &mut Vec<ConfigError>) {
-    let c = &config.cache;
+/// A media type `type/subtype` (parameters not allowed), `type/*`, or `+suffix`.
+fn is_content_type_pattern(t: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match t.strip_prefix('+') {
+        Some(suffix) => token(suffix),
+        None => t
+            .split_once('/')
+            .is_some_and(|(a, b)| token(a) && (b == "*" || token(b))),
+    }
+}
+
+/// Methods, statuses, durations and prefixes of a route's `cache:`.
+fn validate_route_cache(c: &RouteCacheConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    if c.ttl.is_some_and(|t| t.get().is_zero()) {
+        errors.push(ConfigError::at(
+            format!("{base}.ttl"),
+            "must be more than 0s (remove it to use only the origin's freshness)",
+        ));
+    }
+    for (key, d) in [
+        ("stale_while_revalidate", c.stale_while_revalidate),
+        ("stale_if_error", c.stale_if_error),
+    ] {
+        if d.get().subsec_nanos() != 0 {
+            errors.push(ConfigError::at(
+                format!("{base}.{key}"),
+                format!("{d} is not whole seconds: stale windows count in seconds (RFC 5861)"),
+            ));
+        }
+    }
+    validate_cacheable(c, base, errors);
+    for (i, p) in c.invalidate_prefixes.iter().enumerate() {
+        if !p.starts_with('/') {
+            errors.push(ConfigError::at(
+                format!("{base}.invalidate_prefixes[{i}]"),
+                format!("`{p}` must start with `/`"),
+            ));
+        }
+    }
+}
+
+/// A route's `cache.methods` and `cache.statuses`: some, and only ones whose responses can be
+/// stored.
+fn validate_cacheable(c: &RouteCacheConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    if c.methods.is_empty() {
+        errors.push(ConfigError::at(
+            format!("{base}.methods"),
+            "list at least one method (GET, HEAD)",
+        ));
+    }
+    for (i, m) in c.methods.iter().enumerate() {
+        if !m.eq_ignore_ascii_case("GET") && !m.eq_ignore_ascii_case("HEAD") {
+            errors.push(ConfigError::at(
+                format!("{base}.methods[{i}]"),
+                format!(
+                    "`{m}` responses cannot be cached: only GET and HEAD are (RFC 9110 §9.2.3)"
+                ),
+            ));
+        }
+    }
+    if c.statuses.is_empty() {
+        errors.push(ConfigError::at(
+            format!("{base}.statuses"),
+            "list at least one status (e.g. 200)",
+        ));
+    }
+    for (i, st) in c.statuses.iter().enumerate() {
+        if let Some(why) = uncacheable_status(*st) {
+            errors.push(ConfigError::at(
+                format!("{base}.statuses[{i}]"),
+                format!("{st} {why}"),
+            ));
+        }
+    }
+}
+
+/// Why a status cannot be listed in a route's `cache.statuses`, if it cannot.
+fn uncacheable_status(st: u16) -> Option<&'static str> {
+    match st {
+        s if !(200..=599).contains(&s) => Some("is not a final response status (200-599)"),
+        206 => Some("partial responses are not stored: ranges are cut from whole stored responses"),
+        304 => Some("(Not Modified) refreshes a stored response; it is never stored itself"),
+        _ => None,
+    }
+}
+
+// ---- identity, tiers, tenants ----
+
+/// Tiers it names exist, header names are valid, trusted proxies are networks.
+fn validate_identity(id: &IdentityConfig, tiers: &Names, errors: &mut Vec<ConfigError>) {
+    for (key, tier) in [
+        ("anonymous_tier", &id.anonymous_tier),
+        ("header_tenant_tier", &id.header_tenant_tier),
+    ] {
+        if let Some(t) = tier {
+            tiers.check(t, format!("identity.{key}"), errors);
+        }
+    }
+    for (key, h) in [
+        ("api_key_header", id.api_key_header.as_deref()),
+        ("tenant_header", Some(id.tenant_header.as_str())),
+    ] {
+        if let Some(h) = h {
+            if http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errors.push(ConfigError::at(
+                    format!("identity.{key}"),
+                    format!("`{h}` is not a valid header name"),
+                ));
+            }
+        }
+    }
+    for (i, cidr) in id.trusted_proxies.iter().enumerate() {
+        if crate::tenant::parse_cidr(cidr).is_none() {
+            errors.push(ConfigError::at(
+                format!("identity.trusted_proxies[{i}]"),
+                format!("bad network `{cidr}`: write an IP or a CIDR like `10.0.0.0/8`"),
+            ));
+        }
+    }
+}
+
+/// Every tier of `tiers:`.
+fn validate_tiers(tiers: &IndexMap<String, TierConfig>, errors: &mut Vec<ConfigError>) {
+    for (name, tier) in tiers {
+        validate_tier(name, tier, errors);
+    }
+}
+
+/// One tier, `tiers.<name>`: a plain name and a usable rate.
+fn validate_tier(name: &str, tier: &TierConfig, errors: &mut Vec<ConfigError>) {
+    let base = format!("tiers.{name}");
+    if let Err(e) = check_name(name) {
+        errors.push(ConfigError::at(
+            &base,
+            format!("bad tier name `{name}`: {e}"),
+        ));
+    }
+    check_rate(tier.rps, Some(tier.burst), &base, errors);
+}
+
+/// One tenant, `tenants.<id>`: a plain id, a defined tier, usable overrides, and API keys that
+/// are digests (or come from the environment) and belong to no other tenant. `key_owners` maps
+/// the digests of the tenants validated so far to their ids.
+fn validate_tenant(
+    id: &str,
+    tenant: &TenantConfig,
+    tiers: &Names,
+    from_env: &dyn Fn(&str, &str) -> bool,
+    key_owners: &mut HashMap<String, String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let base = format!("tenants.{id}");
+    if let Err(e) = check_name(id) {
+        errors.push(ConfigError::at(&base, format!("bad tenant id `{id}`: {e}")));
+    }
+    tiers.check(&tenant.tier, format!("{base}.tier"), errors);
+    if let Some(rps) = tenant.rps {
+        check_rate(rps, tenant.burst, &base, errors);
+    } else if let Some(b) = tenant.burst {
+        check_rate(1.0, Some(b), &base, errors);
+    }
+    for (i, key) in tenant.api_keys.iter().enumerate() {
+        let path = format!("{base}.api_keys[{i}]");
+        let Some(digest) = api_key_digest(key, &path, from_env, errors) else {
+            continue;
+        };
+        match key_owners.insert(digest, id.to_string()) {
+            Some(other) if other == id => errors.push(ConfigError::at(
+                &path,
+                "this API key is listed twice for this tenant",
+            )),
+            Some(other) => errors.push(ConfigError::at(
+                &path,
+                format!("the same API key is also given to tenant `{other}`"),
+            )),
+            None => {}
+        }
+    }
+}
+
+/// The lowercase hex SHA-256 of an API key written at `path`: given as `sha256:<hex>`, or
+/// computed from a key substituted from the environment. A plain key written in the file is
+/// refused (the file would hold a secret), as is an empty one.
+fn api_key_digest(
+    key: &str,
+    path: &str,
+    from_env: &dyn Fn(&str, &str) -> bool,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let problem = match key.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Some(hex.to_ascii_lowercase());
+        }
+        Some(_) => "a `sha256:` key needs exactly 64 hex digits",
+        None if from_env(path, key) && !key.trim().is_empty() => {
+            return Some(crate::tenant::key_digest_hex(key.trim()));
+        }
+        None if from_env(path, key) => "this API key comes from an empty environment variable",
+        None => {
+            "plain API keys must not be written in the config file: write \
+             `sha256:<hex digest>` (`tollgate hash-key` prints it) or `${ENV_VAR}`"
+        }
+    };
+    errors.push(ConfigError::at(path, problem));
+    None
+}
+
+/// A rate limit's `rps` above 0 and `burst` at least 1, under `base`.
+fn check_rate(rps: f64, burst: Option<u32>, base: &str, errors: &mut Vec<ConfigError>) {
+    if !(rps.is_finite() && rps > 0.0) {
+        errors.push(ConfigError::at(
+            format!("{base}.rps"),
+            format!("rps must be a number above 0, got `{rps}`"),
+        ));
+    }
+    if burst == Some(0) {
+        errors.push(ConfigError::at(
+            format!("{base}.burst"),
+            "burst must be at least 1",
+        ));
+    }
+}
+
+// ---- observability, cache ----
+
+/// Histogram buckets, the tenant allowlist (tenants that exist) and the access log.
+fn validate_observability(
+    o: &ObservabilityConfig,
+    tenants: &IndexMap<String, TenantConfig>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let b = &o.latency_buckets;
+    if b.is_empty()
+        || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
+        || b.windows(2).any(|w| w[0] >= w[1])
+    {
+        errors.push(ConfigError::at(
+            "observability.latency_buckets",
+            "buckets must be positive numbers of seconds in increasing order, e.g. [0.005, 0.05, 0.5, 5]",
+        ));
+    }
+    for (i, t) in o.tenant_label_allowlist.iter().enumerate() {
+        if !tenants.contains_key(t) {
+            errors.push(ConfigError::at(
+                format!("observability.tenant_label_allowlist[{i}]"),
+                format!("unknown tenant `{t}`"),
+            ));
+        }
+    }
+    let a = &o.access_log;
+    if !(0.0..=1.0).contains(&a.sample_rate) {
+        errors.push(ConfigError::at(
+            "observability.access_log.sample_rate",
+            "must be between 0.0 and 1.0",
+        ));
+    }
+    if a.buffer_lines == 0 {
+        errors.push(ConfigError::at(
+            "observability.access_log.buffer_lines",
+            "must be at least 1",
+        ));
+    }
+    if a.output.trim().is_empty() {
+        errors.push(ConfigError::at(
+            "observability.access_log.output",
+            "write `stdout`, `stderr` or a file path",
+        ));
+    }
+}
+
+/// The store's budget, object cap and lock timeout.
+fn validate_cache_store(c: &CacheConfig, errors: &mut Vec<ConfigError>) {
     if c.max_size.bytes() < 1024 * 1024 {
         errors.push(ConfigError::at(
             "cache.max_size",
@@ -443,311 +925,9 @@ fn validate_cache_store(config: &Config, errors: &mut Vec<ConfigError>) {
             "must be more than 0 (requests for a key being fetched wait at most this long)",
         ));
     }
-    if let Some(t) = &config.admin.token {
-        if t.trim().is_empty() {
-            errors.push(ConfigError::at(
-                "admin.token",
-                "is empty: set the variable it names (e.g. TOLLGATE_ADMIN_TOKEN) or remove the key",
-            ));
-        }
-    }
 }
 
-/// Methods, statuses, durations and prefixes of a route's `cache:`.
-fn validate_route_cache(
-    c: &super::model::RouteCacheConfig,
-    base: &str,
-    errors: &mut Vec<ConfigError>,
-) {
-    if c.ttl.is_some_and(|t| t.get().is_zero()) {
-        errors.push(ConfigError::at(
-            format!("{base}.ttl"),
-            "must be more than 0s (remove it to use only the origin's freshness)",
-        ));
-    }
-    for (key, d) in [
-        ("stale_while_revalidate", c.stale_while_revalidate),
-        ("stale_if_error", c.stale_if_error),
-    ] {
-        if d.get().subsec_nanos() != 0 {
-            errors.push(ConfigError::at(
-                format!("{base}.{key}"),
-                format!("{d} is not whole seconds: stale windows count in seconds (RFC 5861)"),
-            ));
-        }
-    }
-    if c.methods.is_empty() {
-        errors.push(ConfigError::at(
-            format!("{base}.methods"),
-            "list at least one method (GET, HEAD)",
-        ));
-    }
-    for (i, m) in c.methods.iter().enumerate() {
-        if !m.eq_ignore_ascii_case("GET") && !m.eq_ignore_ascii_case("HEAD") {
-            errors.push(ConfigError::at(
-                format!("{base}.methods[{i}]"),
-                format!(
-                    "`{m}` responses cannot be cached: only GET and HEAD are (RFC 9110 §9.2.3)"
-                ),
-            ));
-        }
-    }
-    if c.statuses.is_empty() {
-        errors.push(ConfigError::at(
-            format!("{base}.statuses"),
-            "list at least one status (e.g. 200)",
-        ));
-    }
-    for (i, st) in c.statuses.iter().enumerate() {
-        let why = match st {
-            s if !(200..=599).contains(s) => Some("is not a final response status (200-599)"),
-            206 => {
-                Some("partial responses are not stored: ranges are cut from whole stored responses")
-            }
-            304 => Some("(Not Modified) refreshes a stored response; it is never stored itself"),
-            _ => None,
-        };
-        if let Some(why) = why {
-            errors.push(ConfigError::at(
-                format!("{base}.statuses[{i}]"),
-                format!("{st} {why}"),
-            ));
-        }
-    }
-    for (i, p) in c.invalidate_prefixes.iter().enumerate() {
-        if !p.starts_with('/') {
-            errors.push(ConfigError::at(
-                format!("{base}.invalidate_prefixes[{i}]"),
-                format!("`{p}` must start with `/`"),
-            ));
-        }
-    }
-}
-
-/// Histogram buckets, the tenant allowlist and the access log.
-fn validate_observability(config: &Config, errors: &mut Vec<ConfigError>) {
-    let o = &config.observability;
-    let b = &o.latency_buckets;
-    if b.is_empty()
-        || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
-        || b.windows(2).any(|w| w[0] >= w[1])
-    {
-        errors.push(ConfigError::at(
-            "observability.latency_buckets",
-            "buckets must be positive numbers of seconds in increasing order, e.g. [0.005, 0.05, 0.5, 5]",
-        ));
-    }
-    for (i, t) in o.tenant_label_allowlist.iter().enumerate() {
-        if !config.tenants.contains_key(t) {
-            errors.push(ConfigError::at(
-                format!("observability.tenant_label_allowlist[{i}]"),
-                format!("unknown tenant `{t}`"),
-            ));
-        }
-    }
-    let a = &o.access_log;
-    if !(0.0..=1.0).contains(&a.sample_rate) {
-        errors.push(ConfigError::at(
-            "observability.access_log.sample_rate",
-            "must be between 0.0 and 1.0",
-        ));
-    }
-    if a.buffer_lines == 0 {
-        errors.push(ConfigError::at(
-            "observability.access_log.buffer_lines",
-            "must be at least 1",
-        ));
-    }
-    if a.output.trim().is_empty() {
-        errors.push(ConfigError::at(
-            "observability.access_log.output",
-            "write `stdout`, `stderr` or a file path",
-        ));
-    }
-}
-
-/// Tiers, tenants, identity and route rate-limit policies.
-fn validate_limits(
-    config: &Config,
-    tier_names: &[String],
-    from_env: &dyn Fn(&str, &str) -> bool,
-    errors: &mut Vec<ConfigError>,
-) {
-    let tier_known = |t: &str| tier_names.iter().any(|n| n == t);
-    let known_tiers = || tier_names.join(", ");
-    let unknown_tier = |path: String, t: &str| {
-        ConfigError::at(
-            path,
-            format!(
-                "unknown tier `{t}` (defined tiers: {})",
-                if tier_names.is_empty() {
-                    "none".to_string()
-                } else {
-                    known_tiers()
-                }
-            ),
-        )
-    };
-    for (name, tier) in &config.tiers {
-        let base = format!("tiers.{name}");
-        if let Err(e) = check_name(name) {
-            errors.push(ConfigError::at(
-                &base,
-                format!("bad tier name `{name}`: {e}"),
-            ));
-        }
-        check_rate(tier.rps, Some(tier.burst), &base, errors);
-    }
-    let mut key_owner: HashMap<String, String> = HashMap::new();
-    for (id, tenant) in &config.tenants {
-        let base = format!("tenants.{id}");
-        if let Err(e) = check_name(id) {
-            errors.push(ConfigError::at(&base, format!("bad tenant id `{id}`: {e}")));
-        }
-        if !tier_known(&tenant.tier) {
-            errors.push(unknown_tier(format!("{base}.tier"), &tenant.tier));
-        }
-        if let Some(rps) = tenant.rps {
-            check_rate(rps, tenant.burst, &base, errors);
-        } else if let Some(b) = tenant.burst {
-            check_rate(1.0, Some(b), &base, errors);
-        }
-        for (i, key) in tenant.api_keys.iter().enumerate() {
-            let path = format!("{base}.api_keys[{i}]");
-            let digest = match key.strip_prefix("sha256:") {
-                Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    hex.to_ascii_lowercase()
-                }
-                Some(_) => {
-                    errors.push(ConfigError::at(
-                        &path,
-                        "a `sha256:` key needs exactly 64 hex digits",
-                    ));
-                    continue;
-                }
-                None if from_env(&path, key) && !key.trim().is_empty() => {
-                    crate::tenant::key_digest_hex(key.trim())
-                }
-                None if from_env(&path, key) => {
-                    errors.push(ConfigError::at(
-                        &path,
-                        "this API key comes from an empty environment variable",
-                    ));
-                    continue;
-                }
-                None => {
-                    errors.push(ConfigError::at(
-                        &path,
-                        "plain API keys must not be written in the config file: write \
-                         `sha256:<hex digest>` (`tollgate hash-key` prints it) or `${ENV_VAR}`",
-                    ));
-                    continue;
-                }
-            };
-            match key_owner.insert(digest, id.clone()) {
-                Some(other) if &other == id => errors.push(ConfigError::at(
-                    &path,
-                    "this API key is listed twice for this tenant",
-                )),
-                Some(other) => errors.push(ConfigError::at(
-                    &path,
-                    format!("the same API key is also given to tenant `{other}`"),
-                )),
-                None => {}
-            }
-        }
-    }
-    let id = &config.identity;
-    for (key, tier) in [
-        ("anonymous_tier", &id.anonymous_tier),
-        ("header_tenant_tier", &id.header_tenant_tier),
-    ] {
-        if let Some(t) = tier {
-            if !tier_known(t) {
-                errors.push(unknown_tier(format!("identity.{key}"), t));
-            }
-        }
-    }
-    for (key, h) in [
-        ("api_key_header", id.api_key_header.as_deref()),
-        ("tenant_header", Some(id.tenant_header.as_str())),
-    ] {
-        if let Some(h) = h {
-            if http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                errors.push(ConfigError::at(
-                    format!("identity.{key}"),
-                    format!("`{h}` is not a valid header name"),
-                ));
-            }
-        }
-    }
-    for (i, cidr) in id.trusted_proxies.iter().enumerate() {
-        if crate::tenant::parse_cidr(cidr).is_none() {
-            errors.push(ConfigError::at(
-                format!("identity.trusted_proxies[{i}]"),
-                format!("bad network `{cidr}`: write an IP or a CIDR like `10.0.0.0/8`"),
-            ));
-        }
-    }
-    for (i, r) in config.routes.iter().enumerate() {
-        let Some(rl) = &r.rate_limit else { continue };
-        let base = format!("routes[{i}].rate_limit");
-        if rl.cost == 0 {
-            errors.push(ConfigError::at(
-                format!("{base}.cost"),
-                "cost must be at least 1",
-            ));
-        }
-        for (tier, o) in &rl.tiers {
-            let path = format!("{base}.tiers.{tier}");
-            if !tier_known(tier) {
-                errors.push(unknown_tier(path.clone(), tier));
-            }
-            check_rate(o.rps.unwrap_or(1.0), o.burst.or(Some(1)), &path, errors);
-        }
-        if !rl.enabled || rl.cost <= 1 {
-            continue;
-        }
-        // A request costing more than a bucket holds can never pass: almost surely a mistake.
-        let burst_on_route =
-            |tier: &str, own: u32| rl.tiers.get(tier).and_then(|o| o.burst).unwrap_or(own);
-        let too_small = config
-            .tiers
-            .iter()
-            .map(|(name, t)| (format!("tier `{name}`"), burst_on_route(name, t.burst)))
-            .chain(config.tenants.iter().filter_map(|(id, t)| {
-                let tier = config.tiers.get(&t.tier)?;
-                let own = t.burst.unwrap_or(tier.burst);
-                Some((format!("tenant `{id}`"), burst_on_route(&t.tier, own)))
-            }))
-            .find(|(_, burst)| *burst < rl.cost);
-        if let Some((who, burst)) = too_small {
-            errors.push(ConfigError::at(
-                format!("{base}.cost"),
-                format!(
-                    "cost {} exceeds the burst of {who} ({burst}): its requests could never pass; \
-                     raise that burst or give the tier a route policy under `tiers:`",
-                    rl.cost
-                ),
-            ));
-        }
-    }
-}
-
-fn check_rate(rps: f64, burst: Option<u32>, base: &str, errors: &mut Vec<ConfigError>) {
-    if !(rps.is_finite() && rps > 0.0) {
-        errors.push(ConfigError::at(
-            format!("{base}.rps"),
-            format!("rps must be a number above 0, got `{rps}`"),
-        ));
-    }
-    if burst == Some(0) {
-        errors.push(ConfigError::at(
-            format!("{base}.burst"),
-            "burst must be at least 1",
-        ));
-    }
-}
+// ---- names and addresses (also used by compile) ----
 
 /// The name a route is known by: its `name:`, or `route-<index>`.
 pub fn route_name(name: Option<&str>, index: usize) -> String {
