@@ -42,6 +42,8 @@ pub struct Parsed {
     pub upstream_names: Vec<String>,
     /// Every tier name written in the file (so tenants naming a broken tier are not also flagged).
     pub tier_names: Vec<String>,
+    /// Indices of the routes that did not parse: `config.routes` holds a placeholder there.
+    pub broken_routes: Vec<usize>,
 }
 
 /// Parse YAML text (already interpolated) into a [`Config`], collecting errors.
@@ -51,6 +53,7 @@ pub fn parse(text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
         config: defaults(),
         upstream_names: Vec::new(),
         tier_names: Vec::new(),
+        broken_routes: Vec::new(),
     };
     let (mut saw_upstreams, mut saw_routes) = (false, false);
     for (key, value) in map {
@@ -93,7 +96,10 @@ fn parse_section(key: &str, value: Value, parsed: &mut Parsed, errors: &mut Vec<
             let names = &mut parsed.upstream_names;
             parse_upstreams(value, &mut config.upstreams, names, errors);
         }
-        "routes" => parse_routes(value, &mut config.routes, errors),
+        "routes" => {
+            let broken = &mut parsed.broken_routes;
+            parse_routes(value, &mut config.routes, broken, errors);
+        }
         "identity" => replace(&mut config.identity, value, "identity", errors),
         "tiers" => parse_tiers(value, &mut config.tiers, &mut parsed.tier_names, errors),
         "tenants" => parse_tenants(value, &mut config.tenants, errors),
@@ -246,8 +252,13 @@ fn parse_upstreams(
 }
 
 /// `routes:`, route by route. A route that does not parse leaves a placeholder, so that
-/// `routes[i]` in later messages is still the i-th route of the file.
-fn parse_routes(value: Value, routes: &mut Vec<RouteConfig>, errors: &mut Vec<ConfigError>) {
+/// `routes[i]` in later messages is still the i-th route of the file, and its index in `broken`.
+fn parse_routes(
+    value: Value,
+    routes: &mut Vec<RouteConfig>,
+    broken: &mut Vec<usize>,
+    errors: &mut Vec<ConfigError>,
+) {
     match value {
         Value::Sequence(items) if items.is_empty() => errors.push(ConfigError::at(
             "routes",
@@ -256,8 +267,11 @@ fn parse_routes(value: Value, routes: &mut Vec<RouteConfig>, errors: &mut Vec<Co
         Value::Sequence(items) => {
             for (i, item) in items.into_iter().enumerate() {
                 let path = format!("routes[{i}]");
-                let route = section::<RouteConfig>(item, &path, errors);
-                routes.push(route.unwrap_or_else(placeholder_route));
+                let route = section::<RouteConfig>(item, &path, errors).unwrap_or_else(|| {
+                    broken.push(i);
+                    placeholder_route()
+                });
+                routes.push(route);
             }
         }
         other => errors.push(ConfigError::at(
@@ -320,11 +334,6 @@ fn placeholder_route() -> RouteConfig {
         upstreams: Vec::new(),
         retry_non_idempotent: false,
     }
-}
-
-/// Whether a route in `config.routes` is a placeholder for one that failed to parse.
-pub fn is_placeholder(r: &RouteConfig) -> bool {
-    r.upstream.is_empty() && r.matcher.path_prefix.is_empty()
 }
 
 /// A section of named entries (`upstreams`, `tiers`, `tenants`) as (name, body) pairs; a

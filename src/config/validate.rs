@@ -17,7 +17,7 @@ use super::model::{
     RouteConfig, RouteRateLimitConfig, ServerConfig, TenantConfig, TierConfig, TimeoutsConfig,
     TlsConfig, UpstreamConfig,
 };
-use super::parse::{is_placeholder, Parsed};
+use super::parse::Parsed;
 use indexmap::IndexMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,7 +44,10 @@ pub fn validate(
     }
     let mut seen = SeenRoutes::default();
     for (i, route) in config.routes.iter().enumerate() {
-        validate_route(i, route, &known, &mut seen, errors);
+        // A route that did not parse was reported then; its placeholder only keeps indices.
+        if !parsed.broken_routes.contains(&i) {
+            validate_route(i, route, &known, &mut seen, errors);
+        }
     }
     validate_identity(&config.identity, &known.tiers, errors);
     validate_tiers(&config.tiers, errors);
@@ -446,10 +449,6 @@ fn validate_route<'a>(
     }
     if let Some(c) = &r.cache {
         validate_route_cache(c, &format!("{base}.cache"), errors);
-    }
-    // A route that failed to parse was reported then; its placeholder only keeps indices.
-    if is_placeholder(r) {
-        return;
     }
     let name = route_name(r.name.as_deref(), i);
     if let Err(e) = check_name(&name) {
@@ -1026,6 +1025,49 @@ mod tests {
             .unwrap_err()
             .contains("bad address"));
         assert!(parse_endpoint("::1:80").unwrap_err().contains("brackets"));
+    }
+
+    /// Errors of a config text, as `path: message`.
+    fn problems(yaml: &str) -> Vec<String> {
+        match crate::config::load_str(yaml, "t.yaml", |_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect(),
+        }
+    }
+
+    const UPSTREAMS: &str = "upstreams:\n  app: { endpoints: [\"127.0.0.1:3000\"] }\n";
+
+    #[test]
+    fn a_route_with_an_empty_prefix_is_checked_like_any_other() {
+        // Once mistaken for the placeholder of a route that did not parse: nothing was checked
+        // and compiling it panicked.
+        let yaml = format!(
+            "{UPSTREAMS}routes:\n  - {{ match: {{ path_prefix: \"\" }}, upstreams: [app, zz] }}\n"
+        );
+        assert_eq!(
+            problems(&yaml),
+            [
+                "routes[0].upstreams[1]: unknown upstream `zz` (defined upstreams: app)",
+                "routes[0].match.path_prefix: path prefix `` must start with `/`",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_route_that_does_not_parse_is_reported_once() {
+        let yaml = format!(
+            "{UPSTREAMS}routes:\n  - {{ match: {{ path_prefix: / }}, upstream: zz, bogus: 1 }}\n  - {{ match: {{ path_prefix: / }}, upstream: app }}\n"
+        );
+        let found = problems(&yaml);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].starts_with("routes[0].bogus: unknown key `bogus`"),
+            "{found:#?}"
+        );
     }
 
     #[test]
