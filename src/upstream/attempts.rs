@@ -384,35 +384,17 @@ pub fn retry_after(value: Option<&str>, wall_now: SystemTime) -> Option<Duration
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::breaker::{Breaker, State};
+    use crate::upstream::breaker::State;
     use crate::upstream::budget::RetryBudget;
-    use crate::upstream::{Balance, Endpoint, HashOn, Timeouts};
-    use std::net::SocketAddr;
+    use crate::upstream::{test_endpoints, Balance, HashOn};
 
     const S: u64 = 1_000_000_000;
     /// A virtual monotonic clock reading, well away from 0.
     const T0: u64 = 100 * S;
 
     fn group(name: &str, n: u16, attempts: u32, port: u16) -> Arc<UpstreamGroup> {
-        let t = Timeouts {
-            connect: Duration::from_secs(1),
-            read: Duration::from_secs(1),
-            write: Duration::from_secs(1),
-            idle: Duration::from_secs(1),
-        };
-        let endpoints = (0..n)
-            .map(|i| {
-                let addr: SocketAddr = format!("127.0.0.1:{}", port + i).parse().unwrap();
-                Endpoint::new(addr.to_string(), "127.0.0.1", addr, None, &t).with(
-                    1,
-                    Arc::new(Breaker::new(
-                        2,
-                        Duration::from_secs(10),
-                        Duration::from_secs(60),
-                    )),
-                )
-            })
-            .collect();
+        let (backoff, max_backoff) = (Duration::from_secs(10), Duration::from_secs(60));
+        let endpoints = test_endpoints(n, port, 2, backoff, max_backoff);
         Arc::new(
             UpstreamGroup::new(
                 name.into(),

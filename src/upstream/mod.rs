@@ -630,30 +630,37 @@ impl pingora_load_balancing::health_check::HealthObserve for HealthObserver {
     }
 }
 
+/// `n` loopback endpoints on ports `port..`, 1 s timeouts, each with its own breaker (opening
+/// after `failures`, backing off `backoff` up to `max_backoff`): the unit tests' groups.
+#[cfg(test)]
+pub(crate) fn test_endpoints(
+    n: u16,
+    port: u16,
+    failures: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+) -> Vec<Endpoint> {
+    let t = Timeouts {
+        connect: Duration::from_secs(1),
+        read: Duration::from_secs(1),
+        write: Duration::from_secs(1),
+        idle: Duration::from_secs(1),
+    };
+    (0..n)
+        .map(|i| {
+            let addr: SocketAddr = format!("127.0.0.1:{}", port + i).parse().unwrap();
+            Endpoint::new(addr.to_string(), "127.0.0.1", addr, None, &t)
+                .with(1, Arc::new(Breaker::new(failures, backoff, max_backoff)))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn group(n: u16) -> UpstreamGroup {
-        let t = Timeouts {
-            connect: Duration::from_secs(1),
-            read: Duration::from_secs(1),
-            write: Duration::from_secs(1),
-            idle: Duration::from_secs(1),
-        };
-        let endpoints = (0..n)
-            .map(|i| {
-                let addr: SocketAddr = format!("127.0.0.1:{}", 3000 + i).parse().unwrap();
-                Endpoint::new(addr.to_string(), "127.0.0.1", addr, None, &t).with(
-                    1,
-                    Arc::new(Breaker::new(
-                        1,
-                        Duration::from_secs(1),
-                        Duration::from_secs(1),
-                    )),
-                )
-            })
-            .collect();
+        let endpoints = test_endpoints(n, 3000, 1, Duration::from_secs(1), Duration::from_secs(1));
         UpstreamGroup::new(
             "app".into(),
             endpoints,
