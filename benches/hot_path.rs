@@ -99,7 +99,7 @@ fn bench_header_parts(c: &mut Criterion) {
     });
 }
 
-fn group(balance: tollgate::config::model::Balance, n: u16) -> tollgate::upstream::UpstreamGroup {
+fn group(balance: tollgate::upstream::Balance, n: u16) -> tollgate::upstream::UpstreamGroup {
     use tollgate::upstream::{breaker::Breaker, Endpoint, HashOn, Timeouts, UpstreamGroup};
     let t = Timeouts {
         connect: std::time::Duration::from_secs(1),
@@ -124,7 +124,7 @@ fn group(balance: tollgate::config::model::Balance, n: u16) -> tollgate::upstrea
 }
 
 fn bench_select(c: &mut Criterion) {
-    use tollgate::config::model::Balance;
+    use tollgate::upstream::Balance;
     for (name, balance) in [
         ("round_robin", Balance::RoundRobin),
         ("weighted", Balance::Weighted),

@@ -83,7 +83,7 @@ impl AdminApp {
     /// `POST /cache/purge`: check the admin token, read the JSON selector, remove entries.
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let config = self.config.load_full();
-        let Some(token) = config.source.admin.token.as_deref() else {
+        let Some(token) = config.admin_token.as_deref() else {
             return json(
                 StatusCode::FORBIDDEN,
                 serde_json::json!({"error": "purge_disabled", "message": "admin actions are off: set `admin.token` (e.g. \"${TOLLGATE_ADMIN_TOKEN}\") to enable them"}),
@@ -182,7 +182,7 @@ impl ServeHttp for AdminApp {
             "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => {
                 let config = self.config.load_full();
-                match listeners_accepting(&config.listen).await {
+                match listeners_accepting(&config.startup.listen).await {
                     Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
                     Err(why) => json(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -1,8 +1,9 @@
 //! Hot reload: on SIGHUP, or when the file's content changes (polled, which also catches the
 //! symlink swap Kubernetes does for ConfigMaps), load the file again and swap the config in.
 //! A file that fails validation is logged with every problem and the last good config keeps
-//! serving. Listener addresses, `server:` settings and the `cache:` store need a restart; a
-//! change there is logged.
+//! serving. What is read only at start ([`crate::config::Startup`]: listeners, `server:`, the
+//! `cache:` store, metric shapes, the access log's output) needs a restart; a change there is
+//! logged and the running values stay.
 
 use crate::config::{self, RuntimeConfig};
 use crate::observe::metrics;
@@ -20,20 +21,12 @@ pub struct Reloader {
     path: PathBuf,
     config: Arc<ArcSwap<RuntimeConfig>>,
     poll: Duration,
-    /// The config the process started with: what restart-only settings really are.
-    boot: Arc<RuntimeConfig>,
 }
 
 impl Reloader {
     /// Watch `path`, polling its content every `poll`.
     pub fn new(path: PathBuf, config: Arc<ArcSwap<RuntimeConfig>>, poll: Duration) -> Self {
-        let boot = config.load_full();
-        Reloader {
-            path,
-            config,
-            poll,
-            boot,
-        }
+        Reloader { path, config, poll }
     }
 
     /// Load the file and swap it in if valid. Returns whether the swap happened.
@@ -41,50 +34,16 @@ impl Reloader {
         let old = self.config.load_full();
         match config::load_replacing(&self.path, Some(&old)) {
             Ok(mut new) => {
-                // Compared with the values the process started with, which are what it runs.
-                let (o, n) = (&self.boot.source.observability, &new.source.observability);
-                if o.latency_buckets != n.latency_buckets
-                    || o.access_log.output != n.access_log.output
-                    || o.access_log.buffer_lines != n.access_log.buffer_lines
-                    || (n.access_log.enabled && !o.access_log.enabled)
-                {
+                // The running values of start-only settings are what the process runs with:
+                // they stay, and stay visible (readiness probes the bound listeners).
+                let waiting = old.startup.restart_only_changes(&new.startup);
+                if !waiting.is_empty() {
                     tracing::warn!(
-                        "config reload: `observability.latency_buckets`, `access_log.output`, \
-                         `access_log.buffer_lines` and turning on an access log that was off at \
-                         start take effect only after a restart"
+                        "config reload: {} take effect only after a restart; keeping the running values",
+                        waiting.join(", ")
                     );
                 }
-                if new.source.rate_limit.max_tracked_keys != old.source.rate_limit.max_tracked_keys
-                {
-                    tracing::warn!(
-                        "config reload: `rate_limit.max_tracked_keys` takes effect only after a restart"
-                    );
-                    new.source.rate_limit.max_tracked_keys = old.source.rate_limit.max_tracked_keys;
-                }
-                if new.source.cache != self.boot.source.cache {
-                    tracing::warn!(
-                        "config reload: the `cache` section (max_size, max_object_size, \
-                         lock_timeout) takes effect only after a restart; the running cache is kept"
-                    );
-                    new.source.cache = self.boot.source.cache.clone();
-                }
-                if new.listen != old.listen
-                    || new.admin_listen != old.admin_listen
-                    || new.source.server != old.source.server
-                {
-                    tracing::warn!(
-                        "config reload: `listen`, `admin` and `server` changes take effect only after a restart; \
-                         keeping the running values"
-                    );
-                    // What the process really runs with stays visible (readiness probes the
-                    // bound listeners, logs show the real addresses).
-                    new.listen = old.listen.clone();
-                    new.admin_listen = old.admin_listen;
-                    new.source.listen = old.source.listen.clone();
-                    // The admin token is not restart-only: rotating it takes effect at once.
-                    new.source.admin.listen = old.source.admin.listen.clone();
-                    new.source.server = old.source.server.clone();
-                }
+                new.startup = old.startup.clone();
                 tracing::info!("config reloaded: {}", new.summary());
                 self.config.store(Arc::new(new));
                 metrics::CONFIG_RELOADS_TOTAL

@@ -83,6 +83,16 @@ impl<R> RouteTable<R> {
             .map(|(_, _, r)| r)
     }
 
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Routes in match order.
     pub fn iter(&self) -> impl Iterator<Item = &R> {
         self.entries.iter().map(|(_, _, r)| r)

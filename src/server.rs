@@ -73,7 +73,7 @@ impl BackgroundService for HealthChecker {
                 if next.get(&id).is_some_and(|t| *t > now) {
                     continue;
                 }
-                next.insert(id, now + hc.interval.get());
+                next.insert(id, now + hc.interval);
                 let group = group.clone();
                 tokio::spawn(async move { group.run_health_checks().await });
             }
@@ -92,10 +92,11 @@ fn ceil_secs(d: std::time::Duration) -> u64 {
 /// proxy service, leaving a process whose admin port still answers.)
 pub fn check_listeners(config: &RuntimeConfig) -> Result<(), String> {
     let all = config
+        .startup
         .listen
         .iter()
         .map(|a| ("listen", a))
-        .chain([("admin.listen", &config.admin_listen)]);
+        .chain([("admin.listen", &config.startup.admin_listen)]);
     for (key, addr) in all {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(format!("cannot listen on {addr} ({key}): {e}"));
@@ -107,27 +108,26 @@ pub fn check_listeners(config: &RuntimeConfig) -> Result<(), String> {
 /// Build a ready-to-run server for `config`. With `watch = Some(path)`, the file is reloaded on
 /// SIGHUP and when its content changes.
 pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::Result<Server> {
-    crate::observe::metrics::init(&config.source.observability.latency_buckets);
-    crate::cache::init(&config.source.cache);
-    let log_cfg = &config.source.observability.access_log;
-    let access_log = if log_cfg.enabled {
-        Some(
-            AccessLog::start(&log_cfg.output, log_cfg.buffer_lines).map_err(|e| {
+    let start = &config.startup;
+    crate::observe::metrics::init(&start.latency_buckets, start.status_code_label);
+    crate::cache::init(&start.cache);
+    let access_log = match &start.access_log {
+        Some(log) => Some(
+            AccessLog::start(&log.output, log.buffer_lines).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
-                    format!("cannot open access log `{}`: {e}", log_cfg.output),
+                    format!("cannot open access log `{}`: {e}", log.output),
                 )
             })?,
-        )
-    } else {
-        None
+        ),
+        None => None,
     };
-    let s = &config.source.server;
+    let s = &start.server;
     let mut conf = ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(ceil_secs(s.grace_period.get())),
-        graceful_shutdown_timeout_seconds: Some(ceil_secs(s.shutdown_timeout.get())),
+        grace_period_seconds: Some(ceil_secs(s.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(ceil_secs(s.shutdown_timeout)),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool,
         ..ServerConf::default()
     };
@@ -136,11 +136,11 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     conf.max_retries = 9;
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
 
-    let listen = config.listen.clone();
-    let admin_listen = config.admin_listen;
+    let listen = start.listen.clone();
+    let admin_listen = start.admin_listen;
     let h2c = s.h2c;
-    let watch_interval = s.watch_interval.get();
-    let limiter = Arc::new(LocalLimiter::new(config.source.rate_limit.max_tracked_keys));
+    let watch_interval = s.watch_interval;
+    let limiter = Arc::new(LocalLimiter::new(start.max_tracked_keys));
     let shared = Arc::new(ArcSwap::from_pointee(config));
 
     let mut options = HttpServerOptions::default();

@@ -4,9 +4,10 @@
 //! Keys are looked up by their SHA-256 digest: the config holds only digests (or plain keys
 //! from the environment, hashed at load), and no key is ever logged.
 
-use crate::config::model::{IdentityConfig, IdentitySource, UnknownKey};
+use crate::config::model::{self, IdentityConfig, TenantConfig, TierConfig, UnknownKey};
 use crate::ratelimit::Limits;
 use http::header::HeaderName;
+use indexmap::IndexMap;
 use ipnet::IpNet;
 use pingora_http::RequestHeader;
 use sha2::{Digest, Sha256};
@@ -59,10 +60,19 @@ pub struct Caller {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownApiKey;
 
+/// Where a caller's identity may come from, in `identity.order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `Authorization: Bearer` and `api_key_header`.
+    ApiKey,
+    /// `tenant_header`, when trusted.
+    TenantHeader,
+}
+
 /// Compiled `identity:` plus the tenant index.
 #[derive(Debug)]
 pub struct Identity {
-    order: Vec<IdentitySource>,
+    order: Vec<Source>,
     bearer: bool,
     api_key_header: Option<HeaderName>,
     /// Set only when the header is trusted.
@@ -92,6 +102,63 @@ pub fn parse_cidr(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
+/// Compile validated `tiers:`, `tenants:` and `identity:`: the tiers by name, and the
+/// identity that maps callers to tenants and tiers.
+pub fn compile(
+    identity: &IdentityConfig,
+    tiers: &IndexMap<String, TierConfig>,
+    tenants: &IndexMap<String, TenantConfig>,
+) -> (HashMap<String, Arc<Tier>>, Identity) {
+    let tiers: HashMap<String, Arc<Tier>> = tiers
+        .iter()
+        .map(|(name, t)| {
+            let tier = Tier {
+                name: name.as_str().into(),
+                limits: Limits {
+                    rps: t.rps,
+                    burst: t.burst,
+                    daily: t.daily.get(),
+                },
+                shadow: t.shadow,
+            };
+            (name.clone(), Arc::new(tier))
+        })
+        .collect();
+    let tenants = tenants
+        .iter()
+        .map(|(id, t)| {
+            let tier = tiers[&t.tier].clone();
+            let over = model::LimitsOverride {
+                rps: t.rps,
+                burst: t.burst,
+                daily: t.daily,
+            };
+            let tenant = Arc::new(Tenant {
+                id: id.as_str().into(),
+                subject: format!("t:{id}").into(),
+                limits: tier.limits.overridden(&over),
+                shadow: t.shadow.unwrap_or(tier.shadow),
+                tier,
+            });
+            let keys = t
+                .api_keys
+                .iter()
+                .map(|k| match k.strip_prefix("sha256:") {
+                    Some(h) => {
+                        let mut d = [0u8; 32];
+                        hex::decode_to_slice(h, &mut d).expect("validated");
+                        d
+                    }
+                    None => key_digest(k.trim()),
+                })
+                .collect();
+            (tenant, keys)
+        })
+        .collect();
+    let identity = Identity::new(identity, &tiers, tenants);
+    (tiers, identity)
+}
+
 impl Identity {
     /// Compile from config; `tiers` and `tenants` are already compiled, validation has run.
     pub fn new(
@@ -112,7 +179,14 @@ impl Identity {
             .as_ref()
             .and_then(|t| tiers.get(t).cloned());
         Identity {
-            order: cfg.order.clone(),
+            order: cfg
+                .order
+                .iter()
+                .map(|s| match s {
+                    model::IdentitySource::ApiKey => Source::ApiKey,
+                    model::IdentitySource::TenantHeader => Source::TenantHeader,
+                })
+                .collect(),
             bearer: cfg.bearer,
             api_key_header: cfg
                 .api_key_header
@@ -204,7 +278,7 @@ impl Identity {
     ) -> Result<Caller, UnknownApiKey> {
         for source in &self.order {
             match source {
-                IdentitySource::ApiKey => {
+                Source::ApiKey => {
                     if let Some(key) = self.presented_key(req) {
                         match self.by_key.get(&key_digest(key)) {
                             Some(t) => return Ok(Self::known(t)),
@@ -213,7 +287,7 @@ impl Identity {
                         }
                     }
                 }
-                IdentitySource::TenantHeader => {
+                Source::TenantHeader => {
                     let Some(h) = &self.tenant_header else {
                         continue;
                     };

@@ -7,15 +7,34 @@
 //! to the same bytes. `Vary` is honoured through Pingora's secondary (variance) keys.
 
 use super::storage::EntryTag;
-use crate::config::model::{CacheScope, QueryKey};
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, VarianceBuilder};
 use std::sync::Arc;
 
+/// Whose entry a cached response is (a route's `cache.scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Identified tenants get their own entries; anonymous callers share one.
+    Tenant,
+    /// One entry per URL for everybody.
+    Shared,
+}
+
+/// How the query string enters the key (a route's `cache.query`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKey {
+    /// As the client sent it.
+    Keep,
+    /// Parameters sorted, so `?b=1&a=2` and `?a=2&b=1` share an entry.
+    Sort,
+    /// Dropped: every query string shares the path's entry.
+    Ignore,
+}
+
 /// The scope of a request's entries: identified tenants get their own on `tenant` routes.
-pub fn scope_for(scope: CacheScope, tenant: Option<&str>) -> Arc<str> {
+pub fn scope_for(scope: Scope, tenant: Option<&str>) -> Arc<str> {
     match (scope, tenant) {
-        (CacheScope::Tenant, Some(t)) => tenant_scope(t).into(),
+        (Scope::Tenant, Some(t)) => tenant_scope(t).into(),
         _ => Arc::from(SHARED),
     }
 }
@@ -132,9 +151,9 @@ mod tests {
 
     #[test]
     fn scopes() {
-        assert_eq!(&*scope_for(CacheScope::Tenant, Some("acme")), "tenant:acme");
-        assert_eq!(&*scope_for(CacheScope::Tenant, None), SHARED);
-        assert_eq!(&*scope_for(CacheScope::Shared, Some("acme")), SHARED);
+        assert_eq!(&*scope_for(Scope::Tenant, Some("acme")), "tenant:acme");
+        assert_eq!(&*scope_for(Scope::Tenant, None), SHARED);
+        assert_eq!(&*scope_for(Scope::Shared, Some("acme")), SHARED);
         assert_eq!(normalize_host(Some("API.Example:8080")), "api.example");
     }
 }

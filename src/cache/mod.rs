@@ -16,7 +16,9 @@ pub mod purge;
 pub mod status;
 pub mod storage;
 
-use crate::config::model::{CacheConfig, CacheScope, QueryKey, RouteCacheConfig};
+pub use key::{QueryKey, Scope};
+
+use crate::config::model::{self, CacheConfig, RouteCacheConfig};
 use once_cell::sync::OnceCell;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
@@ -41,19 +43,39 @@ pub struct Cache {
 
 static CACHE: OnceCell<Cache> = OnceCell::new();
 
-/// Create the process-wide cache from the `cache:` section. Later calls keep the first one:
-/// the store's size is fixed for the life of the process (a reload warns about changes).
-pub fn init(config: &CacheConfig) -> &'static Cache {
+/// The store's limits, compiled from the top-level `cache:` section (restart-only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    /// Bytes the store may hold.
+    pub max_size: usize,
+    /// Largest body stored.
+    pub max_object_size: usize,
+    /// How long a request waits on another's fetch of the same key.
+    pub lock_timeout: Duration,
+}
+
+impl StoreSettings {
+    /// Compile a validated `cache:` section.
+    pub fn new(c: &CacheConfig) -> Self {
+        StoreSettings {
+            max_size: c.max_size.bytes() as usize,
+            max_object_size: c.max_object_size.bytes() as usize,
+            lock_timeout: c.lock_timeout.get(),
+        }
+    }
+}
+
+/// Create the process-wide cache. Later calls keep the first one: the store's size is fixed
+/// for the life of the process (a reload warns about changes).
+pub fn init(settings: &StoreSettings) -> &'static Cache {
     CACHE.get_or_init(|| Cache {
-        storage: Box::leak(Box::new(MemoryStorage::new(
-            config.max_size.bytes() as usize
-        ))),
+        storage: Box::leak(Box::new(MemoryStorage::new(settings.max_size))),
         // A writer holding the lock longer than this lets readers compete again.
-        lock: Box::leak(CacheLock::new_boxed(config.lock_timeout.get())),
+        lock: Box::leak(CacheLock::new_boxed(settings.lock_timeout)),
         // 16 x 4096 keys remembered as uncacheable (LRU: old ones are forgotten).
         predictor: Box::leak(Box::new(Predictor::<16>::new(4096, None))),
-        max_object_size: config.max_object_size.bytes() as usize,
-        lock_timeout: config.lock_timeout.get(),
+        max_object_size: settings.max_object_size,
+        lock_timeout: settings.lock_timeout,
     })
 }
 
@@ -72,7 +94,7 @@ pub struct RoutePolicy {
     /// Default stale-if-error window (seconds) when the origin names none.
     pub stale_if_error: u32,
     /// Per-tenant or shared entries.
-    pub scope: CacheScope,
+    pub scope: Scope,
     /// GET requests use the cache.
     pub get: bool,
     /// HEAD requests use the cache (served from the GET entry).
@@ -100,11 +122,18 @@ impl RoutePolicy {
             ttl: c.ttl.map(|t| t.get()),
             stale_while_revalidate: secs_u32(c.stale_while_revalidate.get()),
             stale_if_error: secs_u32(c.stale_if_error.get()),
-            scope: c.scope,
+            scope: match c.scope {
+                model::CacheScope::Tenant => Scope::Tenant,
+                model::CacheScope::Shared => Scope::Shared,
+            },
             get: c.methods.iter().any(|m| m.eq_ignore_ascii_case("GET")),
             head: c.methods.iter().any(|m| m.eq_ignore_ascii_case("HEAD")),
             statuses: c.statuses.clone(),
-            query: c.query,
+            query: match c.query {
+                model::QueryKey::Keep => QueryKey::Keep,
+                model::QueryKey::Sort => QueryKey::Sort,
+                model::QueryKey::Ignore => QueryKey::Ignore,
+            },
             store_set_cookie: c.store_set_cookie,
             invalidate_on_mutation: c.invalidate_on_mutation,
             invalidate_prefixes: c

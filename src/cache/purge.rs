@@ -11,10 +11,9 @@
 //! - `{"host": "api.example"}`: narrows to one host.
 //! - `{"all": true}`: everything.
 
-use super::key::{normalize_query, tenant_scope, SHARED};
+use super::key::{normalize_query, tenant_scope, QueryKey, SHARED};
 use super::storage::{EntryTag, MemoryStorage};
 use super::RoutePolicy;
-use crate::config::model::QueryKey;
 use serde::Deserialize;
 
 /// A parsed admin purge request.

@@ -4,18 +4,21 @@
 //! `load(path)` is the one entry point; `tollgate check`, `tollgate run` and reloads all use it,
 //! so what `check` accepts is exactly what `run` serves.
 
+pub mod address;
 pub mod compile;
 pub mod error;
 pub mod interpolate;
 pub mod locate;
 pub mod model;
 pub mod parse;
+pub mod startup;
 pub mod units;
 pub mod validate;
 
 pub use compile::{Route, RuntimeConfig};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;
+pub use startup::Startup;
 
 use std::path::Path;
 
@@ -100,20 +103,17 @@ impl RuntimeConfig {
     pub fn summary(&self) -> String {
         format!(
             "{} route{}, {} upstream group{}, listening on {}, admin on {}",
-            self.source.routes.len(),
-            if self.source.routes.len() == 1 {
-                ""
-            } else {
-                "s"
-            },
+            self.routes.len(),
+            if self.routes.len() == 1 { "" } else { "s" },
             self.upstreams.len(),
             if self.upstreams.len() == 1 { "" } else { "s" },
-            self.listen
+            self.startup
+                .listen
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            self.admin_listen
+            self.startup.admin_listen
         )
     }
 }

@@ -136,6 +136,13 @@ pub enum QueryKey {
     Ignore,
 }
 
+/// Default latency buckets, in seconds: 0.5 ms (cache hits) to 10 min (long LLM calls), about
+/// 2.5x apart, like Envoy's.
+pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0, 600.0,
+];
+
 /// `observability:` section.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -155,17 +162,22 @@ pub struct ObservabilityConfig {
     pub server_timing_header: bool,
     /// The JSON access log.
     pub access_log: AccessLogConfig,
+    /// Add the exact status code as a `status` label to `tollgate_http_requests_total`, next to
+    /// `status_class` (read at start only). Off by default: it multiplies that counter's series
+    /// by the number of distinct statuses answered (a handful in practice, at most 501).
+    pub status_code_label: bool,
 }
 
 impl Default for ObservabilityConfig {
     fn default() -> Self {
         ObservabilityConfig {
             request_metrics: true,
-            latency_buckets: crate::observe::metrics::DEFAULT_BUCKETS.to_vec(),
+            latency_buckets: DEFAULT_LATENCY_BUCKETS.to_vec(),
             tenant_label_allowlist: Vec::new(),
             response_time_header: true,
             server_timing_header: false,
             access_log: AccessLogConfig::default(),
+            status_code_label: false,
         }
     }
 }

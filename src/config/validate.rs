@@ -10,6 +10,7 @@
 //! Errors are raised by YAML path; `config::load` gives them their lines and sorts them by line
 //! (a stable sort), so errors on one line (a route written `- { ... }`) keep the order pushed.
 
+use super::address::{check_hostname, parse_endpoint, parse_listen, route_name};
 use super::error::ConfigError;
 use super::model::{
     AdminConfig, CacheConfig, CircuitBreakerConfig, CompressionConfig, EndpointConfig,
@@ -926,14 +927,6 @@ fn validate_cache_store(c: &CacheConfig, errors: &mut Vec<ConfigError>) {
     }
 }
 
-// ---- names and addresses (also used by compile) ----
-
-/// The name a route is known by: its `name:`, or `route-<index>`.
-pub fn route_name(name: Option<&str>, index: usize) -> String {
-    name.map(str::to_owned)
-        .unwrap_or_else(|| format!("route-{index}"))
-}
-
 /// Names end up in metrics labels and log fields: keep them plain.
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
@@ -944,58 +937,6 @@ fn check_name(name: &str) -> Result<(), String> {
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
         return Err("use letters, digits, `-`, `_` and `.` only".into());
-    }
-    Ok(())
-}
-
-/// A listen address: `IP:port` (`0.0.0.0:8080`, `[::]:8080`).
-pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>().map_err(|_| {
-        format!("bad address `{s}`: expected IP:port, like `0.0.0.0:8080` or `[::]:8080`")
-    })
-}
-
-/// An upstream endpoint: `host:port` where host is an IP, `[v6]` or a DNS name.
-pub fn parse_endpoint(s: &str) -> Result<(String, u16), String> {
-    let bad = |why: &str| {
-        format!("bad address `{s}`: {why}; expected `host:port`, like `127.0.0.1:3000` or `api.example.com:443`")
-    };
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        if sa.port() == 0 {
-            return Err(bad("port 0 is not a valid upstream port"));
-        }
-        return Ok((sa.ip().to_string(), sa.port()));
-    }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(bad("missing `:port`"));
-    };
-    let port: u16 = match port.parse() {
-        Ok(0) | Err(_) => return Err(bad(&format!("`{port}` is not a port (1-65535)"))),
-        Ok(p) => p,
-    };
-    if host.contains(':') || host.starts_with('[') {
-        return Err(bad("IPv6 addresses go in brackets, like `[::1]:3000`"));
-    }
-    check_hostname(host).map_err(|e| bad(&e))?;
-    Ok((host.to_string(), port))
-}
-
-/// RFC 1123 host names (letters, digits, `-`, dots), as used in endpoints, SNI and route hosts.
-fn check_hostname(h: &str) -> Result<(), String> {
-    if h.is_empty() || h.len() > 253 {
-        return Err("a host name is 1 to 253 characters".into());
-    }
-    for label in h.split('.') {
-        if label.is_empty()
-            || label.len() > 63
-            || label.starts_with('-')
-            || label.ends_with('-')
-            || !label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(format!("`{label}` is not a valid host name label"));
-        }
     }
     Ok(())
 }

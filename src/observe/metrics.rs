@@ -13,12 +13,8 @@ use prometheus::{
 /// The registry every tollgate metric is registered in.
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
 
-/// Default latency buckets, in seconds: 0.5 ms (cache hits) to 10 min (long LLM calls), about
-/// 2.5x apart, like Envoy's.
-pub const DEFAULT_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0, 120.0, 300.0, 600.0,
-];
+/// Default latency buckets, in seconds (defined beside the config key they default).
+pub use crate::config::model::DEFAULT_LATENCY_BUCKETS as DEFAULT_BUCKETS;
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
@@ -41,15 +37,53 @@ pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
     g
 });
 
-/// `tollgate_http_requests_total{route,method,status_class,tenant}`: requests answered.
-/// `tenant` is an allowlisted tenant id, `other`, or `none` (no tenant identified).
-pub static HTTP_REQUESTS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec(
+/// `tollgate_http_requests_total{route,method,status_class,tenant}` (plus `status` when
+/// `observability.status_code_label` is on at start): requests answered. `tenant` is an
+/// allowlisted tenant id, `other`, or `none` (no tenant identified).
+static HTTP_REQUESTS_TOTAL: OnceCell<(IntCounterVec, bool)> = OnceCell::new();
+
+fn http_requests_total() -> &'static (IntCounterVec, bool) {
+    HTTP_REQUESTS_TOTAL.get_or_init(|| register_http_requests_total(false))
+}
+
+fn register_http_requests_total(status_label: bool) -> (IntCounterVec, bool) {
+    let labels: &[&str] = match status_label {
+        true => &["route", "method", "status_class", "status", "tenant"],
+        false => &["route", "method", "status_class", "tenant"],
+    };
+    let c = counter_vec(
         "tollgate_http_requests_total",
         "HTTP requests answered by the proxy listener.",
-        &["route", "method", "status_class", "tenant"],
-    )
-});
+        labels,
+    );
+    (c, status_label)
+}
+
+/// The exact `status` label values: `0` (no response sent) and 100-599 as text, built once
+/// so counting a request allocates nothing; anything else is `other`.
+static STATUS_LABELS: Lazy<Vec<String>> = Lazy::new(|| (0..600).map(|s| s.to_string()).collect());
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        0 | 100..=599 => &STATUS_LABELS[usize::from(status)],
+        _ => "other",
+    }
+}
+
+/// Count one answered request in `tollgate_http_requests_total`.
+pub fn count_request(route: &str, method: &str, status: u16, tenant: &str) {
+    let (counter, exact) = http_requests_total();
+    let class = status_class(status);
+    if *exact {
+        counter
+            .with_label_values(&[route, method, class, status_label(status), tenant])
+            .inc();
+    } else {
+        counter
+            .with_label_values(&[route, method, class, tenant])
+            .inc();
+    }
+}
 
 /// `tollgate_http_requests_in_flight`: requests being served now.
 pub static HTTP_REQUESTS_IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
@@ -318,7 +352,11 @@ fn publish_cache_stats() {
 /// reload results, access log outcomes) show on `/metrics` at once; labelled ones appear with
 /// their first series (the prometheus crate exposes no empty families). `buckets` sets the
 /// latency histograms' buckets; only the first call's buckets count (fixed at run time).
-pub fn init(buckets: &[f64]) {
+///
+/// `status_label` adds the exact `status` label to `tollgate_http_requests_total` (also
+/// fixed by the first call).
+pub fn init(buckets: &[f64], status_label: bool) {
+    let _ = HTTP_REQUESTS_TOTAL.set(register_http_requests_total(status_label));
     let _ = HTTP_REQUEST_DURATION.set(histogram(
         "tollgate_http_request_duration_seconds",
         "Time from request received to response completed.",
@@ -332,7 +370,6 @@ pub fn init(buckets: &[f64]) {
         buckets,
     ));
     Lazy::force(&BUILD_INFO);
-    Lazy::force(&HTTP_REQUESTS_TOTAL);
     Lazy::force(&HTTP_REQUESTS_IN_FLIGHT);
     Lazy::force(&HTTP_RESPONSE_BODY_BYTES_TOTAL);
     Lazy::force(&UPSTREAM_REQUESTS_TOTAL);

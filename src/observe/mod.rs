@@ -1,6 +1,7 @@
-//! Observability: the metrics registry, request ids, timing headers and the access log.
+//! Observability: the metrics registry, request ids, the access log, and what is recorded of
+//! each request ([`request`]: timing headers, request metrics, the log line).
 
 pub mod access_log;
 pub mod metrics;
+pub mod request;
 pub mod request_id;
-pub mod timing;

@@ -2,9 +2,13 @@
 
 use crate::config::{Route, RuntimeConfig};
 use crate::observe::metrics::InFlight;
+use crate::observe::request::{self, Finished};
 use crate::proxy::limit::Applied;
 use crate::tenant::Caller;
 use crate::upstream::attempts::Attempts;
+use pingora_core::Error;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -100,6 +104,46 @@ impl RequestCtx {
     /// The route name for labels and logs (`none` when no route matched).
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map_or("none", |r| &r.name)
+    }
+
+    /// Add the timing headers the config asks for to an answer, proxied or tollgate's own.
+    pub fn add_timing_headers(&self, h: &mut ResponseHeader) -> pingora_core::Result<()> {
+        request::add_timing_headers(h, &self.config.observe, self.started, self.upstream.ttfb())
+    }
+
+    /// What the request's metrics and log line say, now that it has ended with error `e`
+    /// (if any). Moves the request id out.
+    pub fn finished<'a>(&'a mut self, session: &'a Session, e: Option<&Error>) -> Finished<'a> {
+        let request_id = std::mem::take(&mut self.request_id);
+        let ctx = &*self;
+        let req = session.req_header();
+        let caller = ctx.caller.as_ref();
+        Finished {
+            started: ctx.started,
+            started_at: ctx.started_at,
+            request_id,
+            route: ctx.route.as_ref().map(|r| &r.name),
+            method: &req.method,
+            path: req.uri.path(),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            bytes: session.body_bytes_sent(),
+            tenant: caller.and_then(|c| c.tenant.as_ref()),
+            tier: caller.and_then(|c| c.tier.as_ref()).map(|t| &t.name),
+            cache: ctx.cache_outcome.map(|o| o.label()),
+            ratelimit: match &ctx.limit {
+                None => "none",
+                Some(a) if a.decision.allowed => "allowed",
+                Some(a) if a.shadow => "shadow_limited",
+                Some(_) => "limited",
+            },
+            upstream: ctx.upstream.endpoint_label(),
+            attempts: ctx.upstream.count(),
+            upstream_ttfb: ctx.upstream.ttfb(),
+            error: e
+                .map(|e| format!("{:?}", e.etype()))
+                .or_else(|| ctx.own_error.map(str::to_owned)),
+            compression: super::compression::report(session, ctx),
+        }
     }
 }
 

@@ -116,10 +116,10 @@ pub async fn respond_with(
     if !request_id.is_empty() {
         h.insert_header(crate::observe::request_id::HEADER, request_id)?;
     }
-    crate::observe::timing::add_headers(&mut h, ctx)?;
+    ctx.add_timing_headers(&mut h)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     // tollgate's own small JSON answers go out as they are, whatever the route's compression.
-    no_compression_on_the_way_out(session);
+    super::compression::no_compression_on_the_way_out(session);
     session
         .write_response_header(Box::new(h), head_only)
         .await?;
@@ -129,15 +129,44 @@ pub async fn respond_with(
     Ok(())
 }
 
-/// This response is not compressed by Pingora's downstream module (decompression stays as
-/// configured). Only effective before the module has seen the response header.
-pub fn no_compression_on_the_way_out(session: &mut Session) {
-    if let Some(m) = session
-        .downstream_modules_ctx
-        .get_mut::<pingora_core::modules::http::compression::ResponseCompression>()
-    {
-        if m.is_header_phase() {
-            m.adjust_level(0);
+/// `fail_to_proxy`: answer a request that failed before its response started with a JSON
+/// error (502, 504, 400, 500); after that, nothing more can be said to the client.
+pub async fn fail_to_proxy(
+    session: &mut Session,
+    e: &Error,
+    ctx: &mut RequestCtx,
+) -> pingora_proxy::FailToProxy {
+    let kind = ProxyError::from_pingora(e);
+    // The connection is closed after an error answer (`can_reuse_downstream: false`):
+    // say so in the response, or a client may reuse it and meet a reset.
+    session.set_keepalive(None);
+    let code = match kind {
+        // The response has started (error mid-body): nothing more can be said to the client.
+        Some(k) if session.response_written().is_some() => k.status(),
+        Some(k) => {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = crate::observe::request_id::generate();
+            }
+            let endpoint = ctx.upstream.endpoint_label().map_or("-", |l| &**l);
+            let msg = match k {
+                ProxyError::UpstreamTimeout => {
+                    format!("upstream {endpoint} did not answer in time")
+                }
+                ProxyError::UpstreamUnreachable => {
+                    format!("upstream {endpoint} could not be reached or failed")
+                }
+                ProxyError::BadRequest => "malformed request".to_string(),
+                _ => "internal error".to_string(),
+            };
+            if let Err(err) = respond(session, ctx, k, &msg).await {
+                tracing::debug!("could not send error response: {err}");
+            }
+            k.status()
         }
+        None => 0,
+    };
+    pingora_proxy::FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
     }
 }

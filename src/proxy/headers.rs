@@ -8,6 +8,24 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use http::header::{HeaderName, CONNECTION, TE, UPGRADE};
 
+/// `upstream_request_filter`: what every forwarded request carries: hop-by-hop fields removed,
+/// `X-Forwarded-*`, and the request id.
+pub fn forward(
+    session: &pingora_proxy::Session,
+    req: &mut RequestHeader,
+    request_id: &str,
+) -> pingora_core::Result<()> {
+    strip_request_hop_by_hop(req, session.is_upgrade_req());
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let host = super::routing::request_host(session.req_header());
+    set_forwarded(req, client_ip, host);
+    req.insert_header(crate::observe::request_id::HEADER, request_id)?;
+    Ok(())
+}
+
 /// Hop-by-hop fields that are never forwarded (besides those the Connection header names).
 /// Static names: removing by `&str` would parse and lower-case the name on every request.
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");

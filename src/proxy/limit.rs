@@ -1,11 +1,14 @@
 //! The rate-limit step of a request: pick the policy (route-specific or the caller's tier), ask
 //! the limiter, count the decision, and build the 401/429 answers and the RateLimit headers.
 
+use super::ctx::RequestCtx;
+use super::errors::{self, ProxyError};
 use crate::config::{Route, RuntimeConfig};
 use crate::observe::metrics;
 use crate::ratelimit::{headers, Decision, LimitKey, Limits, RateLimiter};
 use crate::tenant::{Caller, Tier};
 use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
 use std::sync::Arc;
 
 /// A decision taken for one request, kept in the ctx for the response headers.
@@ -25,6 +28,51 @@ impl Applied {
     /// Whether the request must be refused.
     pub fn refuses(&self) -> bool {
         !self.decision.allowed && !self.shadow
+    }
+}
+
+/// `request_filter` on a rate-limited route: refuse an unknown API key (401) or a caller
+/// over its limits (429), answering here. `Ok(true)`: answered.
+pub async fn enforce(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    limiter: &dyn RateLimiter,
+) -> pingora_core::Result<bool> {
+    let Some(route) = ctx.route.clone().filter(|r| r.limit.is_some()) else {
+        return Ok(false);
+    };
+    // Unknown keys are refused where limits apply; a route that only caches lets the
+    // request through uncached (the cache cannot tell whose answer it would be).
+    if ctx.unknown_key {
+        let err = ProxyError::UnknownApiKey;
+        let mut h = ResponseHeader::build(err.status(), Some(5))?;
+        h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
+        let body = errors::body(err, "the API key is not recognised", &ctx.request_id);
+        ctx.own_error = Some(err.code());
+        errors::respond_with(session, ctx, h, body).await?;
+        return Ok(true);
+    }
+    // A background refresh is tollgate's own request: it costs the caller nothing.
+    let Some(caller) = ctx.caller.as_ref().filter(|_| !ctx.background) else {
+        return Ok(false);
+    };
+    let now = crate::ratelimit::unix_nanos_now();
+    ctx.limit = decide(limiter, &ctx.config, &route, caller, now);
+    let Some(applied) = ctx.limit.as_ref().filter(|a| a.refuses()) else {
+        return Ok(false);
+    };
+    ctx.own_error = Some(applied.error_code());
+    let h = too_many_requests_header(applied, ctx.config.legacy_ratelimit_headers)?;
+    let body = serde_json::to_vec(&too_many_requests_body(applied, &ctx.request_id)).expect("json");
+    errors::respond_with(session, ctx, h, body.into()).await?;
+    Ok(true)
+}
+
+/// `response_filter`: the RateLimit headers of the decision taken for this request.
+pub fn response_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_core::Result<()> {
+    match &ctx.limit {
+        Some(applied) => add_headers(resp, applied, ctx.config.legacy_ratelimit_headers),
+        None => Ok(()),
     }
 }
 

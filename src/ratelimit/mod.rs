@@ -15,6 +15,8 @@ pub mod local;
 
 pub use local::LocalLimiter;
 
+use crate::config::model::{LimitsOverride, RouteRateLimitConfig};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Nanoseconds in one second.
@@ -32,6 +34,60 @@ pub struct Limits {
     /// Units per UTC day; `None` = unlimited.
     pub daily: Option<u64>,
 }
+
+impl Limits {
+    /// These limits with an override's values put in (a tenant's or a route's).
+    pub fn overridden(self, o: &LimitsOverride) -> Limits {
+        Limits {
+            rps: o.rps.unwrap_or(self.rps),
+            burst: o.burst.unwrap_or(self.burst),
+            daily: o.daily.map_or(self.daily, |d| d.get()),
+        }
+    }
+}
+
+/// A route's rate-limit policy, compiled from its `rate_limit:`.
+#[derive(Debug)]
+pub struct RouteLimit {
+    /// Units one request costs.
+    pub cost: u32,
+    /// Never refuse on this route.
+    pub shadow: bool,
+    /// Limiter scope for route-specific tier policies: `route:<name>`.
+    pub scope: Arc<str>,
+    /// Route-specific limits by tier name (tiers not listed use the caller's own limits).
+    pub tiers: HashMap<Arc<str>, Limits>,
+}
+
+impl RouteLimit {
+    /// Compile route `name`'s validated `rate_limit:` (absent: the defaults); `tier_limits`
+    /// gives a tier's own limits by name. `None`: the route is not limited.
+    pub fn new(
+        name: &str,
+        c: Option<&RouteRateLimitConfig>,
+        tier_limits: impl Fn(&str) -> Limits,
+    ) -> Option<RouteLimit> {
+        if c.is_some_and(|c| !c.enabled) {
+            return None;
+        }
+        Some(RouteLimit {
+            cost: c.map_or(1, |c| c.cost),
+            shadow: c.is_some_and(|c| c.shadow),
+            scope: format!("route:{name}").into(),
+            tiers: c
+                .map(|c| {
+                    c.tiers
+                        .iter()
+                        .map(|(t, o)| (Arc::from(t.as_str()), tier_limits(t).overridden(o)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Limiter scope of a tier's own buckets (shared by all routes).
+pub const TIER_SCOPE: &str = "tier";
 
 /// Which limit decided a refusal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,8 +14,9 @@
 pub mod attempts;
 pub mod breaker;
 pub mod budget;
+pub mod compile;
 
-use crate::config::model::Balance;
+use crate::config::model;
 use arc_swap::ArcSwap;
 use breaker::Breaker;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -109,6 +110,61 @@ impl Endpoint {
     }
 }
 
+/// How a group picks an endpoint (`balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn, weights ignored.
+    RoundRobin,
+    /// In turn, in proportion to the endpoints' weights.
+    Weighted,
+    /// The same key goes to the same endpoint while it is up (Ketama, weighted).
+    ConsistentHash,
+}
+
+impl From<model::Balance> for Balance {
+    fn from(b: model::Balance) -> Self {
+        match b {
+            model::Balance::RoundRobin => Balance::RoundRobin,
+            model::Balance::Weighted => Balance::Weighted,
+            model::Balance::ConsistentHash => Balance::ConsistentHash,
+        }
+    }
+}
+
+/// A group's active health check (`health_check:`), compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// `Some(path)`: an HTTP GET of that path; `None`: a TCP connect.
+    pub http_path: Option<String>,
+    /// The status an HTTP check expects.
+    pub expect_status: u16,
+    /// How often each endpoint is checked.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive passes that bring an endpoint back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take it out.
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    /// Compile a validated `health_check:`.
+    pub fn new(c: &model::HealthCheckConfig) -> Self {
+        HealthCheck {
+            http_path: match c.kind {
+                model::HealthCheckKind::Http => Some(c.path.clone()),
+                model::HealthCheckKind::Tcp => None,
+            },
+            expect_status: c.expect_status,
+            interval: c.interval.get(),
+            timeout: c.timeout.get(),
+            healthy_threshold: c.healthy_threshold,
+            unhealthy_threshold: c.unhealthy_threshold,
+        }
+    }
+}
+
 /// What a `consistent_hash` group hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashOn {
@@ -151,7 +207,7 @@ pub struct Adapter {
 
 impl Adapter {
     /// From a validated group config.
-    pub fn new(c: &crate::config::model::UpstreamConfig) -> Adapter {
+    pub fn new(c: &model::UpstreamConfig) -> Adapter {
         Adapter {
             host: c
                 .host
@@ -170,6 +226,28 @@ impl Adapter {
                 })
                 .collect(),
         }
+    }
+
+    /// Rewrite a request for this group: its `Host`, path and headers.
+    pub fn apply(&self, req: &mut pingora_http::RequestHeader) -> pingora_core::Result<()> {
+        if let Some(h) = &self.host {
+            req.insert_header(http::header::HOST, h.clone())?;
+        }
+        let original = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Some(p) = self.rewrite_path(original) {
+            let uri: http::Uri = p.parse().map_err(|e| {
+                pingora_core::Error::because(
+                    pingora_core::ErrorType::InternalError,
+                    "rewritten path",
+                    e,
+                )
+            })?;
+            req.set_uri(uri);
+        }
+        for (k, v) in &self.headers {
+            req.insert_header(k.clone(), v.clone())?;
+        }
+        Ok(())
     }
 
     /// The path and query to send, from the client's.
@@ -310,7 +388,7 @@ pub struct UpstreamGroup {
 /// and the endpoint labels its observer reports under.
 struct ActiveHealth {
     /// The settings (interval, thresholds, ...).
-    config: crate::config::model::HealthCheckConfig,
+    config: HealthCheck,
     registry: Arc<HealthRegistry>,
     labels: Arc<ArcSwap<HashMap<SocketAddr, Arc<str>>>>,
     /// Hash of everything the check's behaviour depends on (settings, TLS, Host, headers).
@@ -391,7 +469,7 @@ impl UpstreamGroup {
     /// registry is reused: verdicts and consecutive counts carry over.
     pub fn with_health_check(
         mut self,
-        hc: Option<crate::config::model::HealthCheckConfig>,
+        hc: Option<HealthCheck>,
         tls: Option<&Tls>,
         previous: Option<&UpstreamGroup>,
     ) -> Self {
@@ -462,40 +540,39 @@ impl UpstreamGroup {
     }
 
     /// The group's active health check settings, if it has checks.
-    pub fn health_check(&self) -> Option<&crate::config::model::HealthCheckConfig> {
+    pub fn health_check(&self) -> Option<&HealthCheck> {
         self.active_health.as_ref().map(|a| &a.config)
     }
 
     /// pingora-load-balancing's check for `c`, reporting flips under `labels`.
     fn health_check_for(
         &self,
-        c: &crate::config::model::HealthCheckConfig,
+        c: &HealthCheck,
         host: &str,
         tls: Option<&Tls>,
         labels: Arc<ArcSwap<HashMap<SocketAddr, Arc<str>>>>,
     ) -> Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> {
-        use crate::config::model::HealthCheckKind;
         use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
         let observer = Box::new(HealthObserver {
             group: self.name.clone(),
             labels,
         });
-        match c.kind {
-            HealthCheckKind::Tcp => {
+        match &c.http_path {
+            None => {
                 let mut t = TcpHealthCheck::new();
                 t.consecutive_success = c.healthy_threshold as usize;
                 t.consecutive_failure = c.unhealthy_threshold as usize;
-                t.peer_template.options.connection_timeout = Some(c.timeout.get());
+                t.peer_template.options.connection_timeout = Some(c.timeout);
                 t.health_changed_callback = Some(observer);
                 t
             }
-            HealthCheckKind::Http => {
+            Some(path) => {
                 let mut h = HttpHealthCheck::new(host, tls.is_some());
                 h.consecutive_success = c.healthy_threshold as usize;
                 h.consecutive_failure = c.unhealthy_threshold as usize;
                 let o = &mut h.peer_template.options;
-                o.connection_timeout = Some(c.timeout.get());
-                o.read_timeout = Some(c.timeout.get());
+                o.connection_timeout = Some(c.timeout);
+                o.read_timeout = Some(c.timeout);
                 if let Some(tls) = tls {
                     o.verify_cert = tls.verify;
                     o.verify_hostname = tls.verify;
@@ -504,7 +581,7 @@ impl UpstreamGroup {
                     }
                 }
                 if let Ok(mut req) =
-                    pingora_http::RequestHeader::build("GET", c.path.as_bytes(), None)
+                    pingora_http::RequestHeader::build("GET", path.as_bytes(), None)
                 {
                     let _ = req.append_header("Host", host);
                     let _ = req.append_header("User-Agent", "tollgate-health-check");
