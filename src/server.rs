@@ -111,17 +111,18 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     let start = &config.startup;
     crate::observe::metrics::init(&start.latency_buckets, start.status_code_label);
     crate::cache::init(&start.cache);
-    let access_log = match &start.access_log {
-        Some(log) => Some(
+    let access_log = start
+        .access_log
+        .as_ref()
+        .map(|log| {
             AccessLog::start(&log.output, log.buffer_lines).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
                     format!("cannot open access log `{}`: {e}", log.output),
                 )
-            })?,
-        ),
-        None => None,
-    };
+            })
+        })
+        .transpose()?;
     let s = &start.server;
     let mut conf = ServerConf {
         threads: s.threads,

@@ -13,7 +13,7 @@ use crate::observe::request::Settings as ObserveSettings;
 use crate::ratelimit::{RouteLimit, TIER_SCOPE};
 use crate::route::{HostMatch, RouteTable};
 use crate::tenant::{Identity, Tier};
-use crate::upstream::{Balance, HashOn, UpstreamGroup};
+use crate::upstream::UpstreamGroup;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -98,9 +98,7 @@ pub fn compile(
             } else {
                 r.upstreams.iter().map(|u| upstreams[u].clone()).collect()
             };
-            let hashes_tenant = groups
-                .iter()
-                .any(|g| g.balance == Balance::ConsistentHash && g.hash_on == HashOn::Tenant);
+            let hashes_tenant = groups.iter().any(|g| g.hashes_by_tenant());
             let route = Arc::new(Route {
                 name: name.into(),
                 upstreams: groups,

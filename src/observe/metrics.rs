@@ -70,10 +70,10 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// Count one answered request in `tollgate_http_requests_total`.
-pub fn count_request(route: &str, method: &str, status: u16, tenant: &str) {
+/// Count one answered request in `tollgate_http_requests_total`; `class` is
+/// [`status_class`] of `status`.
+pub fn count_request(route: &str, method: &str, class: &str, status: u16, tenant: &str) {
     let (counter, exact) = http_requests_total();
-    let class = status_class(status);
     if *exact {
         counter
             .with_label_values(&[route, method, class, status_label(status), tenant])

@@ -93,7 +93,10 @@ pub fn add_timing_headers(
 }
 
 /// A request that has ended, as the proxy saw it: everything its metrics and log line say.
+/// Built for every request, so it only borrows: text is made only for a line that is written.
 pub struct Finished<'a> {
+    /// The observability switches of the config the request ran on.
+    pub settings: &'a Settings,
     /// When it started (monotonic, for the duration).
     pub started: Instant,
     /// The same moment on the wall clock, for the log line.
@@ -124,15 +127,18 @@ pub struct Finished<'a> {
     pub attempts: u32,
     /// The upstream's time to response headers.
     pub upstream_ttfb: Option<Duration>,
-    /// Why it failed, or tollgate's own error code.
-    pub error: Option<String>,
+    /// Why it failed (Pingora's error), if it did.
+    pub error: Option<&'a pingora_core::Error>,
+    /// tollgate's own error code, when it answered with one (404, 429, ...).
+    pub own_error: Option<&'static str>,
     /// Compression done for it: algorithm, bytes in, bytes out.
     pub compression: Option<(&'static str, usize, usize)>,
 }
 
 /// Record an ended request: request and cache metrics, compression bytes, and the access log
 /// line (when `log` is open and the settings and sampling want it).
-pub fn record(settings: &Settings, log: Option<&AccessLog>, f: Finished) {
+pub fn record(log: Option<&AccessLog>, f: Finished) {
+    let settings = f.settings;
     let elapsed = f.started.elapsed();
     let route = f.route.map_or("none", |r| &**r);
     let cache = f.cache.unwrap_or("none");
@@ -149,7 +155,7 @@ pub fn record(settings: &Settings, log: Option<&AccessLog>, f: Finished) {
         metrics::http_request_duration()
             .with_label_values(&[route, method, class, tier, cache])
             .observe(elapsed.as_secs_f64());
-        metrics::count_request(route, method, f.status, tenant);
+        metrics::count_request(route, method, class, f.status, tenant);
         if f.bytes > 0 {
             metrics::HTTP_RESPONSE_BODY_BYTES_TOTAL
                 .with_label_values(&[route])
@@ -192,7 +198,10 @@ pub fn record(settings: &Settings, log: Option<&AccessLog>, f: Finished) {
         attempts: f.attempts,
         cache,
         ratelimit: f.ratelimit,
-        error: f.error,
+        error: f
+            .error
+            .map(|e| format!("{:?}", e.etype()))
+            .or_else(|| f.own_error.map(str::to_owned)),
         slow: elapsed >= settings.slow_threshold,
     });
 }

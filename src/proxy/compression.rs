@@ -22,10 +22,7 @@ use pingora_proxy::Session;
 /// configured, and an `Accept-Encoding` the module understands (chosen coding first; the
 /// client's header is restored upstream).
 pub fn on_request(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-    let Some(route) = ctx.route.clone() else {
-        return Ok(());
-    };
-    let Some(policy) = &route.compression else {
+    let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.as_ref()) else {
         return Ok(());
     };
     let req = session.req_header();
@@ -156,10 +153,7 @@ pub fn response(
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
-    let Some(route) = ctx.route.clone() else {
-        return Ok(());
-    };
-    let Some(policy) = &route.compression else {
+    let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.as_ref()) else {
         return Ok(());
     };
     let verdict = compress::should_compress(policy, session.req_header(), resp);

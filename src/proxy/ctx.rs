@@ -113,12 +113,13 @@ impl RequestCtx {
 
     /// What the request's metrics and log line say, now that it has ended with error `e`
     /// (if any). Moves the request id out.
-    pub fn finished<'a>(&'a mut self, session: &'a Session, e: Option<&Error>) -> Finished<'a> {
+    pub fn finished<'a>(&'a mut self, session: &'a Session, e: Option<&'a Error>) -> Finished<'a> {
         let request_id = std::mem::take(&mut self.request_id);
         let ctx = &*self;
         let req = session.req_header();
         let caller = ctx.caller.as_ref();
         Finished {
+            settings: &ctx.config.observe,
             started: ctx.started,
             started_at: ctx.started_at,
             request_id,
@@ -139,9 +140,8 @@ impl RequestCtx {
             upstream: ctx.upstream.endpoint_label(),
             attempts: ctx.upstream.count(),
             upstream_ttfb: ctx.upstream.ttfb(),
-            error: e
-                .map(|e| format!("{:?}", e.etype()))
-                .or_else(|| ctx.own_error.map(str::to_owned)),
+            error: e,
+            own_error: ctx.own_error,
             compression: super::compression::report(session, ctx),
         }
     }

@@ -242,8 +242,6 @@ impl ProxyHttp for Tollgate {
             return;
         }
         upstream::ended(ctx, e);
-        let config = ctx.config.clone();
-        let finished = ctx.finished(session, e);
-        request::record(&config.observe, self.access_log.as_ref(), finished);
+        request::record(self.access_log.as_ref(), ctx.finished(session, e));
     }
 }

@@ -539,6 +539,12 @@ impl UpstreamGroup {
         self
     }
 
+    /// Whether this group sends a request by its caller's tenant (`consistent_hash` on
+    /// `tenant`), so requests routed to it need their caller identified.
+    pub fn hashes_by_tenant(&self) -> bool {
+        self.balance == Balance::ConsistentHash && self.hash_on == HashOn::Tenant
+    }
+
     /// The group's active health check settings, if it has checks.
     pub fn health_check(&self) -> Option<&HealthCheck> {
         self.active_health.as_ref().map(|a| &a.config)
