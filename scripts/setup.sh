@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what building and testing tollgate needs on a fresh Debian/Ubuntu machine.
 # Root: installs missing packages with apt-get. Not root: lists what is missing and fails.
-# Usage: scripts/setup.sh [extra-command ...]   (e.g. `promtool` for the tests, `nginx wrk` for
-# benches; a missing command is installed from the Debian package that ships it)
+# Usage: scripts/setup.sh [extra-command ...]   (e.g. `promtool redis-server redis-cli faketime`
+# for the tests, `nginx wrk` for benches; a missing command is installed from the Debian package
+# that ships it)
 set -euo pipefail
 
 need_cmds=(cargo cmake pkg-config curl "$@")
@@ -18,6 +19,8 @@ if ! pkg-config --exists openssl 2>/dev/null; then missing_pkgs+=(libssl-dev); f
 for p in "$@"; do
   case "$p" in
     redis-server) command -v redis-server >/dev/null 2>&1 || missing_pkgs+=(redis-server) ;;
+    # redis-cli (the Redis test harness drives servers with it) ships in `redis-tools`.
+    redis-cli) command -v redis-cli >/dev/null 2>&1 || missing_pkgs+=(redis-tools) ;;
     # promtool (the tests check deploy/monitoring/ and /metrics with it) ships in `prometheus`.
     promtool) command -v promtool >/dev/null 2>&1 || missing_pkgs+=(prometheus) ;;
     nginx) command -v nginx >/dev/null 2>&1 || missing_pkgs+=(nginx) ;;

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # promtool: tests/monitoring.rs and tests/observability.rs validate rules and /metrics with it.
-scripts/setup.sh promtool
+# redis-server, redis-cli (package redis-tools), faketime: the fleet rate limiter's tests run
+# real Redis servers (tests/common/redis.rs).
+scripts/setup.sh promtool redis-server redis-cli faketime
 cargo test --all-targets "$@"
 cargo test --doc

@@ -1,11 +1,13 @@
-//! The admin listener, on its own address: `/healthz`, `/readyz`, `/metrics`, and the
-//! token-protected `POST /cache/purge`.
+//! The admin listener, on its own address: `/healthz`, `/readyz`, `/metrics`,
+//! `/ratelimit/state?tenant=ID` (a tenant's live counts), and the token-protected
+//! `POST /cache/purge`.
 //!
 //! It is a separate Pingora service so that probes and scrapes never queue behind proxy
 //! traffic and the admin port can stay on loopback or a private interface.
 
 use crate::config::RuntimeConfig;
 use crate::observe::metrics;
+use crate::ratelimit::Limiter;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -18,12 +20,37 @@ use std::time::Duration;
 /// The admin HTTP app.
 pub struct AdminApp {
     config: Arc<ArcSwap<RuntimeConfig>>,
+    limiter: Arc<Limiter>,
 }
 
 impl AdminApp {
-    /// An admin app reporting on the live config.
-    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
-        AdminApp { config }
+    /// An admin app reporting on the live config and the limiter's state.
+    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>, limiter: Arc<Limiter>) -> Self {
+        AdminApp { config, limiter }
+    }
+
+    /// `GET /ratelimit/state?tenant=ID`: a tenant's limits and what is left of them now, from
+    /// the store the running config uses (Redis for a fleet).
+    async fn ratelimit_state(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let tenant = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("tenant="))
+            .filter(|t| !t.is_empty());
+        let Some(tenant) = tenant else {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "bad_request", "message": "name the tenant: /ratelimit/state?tenant=ID"}),
+            );
+        };
+        let config = self.config.load_full();
+        match crate::explain::live_state(&config, &self.limiter, tenant).await {
+            Ok(state) => json(StatusCode::OK, state),
+            Err(why) => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "unknown_tenant", "message": why}),
+            ),
+        }
     }
 }
 
@@ -180,6 +207,10 @@ impl ServeHttp for AdminApp {
         }
         match path.as_str() {
             "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/ratelimit/state" => {
+                let query = session.req_header().uri.query().map(str::to_string);
+                self.ratelimit_state(query.as_deref()).await
+            }
             "/readyz" => {
                 let config = self.config.load_full();
                 match listeners_accepting(&config.startup.listen).await {
@@ -204,7 +235,7 @@ impl ServeHttp for AdminApp {
             }
             _ => json(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /readyz, /metrics, POST /cache/purge)")}),
+                serde_json::json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /readyz, /metrics, /ratelimit/state?tenant=ID, POST /cache/purge)")}),
             ),
         }
     }

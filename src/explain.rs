@@ -1,8 +1,11 @@
 //! `tollgate explain`: what limits a given caller gets on each route, from a config file, so an
 //! operator can answer "why was this tenant throttled?" without reading the YAML by hand.
+//! [`live_state`] adds what the store holds now (the admin `GET /ratelimit/state` and
+//! `explain --live`).
 
 use crate::config::RuntimeConfig;
-use crate::ratelimit::Limits;
+use crate::ratelimit::store::Fallback;
+use crate::ratelimit::{LimitKey, Limiter, Limits};
 use crate::tenant::Tier;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -15,6 +18,25 @@ pub enum Subject<'a> {
     Tenant(&'a str),
     /// A caller with no key.
     Anonymous,
+}
+
+/// Where this config counts limits, and what decides when that store fails.
+fn store_text(config: &RuntimeConfig) -> String {
+    let fallback = match config.limit_store.on_error {
+        Fallback::Local => "this replica's share (limit / fleet size)",
+        Fallback::Allow => "allow every request",
+        Fallback::Deny => "refuse every request (429)",
+    };
+    match (&config.startup.redis, config.limit_store.shared) {
+        (_, false) => "local (this process counts alone; each replica has the full limits)".into(),
+        (Some(r), true) => format!(
+            "redis {} (one limit for the whole fleet; when Redis fails: {fallback})",
+            r.describe()
+        ),
+        (None, true) => {
+            format!("redis, but no `redis:` section is connected (when Redis fails: {fallback})")
+        }
+    }
 }
 
 fn limits_text(l: &Limits) -> String {
@@ -57,6 +79,7 @@ pub fn explain(config: &RuntimeConfig, subject: Subject) -> Result<String, Strin
             }
         };
     let _ = writeln!(out, "caller: {who}");
+    let _ = writeln!(out, "store:  {}", store_text(config));
     match (&tier, &limits) {
         (Some(t), Some(l)) => {
             let _ = writeln!(
@@ -109,4 +132,118 @@ pub fn explain(config: &RuntimeConfig, subject: Subject) -> Result<String, Strin
         let _ = writeln!(out, "  {:<16} {line}", route.name);
     }
     Ok(out)
+}
+
+/// What the store holds now for tenant `id`: for each of its policies (the tier's buckets and
+/// each route-specific policy of its tier), the limits and what is left, read without
+/// consuming anything. JSON, for the admin endpoint and `explain --live`.
+pub async fn live_state(
+    config: &RuntimeConfig,
+    limiter: &Limiter,
+    id: &str,
+) -> Result<serde_json::Value, String> {
+    let tenant = config
+        .identity
+        .tenant(id)
+        .ok_or_else(|| format!("no tenant `{id}` in the running config"))?;
+    // (scope, limits, routes using it), in route order.
+    let mut policies: Vec<(Arc<str>, Limits, Vec<String>)> = Vec::new();
+    for route in config.routes.iter() {
+        let Some(p) = &route.limit else { continue };
+        let (scope, limits) = match p.tiers.get(&tenant.tier.name) {
+            Some(l) => (p.scope.clone(), *l),
+            None => (config.tier_scope.clone(), tenant.limits),
+        };
+        match policies.iter_mut().find(|(s, _, _)| *s == scope) {
+            Some((_, _, routes)) => routes.push(route.name.to_string()),
+            None => policies.push((scope, limits, vec![route.name.to_string()])),
+        }
+    }
+    let mut out = Vec::new();
+    for (scope, limits, routes) in policies {
+        let key = LimitKey::new(tenant.subject.clone(), scope.clone());
+        let (d, store) = limiter.peek(&key, &limits, config.limit_store).await;
+        out.push(serde_json::json!({
+            "scope": &*scope,
+            "routes": routes,
+            "store": store.name(),
+            "limits": {"rps": limits.rps, "burst": limits.burst, "daily": limits.daily},
+            "burst_remaining": d.burst_remaining,
+            "burst_full_in_secs": d.burst_reset_secs,
+            "daily_remaining": d.daily_remaining,
+            "daily_resets_in_secs": d.daily_reset_secs,
+        }));
+    }
+    Ok(serde_json::json!({
+        "tenant": &*tenant.id,
+        "tier": &*tenant.tier.name,
+        "store": store_text(config),
+        "policies": out,
+    }))
+}
+
+/// `explain --live`: the running proxy's `GET /ratelimit/state?tenant=ID` on its admin
+/// listener, pretty-printed.
+pub fn fetch_live(admin: std::net::SocketAddr, tenant: &str) -> Result<String, String> {
+    use std::io::{Read, Write as _};
+    let ip = match admin.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let addr = std::net::SocketAddr::new(ip, admin.port());
+    let timeout = std::time::Duration::from_secs(5);
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+        format!("cannot reach the admin listener {addr} (is tollgate running?): {e}")
+    })?;
+    conn.set_read_timeout(Some(timeout)).ok();
+    let tenant: String = tenant
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect();
+    write!(
+        conn,
+        "GET /ratelimit/state?tenant={tenant} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    // Read until the body's Content-Length is in (the admin listener may keep the connection).
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn
+            .read(&mut buf)
+            .map_err(|e| format!("cannot read the answer of {addr}: {e}"))?;
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if n == 0 {
+            break;
+        }
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            if length.is_some_and(|len| body.len() >= len) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|_| {
+        format!(
+            "unexpected answer from {addr}: {}",
+            head.lines().next().unwrap_or("")
+        )
+    })?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(value["message"].as_str().unwrap_or(head).to_string());
+    }
+    Ok(serde_json::to_string_pretty(&value).expect("json"))
 }

@@ -11,6 +11,7 @@ pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod fleet;
 pub mod observe;
 pub mod proxy;
 pub mod ratelimit;

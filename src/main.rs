@@ -52,6 +52,10 @@ enum Command {
         /// A caller with no key.
         #[arg(long)]
         anonymous: bool,
+        /// Also show what the store holds for the tenant now (remaining burst and daily
+        /// counts), asked of the running proxy's admin listener (`admin.listen`).
+        #[arg(long)]
+        live: bool,
     },
     /// Print the `sha256:<hex>` digest of an API key for `tenants.*.api_keys` (key from the
     /// argument, or from stdin when absent).
@@ -114,6 +118,21 @@ fn main() -> ExitCode {
                 env!("CARGO_PKG_VERSION"),
                 runtime.summary()
             );
+            if let Some(redis) = &runtime.startup.redis {
+                if let Err(e) = tollgate::fleet::link::check_at_start(redis) {
+                    if redis.required {
+                        eprintln!(
+                            "tollgate: redis {} cannot be reached ({e}) and `redis.required` is true: not starting",
+                            redis.describe()
+                        );
+                        return ExitCode::from(1);
+                    }
+                    tracing::warn!(
+                        "redis {} cannot be reached ({e}): starting in fallback (rate_limit.on_store_error); limits are shared once it answers",
+                        redis.describe()
+                    );
+                }
+            }
             let mut server = match tollgate::build_server(runtime, Some(config)) {
                 Ok(s) => s,
                 Err(e) => {
@@ -134,6 +153,7 @@ fn main() -> ExitCode {
             key,
             tenant,
             anonymous,
+            live,
         } => {
             let runtime = match tollgate::config::load(&config) {
                 Ok(c) => c,
@@ -155,6 +175,22 @@ fn main() -> ExitCode {
             match tollgate::explain::explain(&runtime, subject) {
                 Ok(report) => {
                     print!("{report}");
+                    if live {
+                        let Some(id) = tenant.as_deref() else {
+                            eprintln!("tollgate explain: --live needs --tenant ID");
+                            return ExitCode::from(2);
+                        };
+                        let admin = runtime.startup.admin_listen;
+                        match tollgate::explain::fetch_live(admin, id) {
+                            Ok(state) => {
+                                println!("live (from the proxy's admin on {admin}):\n{state}")
+                            }
+                            Err(e) => {
+                                eprintln!("tollgate explain --live: {e}");
+                                return ExitCode::from(1);
+                            }
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -5,7 +5,7 @@ use crate::config::RuntimeConfig;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics;
 use crate::proxy::Tollgate;
-use crate::ratelimit::LocalLimiter;
+use crate::ratelimit::{Limiter, LocalLimiter};
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -141,7 +141,12 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     let admin_listen = start.admin_listen;
     let h2c = s.h2c;
     let watch_interval = s.watch_interval;
-    let limiter = Arc::new(LocalLimiter::new(start.max_tracked_keys));
+    let local = Arc::new(LocalLimiter::new(start.max_tracked_keys));
+    let link = start
+        .redis
+        .clone()
+        .map(|settings| Arc::new(crate::fleet::Link::new(settings)));
+    let limiter = Arc::new(Limiter::new(local.clone(), link.clone()));
     let shared = Arc::new(ArcSwap::from_pointee(config));
 
     let mut options = HttpServerOptions::default();
@@ -157,7 +162,10 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
         proxy.add_tcp(&addr.to_string());
     }
 
-    let mut admin = Service::new("tollgate admin".to_string(), AdminApp::new(shared.clone()));
+    let mut admin = Service::new(
+        "tollgate admin".to_string(),
+        AdminApp::new(shared.clone(), limiter.clone()),
+    );
     admin.add_tcp(&admin_listen.to_string());
     admin.threads = Some(1);
 
@@ -171,9 +179,21 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     );
     checker.threads = Some(1);
     server.add_service(checker);
-    let mut sweeper = background_service("tollgate rate-limit sweeper", LimiterSweeper { limiter });
+    let mut sweeper = background_service(
+        "tollgate rate-limit sweeper",
+        LimiterSweeper { limiter: local },
+    );
     sweeper.threads = Some(1);
     server.add_service(sweeper);
+    if let Some(link) = link {
+        // Its runtime also drives the Redis connections' I/O.
+        let mut heartbeat = background_service(
+            "tollgate fleet heartbeat",
+            crate::fleet::Heartbeat::new(link),
+        );
+        heartbeat.threads = Some(1);
+        server.add_service(heartbeat);
+    }
     if let Some(path) = watch {
         let interval = if watch_interval.is_zero() {
             std::time::Duration::from_secs(86400 * 365)

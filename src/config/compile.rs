@@ -10,7 +10,7 @@ use super::error::ConfigError;
 use super::model::Config;
 use super::startup::Startup;
 use crate::observe::request::Settings as ObserveSettings;
-use crate::ratelimit::{RouteLimit, TIER_SCOPE};
+use crate::ratelimit::{RouteLimit, StorePolicy, TIER_SCOPE};
 use crate::route::{HostMatch, RouteTable};
 use crate::tenant::{Identity, Tier};
 use crate::upstream::UpstreamGroup;
@@ -52,6 +52,8 @@ pub struct RuntimeConfig {
     pub identity: Identity,
     /// Send legacy `X-RateLimit-*` headers too.
     pub legacy_ratelimit_headers: bool,
+    /// Where limits are counted (this process or Redis) and what decides when Redis fails.
+    pub limit_store: StorePolicy,
     /// Shared scope name of tier buckets (one allocation, cloned per request).
     pub tier_scope: Arc<str>,
     /// Per-request observability switches (metrics, timing headers, access log sampling).
@@ -122,6 +124,7 @@ pub fn compile(
         tiers,
         identity,
         legacy_ratelimit_headers: config.rate_limit.legacy_headers,
+        limit_store: StorePolicy::new(&config.rate_limit),
         tier_scope: TIER_SCOPE.into(),
         observe: ObserveSettings::new(&config.observability),
         admin_token: config.admin.token,

@@ -114,6 +114,10 @@ impl RuntimeConfig {
                 .collect::<Vec<_>>()
                 .join(", "),
             self.startup.admin_listen
-        )
+        ) + &match (&self.startup.redis, self.limit_store.shared) {
+            (Some(r), true) => format!(", rate limits shared in redis {}", r.describe()),
+            (None, true) => ", rate limits in redis (not connected: restart to connect)".into(),
+            (_, false) => String::new(),
+        }
     }
 }

@@ -35,6 +35,8 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     /// The response cache's store (routes opt in with their own `cache:`).
     pub cache: CacheConfig,
+    /// The Redis a fleet of replicas shares (`rate_limit.store: redis`). Absent: none.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Top-level `cache:` section: the in-memory store shared by every caching route.
@@ -859,6 +861,10 @@ pub struct RateLimitConfig {
     /// Most limiter entries kept in memory (one per caller and policy). Past it, the least
     /// recently active are dropped first; an anonymous caller dropped this way loses its counts.
     pub max_tracked_keys: usize,
+    /// Where limits are counted: `local` (this process) or `redis` (shared by the fleet).
+    pub store: LimitStore,
+    /// When Redis fails or is slow: `local` (this replica's share), `allow` or `deny`.
+    pub on_store_error: OnStoreError,
 }
 
 impl Default for RateLimitConfig {
@@ -866,6 +872,77 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             legacy_headers: false,
             max_tracked_keys: 100_000,
+            store: LimitStore::Local,
+            on_store_error: OnStoreError::Local,
+        }
+    }
+}
+
+/// `rate_limit.store`: where the buckets and daily counts live.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitStore {
+    /// In this process: each replica counts alone.
+    #[default]
+    Local,
+    /// In the `redis:` store, shared by every replica: one limit across the fleet.
+    Redis,
+}
+
+/// `rate_limit.on_store_error`: what a decision does when Redis fails or is too slow.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Decide in this process with this replica's share of each limit (`limit / fleet size`).
+    #[default]
+    Local,
+    /// Let the request through, unlimited.
+    Allow,
+    /// Refuse it with 429.
+    Deny,
+}
+
+/// Top-level `redis:`: the Redis (standalone or Cluster) a fleet of replicas shares.
+/// Restart-only: a reload that changes it keeps the running connection (and warns).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// One Redis: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. Write the
+    /// password as `${VAR}`.
+    pub url: Option<String>,
+    /// A Redis Cluster: some of its nodes' URLs (the rest are discovered).
+    pub cluster: Vec<String>,
+    /// How long connecting to a node may take.
+    pub connect_timeout: ConfigDuration,
+    /// How long one decision may wait for Redis before `on_store_error` decides instead.
+    pub command_timeout: ConfigDuration,
+    /// Multiplexed connections per replica (each pipelines every request's commands).
+    pub connections: usize,
+    /// Refuse to start when Redis cannot be reached. `false`: start in fallback and say so.
+    pub required: bool,
+    /// First part of every key tollgate writes (`<prefix>:{subject}:...`).
+    pub key_prefix: String,
+    /// How often a replica announces itself (the fleet size) and probes a Redis that failed.
+    pub heartbeat_interval: ConfigDuration,
+    /// Consecutive failures after which Redis is not asked for `backoff`.
+    pub failures_before_backoff: u32,
+    /// How long Redis is left alone after those failures (the heartbeat probes it meanwhile).
+    pub backoff: ConfigDuration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            cluster: Vec::new(),
+            connect_timeout: ConfigDuration::from_secs(1),
+            command_timeout: ConfigDuration::from_millis(20),
+            connections: 2,
+            required: false,
+            key_prefix: "tollgate".into(),
+            heartbeat_interval: ConfigDuration::from_secs(1),
+            failures_before_backoff: 3,
+            backoff: ConfigDuration::from_secs(2),
         }
     }
 }

@@ -31,6 +31,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "rate_limit",
     "observability",
     "cache",
+    "redis",
 ];
 
 /// Result of the structural pass: what could be read, plus the names of upstream groups that
@@ -106,6 +107,11 @@ fn parse_section(key: &str, value: Value, parsed: &mut Parsed, errors: &mut Vec<
         "rate_limit" => replace(&mut config.rate_limit, value, "rate_limit", errors),
         "observability" => replace(&mut config.observability, value, "observability", errors),
         "cache" => replace(&mut config.cache, value, "cache", errors),
+        "redis" => {
+            if let Some(r) = section(value, "redis", errors) {
+                config.redis = Some(r);
+            }
+        }
         other => errors.push(ConfigError::at(
             other,
             format!(
@@ -210,6 +216,7 @@ fn defaults() -> Config {
         rate_limit: RateLimitConfig::default(),
         observability: Default::default(),
         cache: Default::default(),
+        redis: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The settings a process reads once, at start: listeners, the Pingora server, the cache
-//! store's size, the metrics' shape, the access log's output and the limiter's table size.
+//! store's size, the metrics' shape, the access log's output, the limiter's table size and the
+//! fleet's Redis connection.
 //!
 //! They are one struct so that a reload can keep them whole: [`Startup::restart_only_changes`]
 //! names what a new file changed among them (logged as a warning), and the reloaded config
@@ -30,6 +31,8 @@ pub struct Startup {
     pub access_log: Option<AccessLogOutput>,
     /// Most limiter entries held.
     pub max_tracked_keys: usize,
+    /// The fleet's Redis (`redis:`), when configured.
+    pub redis: Option<crate::fleet::Settings>,
 }
 
 /// `server:`, compiled.
@@ -89,6 +92,7 @@ impl Startup {
                 buffer_lines: log.buffer_lines,
             }),
             max_tracked_keys: c.rate_limit.max_tracked_keys,
+            redis: c.redis.as_ref().map(crate::fleet::Settings::new),
         }
     }
 
@@ -125,6 +129,7 @@ impl Startup {
             new.max_tracked_keys != self.max_tracked_keys,
             "rate_limit.max_tracked_keys",
         );
+        check(new.redis != self.redis, "redis");
         changed
     }
 }

@@ -3,7 +3,7 @@
 //! [`validate`] is a table of contents: one function per section of the model, in model order
 //! (`validate_listen`, `validate_admin`, `validate_server`, `validate_upstream`,
 //! `validate_route`, `validate_identity`, `validate_tiers`, `validate_tenant`,
-//! `validate_observability`, `validate_cache_store`), each split into small helpers for its
+//! `validate_observability`, `validate_cache_store`, `validate_redis`), each split into small helpers for its
 //! parts. A check that spans sections (a route naming an upstream, a tenant naming a tier) runs
 //! with the referencing section and is handed what it needs as arguments.
 //!
@@ -14,9 +14,9 @@ use super::address::{check_hostname, parse_endpoint, parse_listen, route_name};
 use super::error::ConfigError;
 use super::model::{
     AdminConfig, CacheConfig, CircuitBreakerConfig, CompressionConfig, EndpointConfig,
-    HealthCheckConfig, IdentityConfig, ObservabilityConfig, RetryConfig, RouteCacheConfig,
-    RouteConfig, RouteRateLimitConfig, ServerConfig, TenantConfig, TierConfig, TimeoutsConfig,
-    TlsConfig, UpstreamConfig,
+    HealthCheckConfig, IdentityConfig, LimitStore, ObservabilityConfig, RateLimitConfig,
+    RedisConfig, RetryConfig, RouteCacheConfig, RouteConfig, RouteRateLimitConfig, ServerConfig,
+    TenantConfig, TierConfig, TimeoutsConfig, TlsConfig, UpstreamConfig,
 };
 use super::parse::Parsed;
 use indexmap::IndexMap;
@@ -60,6 +60,85 @@ pub fn validate(
     // checked with their route (`validate_rate_limit`).
     validate_observability(&config.observability, &config.tenants, errors);
     validate_cache_store(&config.cache, errors);
+    validate_redis(config.redis.as_ref(), &config.rate_limit, errors);
+}
+
+/// `redis:` (addresses, timeouts, prefix) and the `rate_limit.store` that needs it. Messages
+/// never quote a URL: it may carry a password.
+fn validate_redis(
+    redis: Option<&RedisConfig>,
+    rate_limit: &RateLimitConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(r) = redis else {
+        if rate_limit.store == LimitStore::Redis {
+            errors.push(ConfigError::at(
+                "rate_limit.store",
+                "`redis` needs a top-level `redis:` section with `url` (or `cluster`) to share limits through",
+            ));
+        }
+        return;
+    };
+    match (&r.url, r.cluster.is_empty()) {
+        (None, true) => errors.push(ConfigError::at(
+            "redis",
+            "set `url` (one Redis: `redis://host:6379`) or `cluster` (seed nodes of a Redis Cluster)",
+        )),
+        (Some(_), false) => errors.push(ConfigError::at(
+            "redis",
+            "set either `url` or `cluster`, not both",
+        )),
+        (Some(url), true) => {
+            if let Err(e) = crate::fleet::settings::check_url(url) {
+                errors.push(ConfigError::at("redis.url", e));
+            }
+        }
+        (None, false) => {
+            for (i, url) in r.cluster.iter().enumerate() {
+                if let Err(e) = crate::fleet::settings::check_url(url) {
+                    errors.push(ConfigError::at(format!("redis.cluster[{i}]"), e));
+                }
+            }
+        }
+    }
+    let durations = [
+        ("connect_timeout", r.connect_timeout.0),
+        ("command_timeout", r.command_timeout.0),
+        ("heartbeat_interval", r.heartbeat_interval.0),
+        ("backoff", r.backoff.0),
+    ];
+    for (key, d) in durations {
+        if d.is_zero() {
+            errors.push(ConfigError::at(
+                format!("redis.{key}"),
+                "must be more than 0",
+            ));
+        }
+    }
+    if r.command_timeout.0 > std::time::Duration::from_secs(5) {
+        errors.push(ConfigError::at(
+            "redis.command_timeout",
+            "at most 5s: every rate-limited request may wait this long when Redis stalls (a few ms to tens of ms is usual)",
+        ));
+    }
+    if !(1..=64).contains(&r.connections) {
+        errors.push(ConfigError::at(
+            "redis.connections",
+            format!("must be 1 to 64, found {}", r.connections),
+        ));
+    }
+    if r.failures_before_backoff == 0 {
+        errors.push(ConfigError::at(
+            "redis.failures_before_backoff",
+            "must be at least 1",
+        ));
+    }
+    if r.key_prefix.is_empty() || r.key_prefix.contains(['{', '}', ' ']) {
+        errors.push(ConfigError::at(
+            "redis.key_prefix",
+            "must be non-empty, without spaces, `{` or `}` (braces would break the keys' Cluster hash tags)",
+        ));
+    }
 }
 
 /// What the checks of one section need from the others.

@@ -204,6 +204,63 @@ pub static RATELIMIT_TRACKED_KEYS: Lazy<IntGauge> = Lazy::new(|| {
     g
 });
 
+/// `tollgate_ratelimit_store_decisions_total{store}`: rate-limit decisions by where they were
+/// taken: `local` (store: local), `redis`, or, when Redis failed, `local_fallback`,
+/// `allow_fallback`, `deny_fallback` (`rate_limit.on_store_error`).
+pub static RATELIMIT_STORE_DECISIONS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_ratelimit_store_decisions_total",
+        "Rate-limit decisions by the store that took them (redis, local, or a fallback).",
+        &["store"],
+    )
+});
+
+/// `tollgate_redis_up`: 1 while the shared Redis answers, 0 while it is failing or backed off.
+pub static REDIS_UP: Lazy<IntGauge> = Lazy::new(|| {
+    let g = IntGauge::new(
+        "tollgate_redis_up",
+        "Whether the shared Redis answers (1) or is failing and backed off (0).",
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+});
+
+/// `tollgate_redis_command_duration_seconds{op}`: time of one Redis call, failed ones included
+/// (`op`: `ratelimit`, `peek`, `heartbeat`).
+pub static REDIS_COMMAND_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram(
+        "tollgate_redis_command_duration_seconds",
+        "Time of one Redis call by operation, failed calls included.",
+        &["op"],
+        &[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        ],
+    )
+});
+
+/// `tollgate_redis_errors_total{kind}`: failed Redis calls: `timeout`, `connection`, `auth`,
+/// `not_connected`, `script`, `other`.
+pub static REDIS_ERRORS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_redis_errors_total",
+        "Failed Redis calls by kind of failure.",
+        &["kind"],
+    )
+});
+
+/// `tollgate_fleet_replicas`: replicas that announced themselves in Redis lately (held at its
+/// last value while Redis is unreachable); the local fallback enforces `limit / this`.
+pub static FLEET_REPLICAS: Lazy<IntGauge> = Lazy::new(|| {
+    let g = IntGauge::new(
+        "tollgate_fleet_replicas",
+        "Replicas of this fleet seen in Redis heartbeats (last known value while Redis is down).",
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+});
+
 /// `tollgate_access_log_lines_total{outcome}`: access log lines `written`, `dropped` (the
 /// writer fell behind and its buffer was full) or `sampled_out`.
 pub static ACCESS_LOG_LINES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -378,6 +435,7 @@ pub fn init(buckets: &[f64], status_label: bool) {
     Lazy::force(&COMPRESSION_OUTPUT_BYTES_TOTAL);
     Lazy::force(&RATELIMIT_DECISIONS_TOTAL);
     Lazy::force(&RATELIMIT_TRACKED_KEYS);
+    Lazy::force(&RATELIMIT_STORE_DECISIONS_TOTAL);
     Lazy::force(&ACCESS_LOG_WRITTEN);
     Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&ACCESS_LOG_SAMPLED_OUT);

@@ -5,7 +5,7 @@ use super::ctx::RequestCtx;
 use super::errors::{self, ProxyError};
 use crate::config::{Route, RuntimeConfig};
 use crate::observe::metrics;
-use crate::ratelimit::{headers, Decision, LimitKey, Limits, RateLimiter};
+use crate::ratelimit::{headers, Decision, LimitKey, Limiter, Limits, Store};
 use crate::tenant::{Caller, Tier};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -22,6 +22,8 @@ pub struct Applied {
     pub tier: Arc<Tier>,
     /// Shadow mode: counted and reported, never enforced.
     pub shadow: bool,
+    /// Which store decided.
+    pub store: Store,
 }
 
 impl Applied {
@@ -36,7 +38,7 @@ impl Applied {
 pub async fn enforce(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    limiter: &dyn RateLimiter,
+    limiter: &Limiter,
 ) -> pingora_core::Result<bool> {
     let Some(route) = ctx.route.clone().filter(|r| r.limit.is_some()) else {
         return Ok(false);
@@ -56,8 +58,7 @@ pub async fn enforce(
     let Some(caller) = ctx.caller.as_ref().filter(|_| !ctx.background) else {
         return Ok(false);
     };
-    let now = crate::ratelimit::unix_nanos_now();
-    ctx.limit = decide(limiter, &ctx.config, &route, caller, now);
+    ctx.limit = decide(limiter, &ctx.config, &route, caller).await;
     let Some(applied) = ctx.limit.as_ref().filter(|a| a.refuses()) else {
         return Ok(false);
     };
@@ -77,12 +78,11 @@ pub fn response_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_
 }
 
 /// Decide for `caller` on `route`. `None`: this request is not rate limited.
-pub fn decide(
-    limiter: &dyn RateLimiter,
+pub async fn decide(
+    limiter: &Limiter,
     config: &RuntimeConfig,
     route: &Route,
     caller: &Caller,
-    now_unix_nanos: u64,
 ) -> Option<Applied> {
     let policy = route.limit.as_ref()?;
     let tier = caller.tier.as_ref()?;
@@ -94,7 +94,9 @@ pub fn decide(
         subject: caller.subject.clone(),
         scope,
     };
-    let decision = limiter.check(&key, &limits, policy.cost, now_unix_nanos);
+    let (decision, store) = limiter
+        .check(&key, &limits, policy.cost, config.limit_store)
+        .await;
     let shadow = caller.shadow || policy.shadow;
     let (policy_label, outcome) = match (decision.allowed, decision.refused_by) {
         (true, _) => ("none", "allowed"),
@@ -111,6 +113,7 @@ pub fn decide(
         limits,
         tier: tier.clone(),
         shadow,
+        store,
     })
 }
 

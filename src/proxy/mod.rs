@@ -34,7 +34,7 @@ pub mod upstream;
 use crate::config::RuntimeConfig;
 use crate::observe::access_log::AccessLog;
 use crate::observe::{request, request_id};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::Limiter;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
@@ -49,7 +49,7 @@ use std::sync::Arc;
 /// reloads, so counts survive them) and the per-request ctx.
 pub struct Tollgate {
     config: Arc<ArcSwap<RuntimeConfig>>,
-    limiter: Arc<dyn RateLimiter>,
+    limiter: Arc<Limiter>,
     access_log: Option<AccessLog>,
 }
 
@@ -58,7 +58,7 @@ impl Tollgate {
     /// `access_log`, requests are logged as the current config's sampling says.
     pub fn new(
         config: Arc<ArcSwap<RuntimeConfig>>,
-        limiter: Arc<dyn RateLimiter>,
+        limiter: Arc<Limiter>,
         access_log: Option<AccessLog>,
     ) -> Self {
         Tollgate {

@@ -31,15 +31,15 @@ const MIN_SWEEP_AT: usize = 64;
 
 /// Per-key state: 24 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct State {
+pub(super) struct State {
     /// GCRA theoretical arrival time (ns since the epoch): the bucket is full again at `tat`.
     /// 0 for a key never seen, which reads as "full".
-    tat: u64,
+    pub(super) tat: u64,
     /// The UTC day (days since the epoch) that `used` counts.
-    day: u32,
+    pub(super) day: u32,
     /// Daily units consumed on `day`. Not counted for policies without a daily quota, so their
     /// entries expire as soon as the bucket refills.
-    used: u64,
+    pub(super) used: u64,
 }
 
 impl State {
@@ -358,13 +358,26 @@ fn decide(
     now: u64,
     today: u32,
 ) -> (Decision, Option<State>) {
+    decide_with_interval(prev, limits, cost, now, today, emission_interval(limits))
+}
+
+/// [`decide`] with the emission interval given (`None`: nothing may pass). The Redis store
+/// decides in whole microseconds and passes its interval, so that both stores apply one rule.
+pub(super) fn decide_with_interval(
+    prev: State,
+    limits: &Limits,
+    cost: u32,
+    now: u64,
+    today: u32,
+    interval: Option<u64>,
+) -> (Decision, Option<State>) {
     let daily_reset_secs = ceil_secs(u128::from(today + 1) * NANOS_PER_DAY as u128 - now as u128);
     let used = if prev.day == today { prev.used } else { 0 };
     let daily_ok = limits
         .daily
         .is_none_or(|quota| used.saturating_add(u64::from(cost)) <= quota);
 
-    let Some(interval) = emission_interval(limits) else {
+    let Some(interval) = interval else {
         let decision = Decision {
             allowed: false,
             refused_by: Some(if daily_ok {
@@ -443,7 +456,7 @@ fn div_wide(n: u128, d: u64) -> u64 {
 }
 
 /// `T = 1 s / rps` in whole nanoseconds (at least 1), or `None` when nothing may pass.
-fn emission_interval(limits: &Limits) -> Option<u64> {
+pub(super) fn emission_interval(limits: &Limits) -> Option<u64> {
     // Written so that NaN is refused too.
     if limits.rps.is_nan() || limits.rps <= 0.0 || limits.burst == 0 {
         return None;
@@ -454,7 +467,7 @@ fn emission_interval(limits: &Limits) -> Option<u64> {
 }
 
 /// Days since the epoch, in UTC.
-fn utc_day(now: u64) -> u32 {
+pub(super) fn utc_day(now: u64) -> u32 {
     (now / NANOS_PER_DAY) as u32
 }
 

@@ -12,8 +12,11 @@
 
 pub mod headers;
 pub mod local;
+pub mod redis;
+pub mod store;
 
 pub use local::LocalLimiter;
+pub use store::{Limiter, Store, StorePolicy};
 
 use crate::config::model::{LimitsOverride, RouteRateLimitConfig};
 use std::collections::HashMap;
@@ -42,6 +45,21 @@ impl Limits {
             rps: o.rps.unwrap_or(self.rps),
             burst: o.burst.unwrap_or(self.burst),
             daily: o.daily.map_or(self.daily, |d| d.get()),
+        }
+    }
+}
+
+impl Limits {
+    /// One replica's share of these limits in a fleet of `n`: each limit divided by `n`
+    /// (rounded down, so the fleet never admits more than the limit), at least 1 of each.
+    pub fn share(self, n: u32) -> Limits {
+        if n <= 1 {
+            return self;
+        }
+        Limits {
+            rps: self.rps / f64::from(n),
+            burst: (self.burst / n).max(1.min(self.burst)),
+            daily: self.daily.map(|d| (d / u64::from(n)).max(1.min(d))),
         }
     }
 }

@@ -20,6 +20,7 @@
 //! - [`upstream`]: the upstream double ([`Upstream`], [`Reply`]);
 //! - [`demo`]: [`DemoUpstream`], an upstream in its own process (for tests that SIGKILL it);
 //! - [`net`]: free ports, closed and misbehaving peers, raw sockets;
+//! - [`redis`]: real `redis-server` processes and a three-master Redis Cluster.
 //! - [`cli`]: tollgate's other commands (`check`, `explain`, ...).
 #![allow(dead_code, unused_imports)]
 
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod net;
+pub mod redis;
 pub mod response;
 pub mod tollgate;
 pub mod upstream;
@@ -35,6 +37,7 @@ pub use cli::{bin, check_file, check_yaml, check_yaml_with_env, run_cli};
 pub use config::{Config, Endpoint, Group, Route};
 pub use demo::DemoUpstream;
 pub use net::{closed_addr, free_addr, free_port, raw, slamming_door, Blackhole};
+pub use redis::{RedisCluster, RedisServer};
 pub use response::Got;
 pub use tollgate::Tollgate;
 pub use upstream::{Recorded, Reply, Upstream};

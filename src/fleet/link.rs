@@ -1,0 +1,389 @@
+//! The replica's connection to the fleet's Redis, and its health.
+//!
+//! Every call is bounded by `redis.command_timeout`, whatever the client library does inside
+//! (reconnects, cluster redirects), so a request never waits longer than that for Redis. After
+//! `failures_before_backoff` consecutive failures the link stops asking for `redis.backoff`:
+//! while Redis is down, requests pay nothing for it. The heartbeat keeps calling meanwhile (a
+//! probe); the first success ends the backoff at once.
+//!
+//! Connections are opened lazily from a Tokio runtime (the heartbeat's, or a request's), never
+//! at config compile time, so a replica starts and serves while Redis is still away.
+
+use super::settings::{Settings, Target};
+use crate::observe::metrics;
+use arc_swap::ArcSwapOption;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, ScriptInvocation};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a Redis call did not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// No answer within `command_timeout` (or `connect_timeout` while connecting).
+    Timeout,
+    /// The connection failed, was refused or dropped.
+    Connection(String),
+    /// Redis refused our credentials (`WRONGPASS`, `NOAUTH`, `NOPERM`).
+    Auth(String),
+    /// Not connected yet (the first connection is still being opened).
+    NotConnected,
+    /// The link is backing off after consecutive failures: Redis was not asked.
+    BackingOff,
+    /// Redis answered with an error (a script error, a cluster without the slot, ...).
+    Server(String),
+    /// An answer of an unexpected shape.
+    Other(String),
+}
+
+impl StoreError {
+    /// The `kind` label of `tollgate_redis_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout => "timeout",
+            StoreError::Connection(_) => "connection",
+            StoreError::Auth(_) => "auth",
+            StoreError::NotConnected => "not_connected",
+            StoreError::BackingOff => "backing_off",
+            StoreError::Server(_) => "script",
+            StoreError::Other(_) => "other",
+        }
+    }
+
+    fn from_redis(e: &redis::RedisError) -> StoreError {
+        use redis::ErrorKind;
+        if e.is_timeout() {
+            return StoreError::Timeout;
+        }
+        // Messages of the client library name the server, not the URL, so they hold no password.
+        let text = e.to_string();
+        match e.kind() {
+            ErrorKind::AuthenticationFailed => StoreError::Auth(text),
+            ErrorKind::Server(_)
+                if text.contains("NOAUTH")
+                    || text.contains("WRONGPASS")
+                    || text.contains("NOPERM") =>
+            {
+                StoreError::Auth(text)
+            }
+            ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => StoreError::Connection(text),
+            _ if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() => {
+                StoreError::Connection(text)
+            }
+            ErrorKind::Server(_) | ErrorKind::Extension => StoreError::Server(text),
+            _ => StoreError::Other(text),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Timeout => f.write_str("timed out"),
+            StoreError::Connection(e) => write!(f, "connection failed: {e}"),
+            StoreError::Auth(e) => write!(f, "authentication failed: {e}"),
+            StoreError::NotConnected => f.write_str("not connected yet"),
+            StoreError::BackingOff => f.write_str("backing off after consecutive failures"),
+            StoreError::Server(e) => write!(f, "error answer: {e}"),
+            StoreError::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// One multiplexed connection: cheap to clone, every clone shares the socket.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The link to the fleet's Redis: connections, the timeout of every call, the failure count
+/// and backoff, the fleet size last seen.
+pub struct Link {
+    settings: Settings,
+    conns: ArcSwapOption<Vec<Conn>>,
+    /// Round-robin over `conns`.
+    next: AtomicUsize,
+    /// Failures since the last success.
+    failures: AtomicU32,
+    /// While backing off: until when, in ms since `epoch`; 0 otherwise.
+    retry_at_ms: AtomicU64,
+    /// Whether the last call worked (for the `up` gauge and the log on each change).
+    up: AtomicBool,
+    epoch: Instant,
+    /// Replicas seen by the last heartbeat (at least 1: this one).
+    fleet_size: AtomicU32,
+    /// This replica's name in the heartbeat set.
+    replica: String,
+    /// Serialises connection opening (one attempt at a time).
+    connecting: tokio::sync::Mutex<()>,
+    /// A failure was logged since start (so a Redis that never answered is said once).
+    told_down: AtomicBool,
+}
+
+impl Link {
+    /// A link that has not connected yet.
+    pub fn new(settings: Settings) -> Link {
+        metrics::REDIS_UP.set(0);
+        metrics::FLEET_REPLICAS.set(1);
+        for kind in [
+            "timeout",
+            "connection",
+            "auth",
+            "not_connected",
+            "script",
+            "other",
+        ] {
+            metrics::REDIS_ERRORS_TOTAL.with_label_values(&[kind]);
+        }
+        Link {
+            settings,
+            conns: ArcSwapOption::empty(),
+            next: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            retry_at_ms: AtomicU64::new(0),
+            up: AtomicBool::new(false),
+            epoch: Instant::now(),
+            fleet_size: AtomicU32::new(1),
+            replica: replica_name(),
+            connecting: tokio::sync::Mutex::new(()),
+            told_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The settings it runs on.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// This replica's name in the fleet (host, pid and a random suffix).
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether a call now would go to Redis (connected, not backing off).
+    pub fn available(&self) -> bool {
+        self.conns.load().is_some() && !self.backing_off()
+    }
+
+    /// Whether the last call to Redis worked.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Replicas of the fleet, as last seen (at least 1).
+    pub fn fleet_size(&self) -> u32 {
+        self.fleet_size.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Record the fleet size a heartbeat saw.
+    pub fn set_fleet_size(&self, n: u32) {
+        let n = n.max(1);
+        self.fleet_size.store(n, Ordering::Relaxed);
+        metrics::FLEET_REPLICAS.set(i64::from(n));
+    }
+
+    fn backing_off(&self) -> bool {
+        let until = self.retry_at_ms.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Open the connections if they are not open, and check that Redis answers `PING`.
+    /// Must run inside a Tokio runtime. Bounded by `connect_timeout` + `command_timeout`.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        let limit = self.settings.connect_timeout + self.settings.command_timeout;
+        let result = match tokio::time::timeout(limit, self.open_and_ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout),
+        };
+        match &result {
+            Ok(()) => self.succeeded(),
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    async fn open_and_ping(&self) -> Result<(), StoreError> {
+        if self.conns.load().is_none() {
+            let _one_at_a_time = self.connecting.lock().await;
+            if self.conns.load().is_none() {
+                let conns = self.open().await?;
+                self.conns.store(Some(Arc::new(conns)));
+            }
+        }
+        let mut conn = self.pick().ok_or(StoreError::NotConnected)?;
+        let pong: String = match &mut conn {
+            Conn::Single(c) => redis::cmd("PING").query_async(c).await,
+            Conn::Cluster(c) => redis::cmd("PING").query_async(c).await,
+        }
+        .map_err(|e| StoreError::from_redis(&e))?;
+        if pong != "PONG" {
+            return Err(StoreError::Other(format!("PING answered `{pong}`")));
+        }
+        Ok(())
+    }
+
+    async fn open(&self) -> Result<Vec<Conn>, StoreError> {
+        let s = &self.settings;
+        let redis_err = |e: redis::RedisError| StoreError::from_redis(&e);
+        match &s.target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(s.connect_timeout))
+                    .set_response_timeout(Some(s.command_timeout))
+                    // Reconnect quickly and give up soon: the heartbeat and the backoff
+                    // decide when to try again, not the client library.
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(s.backoff);
+                (0..s.connections)
+                    .map(|_| {
+                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                            .map(Conn::Single)
+                            .map_err(redis_err)
+                    })
+                    .collect()
+            }
+            Target::Cluster(seeds) => {
+                let client = redis::cluster::ClusterClient::builder(seeds.clone())
+                    .connection_timeout(s.connect_timeout)
+                    .response_timeout(s.command_timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(redis_err)?;
+                let conn = client.get_async_connection().await.map_err(redis_err)?;
+                Ok(vec![Conn::Cluster(conn)])
+            }
+        }
+    }
+
+    fn pick(&self) -> Option<Conn> {
+        let conns = self.conns.load();
+        let conns = conns.as_ref()?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
+        Some(conns[i].clone())
+    }
+
+    /// Run a script, bounded by `command_timeout`; refused at once while backing off.
+    /// `op` labels the duration histogram.
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        if self.backing_off() {
+            return Err(StoreError::BackingOff);
+        }
+        self.eval_now(op, script).await
+    }
+
+    /// Run a script even while backing off (the heartbeat's probe), connecting first if needed.
+    pub async fn probe<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        if self.conns.load().is_none() {
+            self.connect().await?;
+        }
+        self.eval_now(op, script).await
+    }
+
+    async fn eval_now<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let Some(mut conn) = self.pick() else {
+            let e = StoreError::NotConnected;
+            self.failed(&e);
+            return Err(e);
+        };
+        let started = Instant::now();
+        let call = async {
+            match &mut conn {
+                Conn::Single(c) => script.invoke_async(c).await,
+                Conn::Cluster(c) => script.invoke_async(c).await,
+            }
+        };
+        let result = match tokio::time::timeout(self.settings.command_timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::from_redis(&e)),
+            Err(_) => Err(StoreError::Timeout),
+        };
+        metrics::REDIS_COMMAND_DURATION
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => self.succeeded(),
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.retry_at_ms.store(0, Ordering::Relaxed);
+        if !self.up.swap(true, Ordering::Relaxed) {
+            metrics::REDIS_UP.set(1);
+            tracing::info!(
+                "redis {} answers: rate limits are shared by the fleet",
+                self.settings.describe()
+            );
+        }
+    }
+
+    fn failed(&self, e: &StoreError) {
+        metrics::REDIS_ERRORS_TOTAL
+            .with_label_values(&[e.kind()])
+            .inc();
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.settings.failures_before_backoff {
+            let until = self.now_ms() + self.settings.backoff.as_millis() as u64;
+            self.retry_at_ms.store(until.max(1), Ordering::Relaxed);
+        }
+        // One line per change of state, not one per failed request.
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        if was_up || !self.told_down.swap(true, Ordering::Relaxed) {
+            metrics::REDIS_UP.set(0);
+            tracing::warn!(
+                "redis {} failed ({e}): deciding without it (rate_limit.on_store_error) until it answers again",
+                self.settings.describe()
+            );
+        }
+    }
+}
+
+/// `host-pid-random`: unique per process, readable in `ZRANGE <prefix>:fleet`.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "tollgate".into());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Whether Redis answers now: connect and `PING` once, within `connect_timeout` +
+/// `command_timeout`, on a runtime of its own (before the server's runtimes exist). The
+/// connection is then dropped; the server opens its own.
+pub fn check_at_start(settings: &Settings) -> Result<(), StoreError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Other(format!("cannot start a runtime: {e}")))?;
+    let link = Link::new(settings.clone());
+    link.told_down.store(true, Ordering::Relaxed);
+    rt.block_on(link.connect())
+}

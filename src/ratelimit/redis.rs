@@ -1,0 +1,176 @@
+//! The fleet's rate-limit store: the same GCRA burst bucket and UTC-day quota as
+//! [`super::LocalLimiter`], decided atomically in Redis by one Lua script per request.
+//!
+//! - One round trip: `EVALSHA` of [`SCRIPT`] (the client loads it again on `NOSCRIPT`, e.g.
+//!   after a Redis restart).
+//! - Redis' clock (`TIME`), not the replicas': replicas whose clocks disagree still share one
+//!   bucket exactly.
+//! - Keys `<prefix>:{<subject>}:<scope>:b` (the bucket's theoretical arrival time, expiring
+//!   when the bucket is full again) and `...:d` (the day and the units used on it, expiring after
+//!   its day). The `{subject}` hash tag puts a caller's keys in one Cluster slot, which a script
+//!   touching two keys needs.
+//! - Times are whole microseconds (Lua numbers are doubles: exact up to 2^53, and epoch
+//!   microseconds are about 2^51). The script returns the state it decided on, and the Rust side
+//!   builds the [`Decision`] from it with the local limiter's own rule
+//!   ([`super::local::decide_with_interval`]), so both stores answer the same headers.
+
+use super::local::{decide_with_interval, emission_interval, utc_day, State};
+use super::{Decision, LimitKey, Limits};
+use crate::fleet::{Link, StoreError};
+use std::sync::Arc;
+
+/// The decision script. `KEYS[1]`: bucket, `KEYS[2]`: daily counter. `ARGV`: emission interval
+/// (µs), burst, cost, daily quota (-1: none). Consumes `cost` only when both limits allow it
+/// (cost 0 only reads). Returns `{allowed, now_us, tat_us, day, used}`, the state before this
+/// request.
+pub const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local secs = tonumber(t[1])
+local now = secs * 1000000 + tonumber(t[2])
+local today = math.floor(secs / 86400)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local quota = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1])) or 0
+local used = 0
+if quota >= 0 then
+  local h = redis.call('HMGET', KEYS[2], 'd', 'u')
+  if tonumber(h[1]) == today then used = tonumber(h[2]) or 0 end
+end
+local base = math.max(tat, now)
+local new_tat = base + cost * interval
+local allowed = (new_tat - now <= burst * interval) and (quota < 0 or used + cost <= quota)
+if allowed and cost > 0 then
+  local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl)
+  if quota >= 0 then
+    redis.call('HSET', KEYS[2], 'd', today, 'u', string.format('%d', used + cost))
+    redis.call('EXPIREAT', KEYS[2], (today + 1) * 86400 + 60)
+  end
+end
+return {allowed and 1 or 0, now, tat, today, used}
+";
+
+const MICROS: u64 = 1_000;
+
+/// Decisions in Redis, through the fleet's [`Link`].
+pub struct RedisLimiter {
+    link: Arc<Link>,
+    script: redis::Script,
+}
+
+impl RedisLimiter {
+    /// A limiter deciding through `link`.
+    pub fn new(link: Arc<Link>) -> Self {
+        RedisLimiter {
+            link,
+            script: redis::Script::new(SCRIPT),
+        }
+    }
+
+    /// The link it calls Redis through.
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    /// The two keys of `key`.
+    pub fn keys(&self, key: &LimitKey) -> (String, String) {
+        let base = format!(
+            "{}:{{{}}}:{}",
+            self.link.settings().key_prefix,
+            escape_tag(&key.subject),
+            key.scope
+        );
+        (format!("{base}:b"), format!("{base}:d"))
+    }
+
+    /// Check-and-consume `cost` units in Redis (cost 0: read only). Limits that let nothing
+    /// through are refused here, without a call.
+    pub async fn check(
+        &self,
+        key: &LimitKey,
+        limits: &Limits,
+        cost: u32,
+        op: &'static str,
+    ) -> Result<Decision, StoreError> {
+        // The script works in whole µs: the interval rounded to them.
+        let interval_us = emission_interval(limits).map(|ns| (ns + MICROS / 2) / MICROS);
+        let Some(interval_us) = interval_us.map(|us| us.max(1)) else {
+            let now = super::unix_nanos_now();
+            return Ok(decide_with_interval(
+                State::default(),
+                limits,
+                cost,
+                now,
+                utc_day(now),
+                None,
+            )
+            .0);
+        };
+        let (bucket, daily) = self.keys(key);
+        let quota: i64 = limits
+            .daily
+            .map_or(-1, |q| i64::try_from(q).unwrap_or(i64::MAX));
+        let mut inv = self.script.prepare_invoke();
+        inv.key(bucket)
+            .key(daily)
+            .arg(interval_us)
+            .arg(limits.burst)
+            .arg(cost)
+            .arg(quota);
+        let (allowed, now_us, tat_us, day, used): (i64, u64, u64, u32, u64) =
+            self.link.eval(op, &inv).await?;
+        let now = now_us.saturating_mul(MICROS);
+        let prev = State {
+            tat: tat_us.saturating_mul(MICROS),
+            day,
+            used,
+        };
+        let (mut decision, _) = decide_with_interval(
+            prev,
+            limits,
+            cost,
+            now,
+            utc_day(now),
+            Some(interval_us * MICROS),
+        );
+        // Both sides apply one rule to one state, so they agree; should they ever not, what
+        // Redis did (consumed or not) is the truth.
+        if decision.allowed != (allowed == 1) {
+            tracing::debug!("redis and local rule disagree for {:?}", key);
+            decision.allowed = allowed == 1;
+        }
+        Ok(decision)
+    }
+}
+
+/// A subject inside a `{hash tag}`: `{`, `}` and `%` percent-encoded, so that no subject (a
+/// trusted tenant header can carry anything) can end the tag early or collide with another.
+fn escape_tag(subject: &str) -> std::borrow::Cow<'_, str> {
+    if !subject.contains(['{', '}', '%']) {
+        return subject.into();
+    }
+    let mut out = String::with_capacity(subject.len() + 6);
+    for c in subject.chars() {
+        match c {
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_cannot_break_out_of_their_hash_tag() {
+        assert_eq!(escape_tag("acme"), "acme");
+        assert_eq!(escape_tag("ip:::1"), "ip:::1");
+        assert_eq!(escape_tag("a}:x{b%"), "a%7D:x%7Bb%25");
+    }
+}

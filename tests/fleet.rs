@@ -1,0 +1,693 @@
+//! Fleet rate limits: several real tollgate processes sharing one real `redis-server` (or a
+//! real three-master Redis Cluster), hammered concurrently. One limit for the whole fleet:
+//! exact bursts, the sustained rate, the daily quota; Redis with a password, killed and
+//! restarted under load, unreachable at start, replicas with skewed clocks, a reload that
+//! switches the store, the fallback share, and what `explain` and the admin endpoint show.
+
+mod common;
+
+use common::*;
+use futures_util::future::join_all;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A trusted tenant header names the caller, so tests can make tenants freely.
+fn fleet(app: SocketAddr, redis: &str, tier: &str, tenants: &[&str]) -> Config {
+    let mut c = Config::new()
+        .upstream(Group::new("app", [app]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .identity("order", "[tenant_header]")
+        .identity("trust_tenant_header", "true")
+        .tier("fleet", tier)
+        .rate_limit("store", "redis")
+        // Failures print the proxy's log: keep it to tollgate's own lines.
+        .observability("access_log", "{ enabled: false }")
+        .yaml(redis);
+    for t in tenants {
+        c = c.set("tenants", t, "{ tier: fleet }");
+    }
+    c
+}
+
+/// `redis:` for one server, with short timeouts and a fast heartbeat.
+fn single(url: &str) -> String {
+    format!(
+        "redis:\n  url: {}\n  command_timeout: 200ms\n  heartbeat_interval: 200ms\n  backoff: 300ms\n",
+        quote(url)
+    )
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+async fn start_all(cfg: &Config, n: usize) -> Vec<Tollgate> {
+    join_all((0..n).map(|_| cfg.start())).await
+}
+
+/// `n` requests for `tenant`, all at once, spread round-robin over `replicas`.
+async fn burst_of(replicas: &[Tollgate], tenant: &str, n: usize) -> Vec<Got> {
+    join_all((0..n).map(|i| {
+        let tg = &replicas[i % replicas.len()];
+        async move { tg.get_with("/x", &[("x-tenant-id", tenant)]).await }
+    }))
+    .await
+}
+
+fn count(got: &[Got], status: u16) -> usize {
+    got.iter().filter(|g| g.status == status).count()
+}
+
+async fn store_decisions(tg: &Tollgate, store: &str) -> f64 {
+    tg.metric(
+        "tollgate_ratelimit_store_decisions_total",
+        &[("store", store)],
+    )
+    .await
+    .unwrap_or(0.0)
+}
+
+/// Wait until every replica's Redis calls work (connected, heartbeats answered).
+async fn wait_redis_up(replicas: &[Tollgate]) {
+    for tg in replicas {
+        tg.expect_metric("tollgate_redis_up", &[], 1.0).await;
+    }
+}
+
+#[tokio::test]
+async fn from_idle_exactly_burst_pass_fleet_wide() {
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        "{ rps: 0.01, burst: 30 }",
+        &["acme"],
+    );
+    let replicas = start_all(&cfg, 3).await;
+    wait_redis_up(&replicas).await;
+    let got = burst_of(&replicas, "acme", 120).await;
+    assert_eq!(count(&got, 200), 30, "fleet-wide burst");
+    assert_eq!(count(&got, 429), 90);
+    for g in got.iter().filter(|g| g.status == 429) {
+        assert!(g.has("retry-after"), "429 without Retry-After");
+        assert_eq!(g.json()["policy"], "burst");
+    }
+    let mut redis_decisions = 0.0;
+    for tg in &replicas {
+        redis_decisions += store_decisions(tg, "redis").await;
+        assert_eq!(store_decisions(tg, "local_fallback").await, 0.0);
+    }
+    assert_eq!(redis_decisions, 120.0, "every decision taken in Redis");
+    // The keys carry the subject's hash tag and expire by themselves.
+    let keys = redis.cli(&["--scan", "--pattern", "tollgate:*"]);
+    assert!(keys.contains("tollgate:{t:acme}:tier:b"), "{keys}");
+    let ttl: i64 = redis
+        .cli(&["pttl", "tollgate:{t:acme}:tier:b"])
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "the bucket key expires (pttl {ttl})");
+}
+
+#[tokio::test]
+async fn sustained_rate_is_within_two_percent_fleet_wide() {
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let rps = 50.0;
+    let cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        // A burst of 10 absorbs 200 ms of client jitter (a bucket of 1 would lose every slot
+        // in which no request happened to arrive, which measures the client, not the limit).
+        "{ rps: 50, burst: 10 }",
+        &["acme"],
+    );
+    let replicas = start_all(&cfg, 3).await;
+    wait_redis_up(&replicas).await;
+    let started = Instant::now();
+    let window = Duration::from_secs(10);
+    // Four clients per replica, each sending back to back: far more than 50 per second.
+    let workers = (0..12).map(|i| {
+        let tg = &replicas[i % 3];
+        async move {
+            let (mut ok, mut other) = (0u32, 0u32);
+            while started.elapsed() < window {
+                match tg.get_with("/x", &[("x-tenant-id", "acme")]).await.status {
+                    200 => ok += 1,
+                    429 => {}
+                    _ => other += 1,
+                }
+            }
+            (ok, other)
+        }
+    });
+    let results = join_all(workers).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed: u32 = results.iter().map(|r| r.0).sum();
+    let errors: u32 = results.iter().map(|r| r.1).sum();
+    assert_eq!(errors, 0, "only 200 and 429");
+    // From idle: the burst plus one per emission interval.
+    let expected = 10.0 + rps * elapsed;
+    let off = (f64::from(allowed) - expected).abs() / expected;
+    assert!(
+        off <= 0.02,
+        "allowed {allowed} over {elapsed:.2}s, expected {expected:.0} (off by {:.1}%)",
+        off * 100.0
+    );
+}
+
+#[tokio::test]
+async fn the_daily_quota_counts_fleet_wide() {
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        "{ rps: 1000, burst: 1000, daily: 25 }",
+        &["acme"],
+    );
+    let replicas = start_all(&cfg, 3).await;
+    wait_redis_up(&replicas).await;
+    let got = burst_of(&replicas, "acme", 60).await;
+    assert_eq!(count(&got, 200), 25, "fleet-wide daily quota");
+    for g in got.iter().filter(|g| g.status == 429) {
+        assert_eq!(g.json()["policy"], "daily");
+        assert_eq!(g.json()["error"], "daily_quota_exhausted");
+    }
+    // The day key expires after its UTC day.
+    let ttl: i64 = redis
+        .cli(&["ttl", "tollgate:{t:acme}:tier:d"])
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 86_400 + 60, "day key ttl {ttl}");
+}
+
+#[tokio::test]
+async fn a_redis_cluster_shares_exact_limits_for_tenants_on_every_master() {
+    let cluster = RedisCluster::start();
+    let app = Upstream::start().await;
+    // One tenant whose keys live on each master (the subject is `t:<id>`).
+    let subjects = cluster.tag_on_each_master("t:tenant-");
+    let tenants: Vec<String> = subjects
+        .iter()
+        .map(|s| s.strip_prefix("t:").unwrap().to_string())
+        .collect();
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| quote(s)).collect();
+    let redis = format!(
+        "redis:\n  cluster: [{}]\n  command_timeout: 500ms\n  heartbeat_interval: 200ms\n",
+        seeds.join(", ")
+    );
+    let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
+    let cfg = fleet(
+        app.addr(),
+        &redis,
+        "{ rps: 0.01, burst: 10, daily: 1000 }",
+        &names,
+    );
+    let replicas = start_all(&cfg, 3).await;
+    wait_redis_up(&replicas).await;
+    for tenant in &tenants {
+        let got = burst_of(&replicas, tenant, 40).await;
+        assert_eq!(count(&got, 200), 10, "tenant {tenant}: fleet-wide burst");
+        assert_eq!(count(&got, 429), 30, "tenant {tenant}");
+    }
+    for tg in &replicas {
+        assert_eq!(store_decisions(tg, "local_fallback").await, 0.0);
+    }
+    // Each master holds the keys of its tenant: the two keys of a subject share its slot.
+    for (subject, port) in subjects.iter().zip(cluster.ports()) {
+        let bucket = format!("tollgate:{{{subject}}}:tier:b");
+        let daily = format!("tollgate:{{{subject}}}:tier:d");
+        let slot = cluster.slot_of(&bucket);
+        assert_eq!(slot, cluster.slot_of(&daily));
+        let owner = cluster.master_for_slot(slot);
+        assert_eq!(cluster.cli(owner, &["exists", &bucket, &daily]), "2");
+        let _ = port;
+    }
+}
+
+#[tokio::test]
+async fn killing_and_restarting_redis_under_load_never_gives_5xx_and_sharing_resumes() {
+    let mut redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let mut cfg = fleet(
+        app.addr(),
+        // A connect that blocked requests would show as 2 s; the calls give up after 100 ms.
+        &format!(
+            "redis:\n  url: {}\n  connect_timeout: 2s\n  command_timeout: 100ms\n  heartbeat_interval: 100ms\n  backoff: 200ms\n",
+            quote(&redis.url())
+        ),
+        "{ rps: 100000, burst: 100000 }",
+        &["busy"],
+    );
+    cfg = cfg.set("tenants", "small", "{ tier: fleet, rps: 0.01, burst: 5 }");
+    let replicas = start_all(&cfg, 2).await;
+    wait_redis_up(&replicas).await;
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let workers = (0..4).map(|i| {
+            let tg = &replicas[i % 2];
+            let stop = &stop;
+            async move {
+                let (mut n, mut bad, mut slowest) = (0u32, Vec::new(), Duration::ZERO);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let status = tg.get_with("/x", &[("x-tenant-id", "busy")]).await.status;
+                    slowest = slowest.max(t.elapsed());
+                    n += 1;
+                    if status != 200 {
+                        bad.push(status);
+                    }
+                }
+                (n, bad, slowest)
+            }
+        });
+        join_all(workers).await
+    };
+    let chaos = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        redis.kill();
+        // Both replicas notice and decide locally meanwhile.
+        for tg in &replicas {
+            tg.expect_metric("tollgate_redis_up", &[], 0.0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        redis.restart();
+        for tg in &replicas {
+            tg.expect_metric("tollgate_redis_up", &[], 1.0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (results, ()) = tokio::join!(load, chaos);
+    let total: u32 = results.iter().map(|r| r.0).sum();
+    let bad: Vec<u16> = results.iter().flat_map(|r| r.1.clone()).collect();
+    let slowest = results.iter().map(|r| r.2).max().unwrap();
+    assert!(total > 100, "the load ran ({total} requests)");
+    assert!(
+        bad.is_empty(),
+        "non-200 answers under Redis failure: {bad:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request waited {slowest:?}: longer than the command timeout allows"
+    );
+    for tg in &replicas {
+        assert!(store_decisions(tg, "local_fallback").await > 0.0);
+        let errors = tg
+            .metric("tollgate_redis_errors_total", &[("kind", "connection")])
+            .await
+            .unwrap_or(0.0)
+            + tg.metric("tollgate_redis_errors_total", &[("kind", "timeout")])
+                .await
+                .unwrap_or(0.0);
+        assert!(errors > 0.0, "the failures are counted");
+    }
+    // Shared limiting is back: the restarted (empty) Redis holds one bucket for the fleet.
+    let before: f64 = store_decisions(&replicas[0], "redis").await;
+    let got = burst_of(&replicas, "small", 20).await;
+    assert_eq!(count(&got, 200), 5, "fleet-wide burst after Redis returned");
+    assert!(store_decisions(&replicas[0], "redis").await >= before + 10.0);
+}
+
+#[tokio::test]
+async fn without_redis_each_replica_enforces_its_share_of_the_limit() {
+    let mut redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        "{ rps: 0.01, burst: 20 }",
+        &["acme"],
+    );
+    let replicas = start_all(&cfg, 2).await;
+    wait_redis_up(&replicas).await;
+    // The heartbeats tell each replica the fleet is two strong.
+    for tg in &replicas {
+        tg.expect_metric("tollgate_fleet_replicas", &[], 2.0).await;
+    }
+    redis.kill();
+    for tg in &replicas {
+        tg.expect_metric("tollgate_redis_up", &[], 0.0).await;
+        // Held at its last value while Redis is gone.
+        assert_eq!(tg.metric("tollgate_fleet_replicas", &[]).await, Some(2.0));
+    }
+    let got = burst_of(&replicas[..1], "acme", 20).await;
+    assert_eq!(
+        count(&got, 200),
+        10,
+        "half of the burst on one of two replicas"
+    );
+    let got = burst_of(&replicas[1..], "acme", 20).await;
+    assert_eq!(count(&got, 200), 10);
+    assert_eq!(store_decisions(&replicas[0], "local_fallback").await, 20.0);
+}
+
+#[tokio::test]
+async fn on_store_error_allow_and_deny() {
+    let app = Upstream::start().await;
+    // Nothing listens there: every call fails at once.
+    let nowhere = format!("redis://{}", closed_addr());
+    for (mode, want, store) in [
+        ("allow", 200, "allow_fallback"),
+        ("deny", 429, "deny_fallback"),
+    ] {
+        let cfg = fleet(
+            app.addr(),
+            &single(&nowhere),
+            "{ rps: 0.01, burst: 2 }",
+            &["acme"],
+        )
+        .rate_limit("on_store_error", mode);
+        let tg = cfg.start().await;
+        let got = burst_of(std::slice::from_ref(&tg), "acme", 5).await;
+        assert_eq!(count(&got, want), 5, "on_store_error: {mode}");
+        assert_eq!(store_decisions(&tg, store).await, 5.0);
+    }
+}
+
+#[tokio::test]
+async fn redis_required_at_start_fails_fast_without_printing_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let yaml = format!(
+        "listen: {}\nadmin: {{ listen: {} }}\nupstreams: {{ app: {{ endpoints: [127.0.0.1:9] }} }}\nroutes: [{{ match: {{ path_prefix: / }}, upstream: app }}]\ntiers: {{ free: {{ rps: 1, burst: 1 }} }}\nrate_limit: {{ store: redis }}\nredis:\n  url: redis://:${{REDIS_PASSWORD}}@{}\n  required: true\n  connect_timeout: 300ms\n",
+        free_addr(),
+        free_addr(),
+        closed_addr()
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let started = Instant::now();
+    let (code, out, err) = run_cli(
+        [
+            std::ffi::OsStr::new("run"),
+            std::ffi::OsStr::new("-c"),
+            path.as_os_str(),
+        ],
+        &[("REDIS_PASSWORD", "hunter2-secret")],
+    );
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        err.contains("cannot be reached") && err.contains("redis.required"),
+        "{err}"
+    );
+    assert!(
+        err.contains("redis://:***@"),
+        "the URL is shown masked: {err}"
+    );
+    assert!(
+        !err.contains("hunter2") && !out.contains("hunter2"),
+        "password printed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn not_required_it_starts_in_fallback_and_says_so() {
+    let app = Upstream::start().await;
+    let nowhere = format!("redis://:hunter2-secret@{}", closed_addr());
+    let cfg = fleet(
+        app.addr(),
+        &single(&nowhere),
+        "{ rps: 0.01, burst: 2 }",
+        &["acme"],
+    );
+    let tg = cfg.start().await;
+    let got = burst_of(std::slice::from_ref(&tg), "acme", 4).await;
+    assert_eq!(
+        count(&got, 200),
+        2,
+        "the local fallback limits (fleet of one)"
+    );
+    let log = tg.log();
+    assert!(log.contains("starting in fallback"), "{log}");
+    assert!(!log.contains("hunter2"), "password in the log:\n{log}");
+    assert_eq!(tg.metric("tollgate_redis_up", &[]).await, Some(0.0));
+}
+
+#[tokio::test]
+async fn a_redis_with_a_password_is_used_and_the_password_is_never_shown() {
+    let redis = RedisServer::start_with_password("pw-Zx81-secret");
+    let app = Upstream::start().await;
+    let url = format!("redis://:${{REDIS_PASSWORD}}@127.0.0.1:{}", redis.port());
+    let cfg = fleet(
+        app.addr(),
+        &single(&url),
+        "{ rps: 0.01, burst: 3 }",
+        &["acme"],
+    )
+    .env("REDIS_PASSWORD", "pw-Zx81-secret");
+    let replicas = start_all(&cfg, 2).await;
+    wait_redis_up(&replicas).await;
+    let got = burst_of(&replicas, "acme", 10).await;
+    assert_eq!(count(&got, 200), 3);
+    for tg in &replicas {
+        assert_eq!(store_decisions(tg, "redis").await, 5.0);
+        assert!(!tg.log().contains("pw-Zx81"), "password in the log");
+        assert!(!tg.metrics().await.contains("pw-Zx81"));
+    }
+    // `check` validates the block and prints no password either.
+    let (code, out, err) = run_cli(
+        [
+            std::ffi::OsStr::new("check"),
+            replicas[0].config_path.as_os_str(),
+        ],
+        &[("REDIS_PASSWORD", "pw-Zx81-secret")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rate limits shared in redis redis://:***@"),
+        "{out}"
+    );
+    assert!(!out.contains("pw-Zx81") && !err.contains("pw-Zx81"));
+
+    // A wrong password: refused by Redis, counted as `auth`, decided locally, never printed.
+    let wrong = fleet(
+        app.addr(),
+        &single(&url),
+        "{ rps: 0.01, burst: 3 }",
+        &["acme"],
+    )
+    .env("REDIS_PASSWORD", "wrong-Qq77");
+    let tg = wrong.start().await;
+    let got = burst_of(std::slice::from_ref(&tg), "acme", 4).await;
+    assert_eq!(count(&got, 200), 3);
+    assert_eq!(count(&got, 500) + count(&got, 502) + count(&got, 503), 0);
+    let auth = tg
+        .metric_reaches("tollgate_redis_errors_total", &[("kind", "auth")], 1.0)
+        .await;
+    assert!(auth.unwrap_or(0.0) >= 1.0, "auth errors counted: {auth:?}");
+    assert!(!tg.log().contains("wrong-Qq77"));
+}
+
+#[tokio::test]
+async fn a_restarted_redis_that_lost_its_keys_starts_limits_fresh_without_errors() {
+    let mut redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        "{ rps: 0.01, burst: 3 }",
+        &["acme"],
+    );
+    let tg = cfg.start().await;
+    wait_redis_up(std::slice::from_ref(&tg)).await;
+    let got = burst_of(std::slice::from_ref(&tg), "acme", 4).await;
+    assert_eq!(count(&got, 200), 3);
+    redis.kill();
+    tg.expect_metric("tollgate_redis_up", &[], 0.0).await;
+    redis.restart();
+    tg.expect_metric("tollgate_redis_up", &[], 1.0).await;
+    let before = store_decisions(&tg, "redis").await;
+    // The script cache is empty too: EVALSHA gets NOSCRIPT and the script is loaded again.
+    let got = burst_of(std::slice::from_ref(&tg), "acme", 4).await;
+    assert_eq!(count(&got, 200), 3, "a fresh bucket");
+    assert_eq!(count(&got, 429), 1);
+    assert_eq!(store_decisions(&tg, "redis").await, before + 4.0);
+}
+
+/// libfaketime moves one replica's wall clock 30 hours ahead (another UTC day); decisions
+/// use Redis' clock, so the two replicas still share one bucket and one daily count.
+#[tokio::test]
+async fn replicas_with_skewed_clocks_share_one_bucket_and_one_day() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(lib).exists(),
+        "libfaketime is missing: scripts/setup.sh installs the `faketime` package"
+    );
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        "{ rps: 0.01, burst: 6, daily: 10 }",
+        &["acme"],
+    )
+    .set(
+        "tenants",
+        "other",
+        "{ tier: fleet, rps: 1000, burst: 1000 }",
+    );
+    let normal = cfg.start().await;
+    let skewed = Tollgate::start_with_env(
+        &cfg.render(),
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME", "+30h"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
+    .await;
+    let replicas = [normal, skewed];
+    wait_redis_up(&replicas).await;
+    // The skew is real: the skewed replica's log lines carry another date.
+    let day_of_first_line = |tg: &Tollgate| {
+        tg.log()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .get(..10)
+            .map(str::to_string)
+    };
+    let (today, other_day) = (
+        day_of_first_line(&replicas[0]),
+        day_of_first_line(&replicas[1]),
+    );
+    assert_ne!(today, other_day, "faketime did not move the clock");
+
+    let got = burst_of(&replicas, "acme", 20).await;
+    assert_eq!(count(&got, 200), 6, "one burst across skewed replicas");
+    // `other` has room in its bucket: only the daily quota (10 for the fleet, whatever day each
+    // replica thinks it is) refuses.
+    let got = burst_of(&replicas, "other", 30).await;
+    assert_eq!(
+        count(&got, 200),
+        10,
+        "one daily count across skewed replicas"
+    );
+    for g in got.iter().filter(|g| g.status == 429) {
+        assert_eq!(g.json()["policy"], "daily");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_switches_the_store_between_local_and_redis() {
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let redis_cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        "{ rps: 0.01, burst: 3 }",
+        &["acme"],
+    );
+    let local_cfg = redis_cfg.clone().rate_limit("store", "local");
+    let tg = local_cfg.start().await;
+    let got = burst_of(std::slice::from_ref(&tg), "acme", 4).await;
+    assert_eq!(count(&got, 200), 3);
+    assert_eq!(store_decisions(&tg, "local").await, 4.0);
+    // (The heartbeat's `tollgate:fleet` set is there whatever the store.)
+    let limit_keys = |redis: &RedisServer| redis.cli(&["--scan", "--pattern", "tollgate:{*"]);
+    assert_eq!(
+        limit_keys(&redis),
+        "",
+        "store: local writes no limit keys to Redis"
+    );
+
+    tg.reload(&redis_cfg, 1).await;
+    let got = burst_of(std::slice::from_ref(&tg), "acme", 4).await;
+    assert_eq!(count(&got, 200), 3, "Redis holds its own (fresh) bucket");
+    assert_eq!(store_decisions(&tg, "redis").await, 4.0);
+    assert!(limit_keys(&redis).contains("tollgate:{t:acme}:tier:b"));
+
+    tg.reload(&local_cfg, 2).await;
+    let got = burst_of(std::slice::from_ref(&tg), "acme", 1).await;
+    assert_eq!(count(&got, 429), 1, "back on the local bucket, still empty");
+    assert_eq!(store_decisions(&tg, "local").await, 5.0);
+}
+
+#[tokio::test]
+async fn explain_and_the_admin_endpoint_show_the_store_and_live_counts() {
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        "{ rps: 0.01, burst: 10, daily: 100 }",
+        &["acme"],
+    );
+    let replicas = start_all(&cfg, 2).await;
+    wait_redis_up(&replicas).await;
+    let got = burst_of(&replicas[..1], "acme", 4).await;
+    assert_eq!(count(&got, 200), 4);
+    // The other replica reads the fleet's counts.
+    let state = replicas[1]
+        .admin_get("/ratelimit/state?tenant=acme")
+        .await
+        .assert_status(200)
+        .json();
+    let p = &state["policies"][0];
+    assert_eq!(p["store"], "redis", "{state}");
+    assert_eq!(p["burst_remaining"], 6, "{state}");
+    assert_eq!(p["daily_remaining"], 96, "{state}");
+    // Reading consumed nothing.
+    let again = replicas[0]
+        .admin_get("/ratelimit/state?tenant=acme")
+        .await
+        .json();
+    assert_eq!(again["policies"][0]["burst_remaining"], 6);
+    replicas[0]
+        .admin_get("/ratelimit/state?tenant=nobody")
+        .await
+        .assert_status(404);
+
+    let (code, out, err) = run_cli(
+        [
+            std::ffi::OsStr::new("explain"),
+            std::ffi::OsStr::new("-c"),
+            replicas[0].config_path.as_os_str(),
+            std::ffi::OsStr::new("--tenant"),
+            std::ffi::OsStr::new("acme"),
+            std::ffi::OsStr::new("--live"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("store:  redis redis://127.0.0.1:"), "{out}");
+    assert!(out.contains("\"burst_remaining\": 6"), "{out}");
+}
+
+#[test]
+fn check_rejects_bad_redis_sections_with_their_paths() {
+    let base = "upstreams: { app: { endpoints: [127.0.0.1:3000] } }\nroutes: [{ match: { path_prefix: / }, upstream: app }]\ntiers: { free: { rps: 1, burst: 1 } }\n";
+    let (code, _, err) = check_yaml(&format!("{base}rate_limit: {{ store: redis }}\n"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("rate_limit.store") && err.contains("`redis:` section"),
+        "{err}"
+    );
+
+    let (code, _, err) = check_yaml(&format!(
+        "{base}redis:\n  url: http://:topsecret@h:1\n  command_timeout: 0s\n  connections: 0\n  key_prefix: 'a{{b}}'\n"
+    ));
+    assert_eq!(code, 1);
+    for want in [
+        "redis.url",
+        "unsupported scheme `http`",
+        "redis.command_timeout",
+        "redis.connections",
+        "redis.key_prefix",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    assert!(!err.contains("topsecret"), "password in the error:\n{err}");
+
+    let (code, _, err) = check_yaml(&format!(
+        "{base}redis:\n  url: redis://a:1\n  cluster: [redis://b:1]\n"
+    ));
+    assert_eq!(code, 1);
+    assert!(err.contains("either `url` or `cluster`"), "{err}");
+    let (code, _, err) = check_yaml(&format!("{base}redis: {{ required: true }}\n"));
+    assert_eq!(code, 1);
+    assert!(err.contains("set `url`"), "{err}");
+}
