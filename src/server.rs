@@ -24,7 +24,7 @@ use std::time::Duration;
 /// Drops idle rate-limiter entries every few seconds, so memory follows active callers, and
 /// publishes how many are held.
 struct LimiterSweeper {
-    limiter: Arc<LocalLimiter>,
+    limiter: Arc<Limiter>,
 }
 
 #[async_trait]
@@ -35,8 +35,10 @@ impl BackgroundService for LimiterSweeper {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
-                    self.limiter.sweep(crate::ratelimit::unix_nanos_now());
-                    metrics::RATELIMIT_TRACKED_KEYS.set(self.limiter.len() as i64);
+                    let local = self.limiter.local();
+                    local.sweep(crate::ratelimit::unix_nanos_now());
+                    metrics::RATELIMIT_TRACKED_KEYS.set(local.len() as i64);
+                    self.limiter.sweep_leases();
                 }
             }
         }
@@ -181,7 +183,9 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     server.add_service(checker);
     let mut sweeper = background_service(
         "tollgate rate-limit sweeper",
-        LimiterSweeper { limiter: local },
+        LimiterSweeper {
+            limiter: limiter.clone(),
+        },
     );
     sweeper.threads = Some(1);
     server.add_service(sweeper);

@@ -691,3 +691,86 @@ fn check_rejects_bad_redis_sections_with_their_paths() {
     assert_eq!(code, 1);
     assert!(err.contains("set `url`"), "{err}");
 }
+
+/// Calls to Redis for rate-limit decisions, summed over `replicas`.
+async fn ratelimit_calls(replicas: &[Tollgate]) -> f64 {
+    let mut n = 0.0;
+    for tg in replicas {
+        n += tg
+            .metric(
+                "tollgate_redis_command_duration_seconds_count",
+                &[("op", "ratelimit")],
+            )
+            .await
+            .unwrap_or(0.0);
+    }
+    n
+}
+
+#[tokio::test]
+async fn lease_mode_calls_redis_once_per_slice_and_never_admits_more_than_exact() {
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let cfg = fleet(
+        app.addr(),
+        &single(&redis.url()),
+        "{ rps: 100000, burst: 100000 }",
+        &["hot"],
+    )
+    .rate_limit("mode", "lease")
+    .rate_limit("lease_slice", "50")
+    .rate_limit("lease_ttl", "5s")
+    .set("tenants", "capped", "{ tier: fleet, rps: 20, burst: 200 }");
+    let replicas = start_all(&cfg, 3).await;
+    wait_redis_up(&replicas).await;
+
+    // A hot tenant within its limits: one call per slice of 50.
+    let requests = 3000;
+    let workers = (0..12).map(|i| {
+        let tg = &replicas[i % 3];
+        async move {
+            let mut ok = 0;
+            for _ in 0..requests / 12 {
+                ok += usize::from(tg.get_with("/x", &[("x-tenant-id", "hot")]).await.status == 200);
+            }
+            ok
+        }
+    });
+    let ok: usize = join_all(workers).await.into_iter().sum();
+    assert_eq!(ok, requests);
+    let calls = ratelimit_calls(&replicas).await;
+    let per_request = calls / requests as f64;
+    assert!(
+        per_request <= 0.05,
+        "{calls} Redis calls for {requests} requests"
+    );
+    let mut leased = 0.0;
+    for tg in &replicas {
+        leased += store_decisions(tg, "redis_lease").await;
+    }
+    assert_eq!(
+        leased + calls,
+        requests as f64,
+        "every other decision spent a lease"
+    );
+
+    // A tenant at its limit: never more than exact mode admits (burst + refill), and at most
+    // one slice per other replica stranded.
+    let started = Instant::now();
+    let got = burst_of(&replicas, "capped", 600).await;
+    let ceiling = 200.0 + 20.0 * started.elapsed().as_secs_f64() + 1.0;
+    let allowed = count(&got, 200) as f64;
+    assert!(
+        allowed <= ceiling,
+        "admitted {allowed}, exact mode admits at most {ceiling:.0}"
+    );
+    assert!(
+        allowed >= 200.0 - 2.0 * 50.0,
+        "admitted {allowed}: more than two slices stranded"
+    );
+    assert_eq!(count(&got, 200) + count(&got, 429), 600);
+    eprintln!(
+        "lease: {calls} Redis calls for {requests} requests ({per_request:.4} per request); \
+         at the limit {allowed} admitted, exact ceiling {ceiling:.1}"
+    );
+}

@@ -865,6 +865,24 @@ pub struct RateLimitConfig {
     pub store: LimitStore,
     /// When Redis fails or is slow: `local` (this replica's share), `allow` or `deny`.
     pub on_store_error: OnStoreError,
+    /// With `store: redis`: `exact` (one Redis call per decision) or `lease` (a replica takes
+    /// `lease_slice` units per call and spends them locally: fewer calls, never more admitted).
+    pub mode: LimitMode,
+    /// Units a replica takes per Redis call in `mode: lease`.
+    pub lease_slice: u32,
+    /// How long a replica may spend a slice before giving back what is left.
+    pub lease_ttl: ConfigDuration,
+}
+
+/// `rate_limit.mode`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    /// Every decision in Redis.
+    #[default]
+    Exact,
+    /// Slices of the bucket leased to replicas (for callers whose bucket holds >= 4 slices).
+    Lease,
 }
 
 impl Default for RateLimitConfig {
@@ -874,6 +892,9 @@ impl Default for RateLimitConfig {
             max_tracked_keys: 100_000,
             store: LimitStore::Local,
             on_store_error: OnStoreError::Local,
+            mode: LimitMode::Exact,
+            lease_slice: 20,
+            lease_ttl: ConfigDuration::from_secs(1),
         }
     }
 }

@@ -14,7 +14,7 @@ use super::address::{check_hostname, parse_endpoint, parse_listen, route_name};
 use super::error::ConfigError;
 use super::model::{
     AdminConfig, CacheConfig, CircuitBreakerConfig, CompressionConfig, EndpointConfig,
-    HealthCheckConfig, IdentityConfig, LimitStore, ObservabilityConfig, RateLimitConfig,
+    HealthCheckConfig, IdentityConfig, LimitMode, LimitStore, ObservabilityConfig, RateLimitConfig,
     RedisConfig, RetryConfig, RouteCacheConfig, RouteConfig, RouteRateLimitConfig, ServerConfig,
     TenantConfig, TierConfig, TimeoutsConfig, TlsConfig, UpstreamConfig,
 };
@@ -70,6 +70,29 @@ fn validate_redis(
     rate_limit: &RateLimitConfig,
     errors: &mut Vec<ConfigError>,
 ) {
+    if rate_limit.mode == LimitMode::Lease {
+        if rate_limit.store != LimitStore::Redis {
+            errors.push(ConfigError::at(
+                "rate_limit.mode",
+                "`lease` leases slices of a bucket shared in Redis: it needs `store: redis`",
+            ));
+        }
+        if rate_limit.lease_slice < 2 {
+            errors.push(ConfigError::at(
+                "rate_limit.lease_slice",
+                format!(
+                    "must be at least 2 (found {}); 1 is `mode: exact`",
+                    rate_limit.lease_slice
+                ),
+            ));
+        }
+        if rate_limit.lease_ttl.0.is_zero() {
+            errors.push(ConfigError::at(
+                "rate_limit.lease_ttl",
+                "must be more than 0",
+            ));
+        }
+    }
     let Some(r) = redis else {
         if rate_limit.store == LimitStore::Redis {
             errors.push(ConfigError::at(

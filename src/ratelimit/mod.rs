@@ -11,6 +11,7 @@
 //! virtual time.
 
 pub mod headers;
+pub mod lease;
 pub mod local;
 pub mod redis;
 pub mod store;

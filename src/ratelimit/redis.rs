@@ -20,9 +20,13 @@ use crate::fleet::{Link, StoreError};
 use std::sync::Arc;
 
 /// The decision script. `KEYS[1]`: bucket, `KEYS[2]`: daily counter. `ARGV`: emission interval
-/// (µs), burst, cost, daily quota (-1: none). Consumes `cost` only when both limits allow it
-/// (cost 0 only reads). Returns `{allowed, now_us, tat_us, day, used}`, the state before this
-/// request.
+/// (µs), burst, cost, daily quota (-1: none), `want` (units to take, >= cost: more than the cost
+/// only for a lease), `giveback` (units of an expired lease returned first, 0 usually).
+///
+/// Allowed when both limits have room for `cost`; then it takes `grant` units, as many of `want`
+/// as both limits have room for (so a lease near the limit shrinks to the exact cost). Cost 0
+/// only reads. Returns `{allowed, now_us, tat_us, day, used, grant}`, with the state *before*
+/// this request (after the give-back).
 pub const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local secs = tonumber(t[1])
@@ -32,24 +36,37 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local quota = tonumber(ARGV[4])
+local want = tonumber(ARGV[5])
+local giveback = tonumber(ARGV[6])
 local tat = tonumber(redis.call('GET', KEYS[1])) or 0
 local used = 0
 if quota >= 0 then
   local h = redis.call('HMGET', KEYS[2], 'd', 'u')
   if tonumber(h[1]) == today then used = tonumber(h[2]) or 0 end
 end
+if giveback > 0 then
+  tat = math.max(now, tat - giveback * interval)
+  used = math.max(0, used - giveback)
+end
 local base = math.max(tat, now)
-local new_tat = base + cost * interval
-local allowed = (new_tat - now <= burst * interval) and (quota < 0 or used + cost <= quota)
-if allowed and cost > 0 then
-  local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
-  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl)
+local room = math.floor((burst * interval - (base - now)) / interval)
+if quota >= 0 then room = math.min(room, quota - used) end
+local allowed = cost <= room
+local grant = 0
+if allowed then grant = math.min(want, room) end
+if grant > 0 or giveback > 0 then
+  local new_tat = base + grant * interval
+  if new_tat > now then
+    redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
+  else
+    redis.call('DEL', KEYS[1])
+  end
   if quota >= 0 then
-    redis.call('HSET', KEYS[2], 'd', today, 'u', string.format('%d', used + cost))
+    redis.call('HSET', KEYS[2], 'd', today, 'u', string.format('%d', used + grant))
     redis.call('EXPIREAT', KEYS[2], (today + 1) * 86400 + 60)
   end
 end
-return {allowed and 1 or 0, now, tat, today, used}
+return {allowed and 1 or 0, now, tat, today, used, grant}
 ";
 
 const MICROS: u64 = 1_000;
@@ -94,19 +111,28 @@ impl RedisLimiter {
         cost: u32,
         op: &'static str,
     ) -> Result<Decision, StoreError> {
+        Ok(self.take(key, limits, cost, cost, 0, op).await?.0)
+    }
+
+    /// Check `cost` units and, when allowed, take up to `want` (>= `cost`) as both limits have
+    /// room for, after giving back `giveback` units of an expired lease. Returns the decision for
+    /// this request (as if `cost` were taken) and the units granted (0 when refused).
+    pub async fn take(
+        &self,
+        key: &LimitKey,
+        limits: &Limits,
+        cost: u32,
+        want: u32,
+        giveback: u32,
+        op: &'static str,
+    ) -> Result<(Decision, u32), StoreError> {
         // The script works in whole µs: the interval rounded to them.
         let interval_us = emission_interval(limits).map(|ns| (ns + MICROS / 2) / MICROS);
         let Some(interval_us) = interval_us.map(|us| us.max(1)) else {
             let now = super::unix_nanos_now();
-            return Ok(decide_with_interval(
-                State::default(),
-                limits,
-                cost,
-                now,
-                utc_day(now),
-                None,
-            )
-            .0);
+            let (d, _) =
+                decide_with_interval(State::default(), limits, cost, now, utc_day(now), None);
+            return Ok((d, 0));
         };
         let (bucket, daily) = self.keys(key);
         let quota: i64 = limits
@@ -118,8 +144,10 @@ impl RedisLimiter {
             .arg(interval_us)
             .arg(limits.burst)
             .arg(cost)
-            .arg(quota);
-        let (allowed, now_us, tat_us, day, used): (i64, u64, u64, u32, u64) =
+            .arg(quota)
+            .arg(want.max(cost))
+            .arg(giveback);
+        let (allowed, now_us, tat_us, day, used, grant): (i64, u64, u64, u32, u64, u32) =
             self.link.eval(op, &inv).await?;
         let now = now_us.saturating_mul(MICROS);
         let prev = State {
@@ -141,7 +169,11 @@ impl RedisLimiter {
             tracing::debug!("redis and local rule disagree for {:?}", key);
             decision.allowed = allowed == 1;
         }
-        Ok(decision)
+        // Units taken beyond the cost are gone from the shared bucket too.
+        let extra = u64::from(grant.saturating_sub(cost));
+        decision.burst_remaining = decision.burst_remaining.saturating_sub(extra);
+        decision.daily_remaining = decision.daily_remaining.map(|d| d.saturating_sub(extra));
+        Ok((decision, grant))
     }
 }
 

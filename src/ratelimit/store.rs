@@ -5,9 +5,10 @@
 //! falls back as `rate_limit.on_store_error` says. The local path stays what it was: a plain
 //! call with no allocation and no await point; only the Redis path waits.
 
+use super::lease::{LeaseSettings, Leases, Spent};
 use super::redis::RedisLimiter;
 use super::{Decision, LimitKey, Limits, LocalLimiter, Policy, RateLimiter};
-use crate::config::model::{LimitStore, OnStoreError, RateLimitConfig};
+use crate::config::model::{LimitMode, LimitStore, OnStoreError, RateLimitConfig};
 use crate::fleet::Link;
 use crate::observe::metrics;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct StorePolicy {
     pub shared: bool,
     /// What decides when Redis cannot.
     pub on_error: Fallback,
+    /// `mode: lease`: slices of shared buckets spent locally.
+    pub lease: Option<LeaseSettings>,
 }
 
 /// What decides when Redis cannot.
@@ -42,6 +45,10 @@ impl StorePolicy {
                 OnStoreError::Allow => Fallback::Allow,
                 OnStoreError::Deny => Fallback::Deny,
             },
+            lease: (c.mode == LimitMode::Lease).then_some(LeaseSettings {
+                slice: c.lease_slice,
+                ttl: c.lease_ttl.0,
+            }),
         }
     }
 }
@@ -54,6 +61,8 @@ pub enum Store {
     Local,
     /// Redis, for the whole fleet.
     Redis,
+    /// A slice leased from Redis, spent in this process (`mode: lease`).
+    RedisLease,
     /// This process with this replica's share, because Redis failed.
     LocalFallback,
     /// Let through because Redis failed (`on_store_error: allow`).
@@ -68,6 +77,7 @@ impl Store {
         match self {
             Store::Local => "local",
             Store::Redis => "redis",
+            Store::RedisLease => "redis_lease",
             Store::LocalFallback => "local_fallback",
             Store::AllowFallback => "allow_fallback",
             Store::DenyFallback => "deny_fallback",
@@ -79,6 +89,7 @@ impl Store {
 pub struct Limiter {
     local: Arc<LocalLimiter>,
     redis: Option<RedisLimiter>,
+    leases: Leases,
 }
 
 impl Limiter {
@@ -87,6 +98,7 @@ impl Limiter {
         Limiter {
             local,
             redis: link.map(RedisLimiter::new),
+            leases: Leases::default(),
         }
     }
 
@@ -109,7 +121,7 @@ impl Limiter {
         policy: StorePolicy,
     ) -> (Decision, Store) {
         let (decision, store) = if policy.shared {
-            self.check_shared(key, limits, cost, policy.on_error, "ratelimit")
+            self.check_shared(key, limits, cost, policy, "ratelimit")
                 .await
         } else {
             let now = super::unix_nanos_now();
@@ -130,8 +142,8 @@ impl Limiter {
         policy: StorePolicy,
     ) -> (Decision, Store) {
         if policy.shared {
-            self.check_shared(key, limits, 0, policy.on_error, "peek")
-                .await
+            // Cost 0 never leases: it reads the shared bucket itself.
+            self.check_shared(key, limits, 0, policy, "peek").await
         } else {
             let now = super::unix_nanos_now();
             (self.local.check(key, limits, 0, now), Store::Local)
@@ -143,19 +155,68 @@ impl Limiter {
         key: &LimitKey,
         limits: &Limits,
         cost: u32,
-        on_error: Fallback,
+        policy: StorePolicy,
         op: &'static str,
     ) -> (Decision, Store) {
         let Some(redis) = &self.redis else {
             // `store: redis` with no Redis at start (added by a reload): a restart connects it.
-            return self.fallback(key, limits, cost, on_error, 1);
+            return self.fallback(key, limits, cost, policy.on_error, 1);
         };
+        let lease = policy.lease.filter(|l| l.applies_to(limits) && cost > 0);
         if redis.link().available() {
-            if let Ok(d) = redis.check(key, limits, cost, op).await {
-                return (d, Store::Redis);
+            let result = match lease {
+                None => redis
+                    .check(key, limits, cost, op)
+                    .await
+                    .map(|d| (d, Store::Redis)),
+                Some(lease) => self.check_leased(redis, key, limits, cost, lease).await,
+            };
+            if let Ok(answer) = result {
+                return answer;
             }
         }
-        self.fallback(key, limits, cost, on_error, redis.link().fleet_size())
+        self.fallback(
+            key,
+            limits,
+            cost,
+            policy.on_error,
+            redis.link().fleet_size(),
+        )
+    }
+
+    /// `mode: lease`: spend from this replica's slice, or take a new slice in the call that
+    /// decides this request (giving back what an expired one left).
+    async fn check_leased(
+        &self,
+        redis: &RedisLimiter,
+        key: &LimitKey,
+        limits: &Limits,
+        cost: u32,
+        lease: LeaseSettings,
+    ) -> Result<(Decision, Store), crate::fleet::StoreError> {
+        let now = std::time::Instant::now();
+        let giveback = match self.leases.spend(key, limits, cost, now) {
+            Spent::Allowed(d) => return Ok((d, Store::RedisLease)),
+            Spent::AskRedis { giveback } => giveback,
+        };
+        let want = lease.slice.max(cost);
+        let (decision, grant) = redis
+            .take(key, limits, cost, want, giveback, "ratelimit")
+            .await?;
+        if decision.allowed {
+            let extra = grant.saturating_sub(cost);
+            self.leases
+                .keep(key, limits, extra, decision, now, lease.ttl);
+        }
+        Ok((decision, Store::Redis))
+    }
+
+    /// Drop leases expired long ago (called by the periodic sweeper).
+    pub fn sweep_leases(&self) -> usize {
+        self.leases.sweep(
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(10),
+        )
     }
 
     fn fallback(

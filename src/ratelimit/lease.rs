@@ -1,0 +1,213 @@
+//! Leases (`rate_limit.mode: lease`): fewer Redis round trips for hot callers, bending
+//! exactness in one direction only.
+//!
+//! A replica takes a slice of a caller's bucket (and daily quota) from Redis in the call that
+//! decides a request, then spends the rest of the slice locally, request by request, with no
+//! further call until it is spent or `lease_ttl` has passed. What is left of an expired slice is
+//! given back to Redis in the next call for that caller.
+//!
+//! The bound, documented in docs/fleet.md and tested in tests/fleet.rs: every unit admitted was
+//! first taken from the shared bucket, so the fleet never admits more than exact mode would
+//! (no over-admission). What bends is fairness: a replica can be refused while others still hold
+//! unspent units, at most one slice per other replica and caller; a slice is only taken where
+//! the bucket has room for it (near the limit the grant shrinks to the exact cost).
+
+use super::{Decision, LimitKey, Limits};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// `rate_limit.mode: lease`, compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// Units taken per call (`rate_limit.lease_slice`).
+    pub slice: u32,
+    /// How long a replica may spend a slice (`rate_limit.lease_ttl`).
+    pub ttl: Duration,
+}
+
+impl LeaseSettings {
+    /// Whether limits are large enough for leases: a bucket of at least four slices, so that
+    /// slices held by other replicas cannot strand most of it.
+    pub fn applies_to(&self, limits: &Limits) -> bool {
+        limits.burst >= self.slice.saturating_mul(4)
+            && limits.daily.is_none_or(|d| d >= u64::from(self.slice) * 4)
+    }
+}
+
+/// A slice held by this replica.
+struct Lease {
+    /// Units left to spend.
+    units: u32,
+    /// Spend no more after this.
+    expires: Instant,
+    /// The limits it was taken under (a reload that changes them ends it).
+    limits: Limits,
+    /// The shared bucket as the taking call left it (for the headers).
+    shared: Decision,
+}
+
+/// This replica's leases, by caller and policy.
+#[derive(Default)]
+pub struct Leases {
+    map: Mutex<HashMap<LimitKey, Lease>>,
+}
+
+/// What spending from a lease found.
+pub enum Spent {
+    /// Allowed from the lease: the decision to answer with.
+    Allowed(Decision),
+    /// No usable lease: ask Redis, giving back these units first (of an expired or short one).
+    AskRedis { giveback: u32 },
+}
+
+impl Leases {
+    /// Spend `cost` units of `key`'s lease, if it has them and is still valid.
+    pub fn spend(&self, key: &LimitKey, limits: &Limits, cost: u32, now: Instant) -> Spent {
+        let mut map = self.map.lock();
+        let Some(lease) = map.get_mut(key) else {
+            return Spent::AskRedis { giveback: 0 };
+        };
+        if lease.expires > now && lease.limits == *limits && lease.units >= cost {
+            lease.units -= cost;
+            let mut d = lease.shared;
+            d.burst_remaining += u64::from(lease.units);
+            d.daily_remaining = d.daily_remaining.map(|r| r + u64::from(lease.units));
+            return Spent::Allowed(d);
+        }
+        let giveback = lease.units;
+        map.remove(key);
+        Spent::AskRedis { giveback }
+    }
+
+    /// Keep `units` (granted beyond the request's cost) to spend until `now + ttl`. Units
+    /// already held for `key` (another request's concurrent grant) are kept too.
+    pub fn keep(
+        &self,
+        key: &LimitKey,
+        limits: &Limits,
+        units: u32,
+        shared: Decision,
+        now: Instant,
+        ttl: Duration,
+    ) {
+        if units == 0 {
+            return;
+        }
+        let mut map = self.map.lock();
+        let lease = map.entry(key.clone()).or_insert(Lease {
+            units: 0,
+            expires: now + ttl,
+            limits: *limits,
+            shared,
+        });
+        lease.units += units;
+        lease.expires = now + ttl;
+        lease.limits = *limits;
+        lease.shared = shared;
+    }
+
+    /// Forget leases expired for longer than `grace` (their units are not returned: a caller
+    /// that went quiet lost at most one slice per replica). Returns how many were dropped.
+    pub fn sweep(&self, now: Instant, grace: Duration) -> usize {
+        let mut map = self.map.lock();
+        let before = map.len();
+        map.retain(|_, l| l.expires + grace > now);
+        before - map.len()
+    }
+
+    /// Leases held.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision() -> Decision {
+        Decision {
+            allowed: true,
+            refused_by: None,
+            burst_remaining: 100,
+            burst_reset_secs: 1,
+            daily_remaining: None,
+            daily_reset_secs: 10,
+            retry_after_secs: 0,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_spent_then_given_back_when_it_runs_short_or_expires() {
+        let leases = Leases::default();
+        let key = LimitKey::new("t:acme", "tier");
+        let limits = Limits {
+            rps: 100.0,
+            burst: 400,
+            daily: None,
+        };
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(1);
+        assert!(matches!(
+            leases.spend(&key, &limits, 1, t0),
+            Spent::AskRedis { giveback: 0 }
+        ));
+        leases.keep(&key, &limits, 3, decision(), t0, ttl);
+        for left in [2, 1, 0] {
+            match leases.spend(&key, &limits, 1, t0) {
+                Spent::Allowed(d) => assert_eq!(d.burst_remaining, 100 + left),
+                Spent::AskRedis { .. } => panic!("the lease had units"),
+            }
+        }
+        assert!(matches!(
+            leases.spend(&key, &limits, 1, t0),
+            Spent::AskRedis { giveback: 0 }
+        ));
+        // Expired with units left: they go back.
+        leases.keep(&key, &limits, 5, decision(), t0, ttl);
+        assert!(matches!(
+            leases.spend(&key, &limits, 1, t0 + ttl),
+            Spent::AskRedis { giveback: 5 }
+        ));
+        // New limits (a reload) end a lease too.
+        leases.keep(&key, &limits, 5, decision(), t0, ttl);
+        let other = Limits {
+            burst: 800,
+            ..limits
+        };
+        assert!(matches!(
+            leases.spend(&key, &other, 1, t0),
+            Spent::AskRedis { giveback: 5 }
+        ));
+        assert!(leases.is_empty());
+    }
+
+    #[test]
+    fn leases_apply_to_buckets_of_four_slices_or_more() {
+        let s = LeaseSettings {
+            slice: 50,
+            ttl: Duration::from_secs(1),
+        };
+        assert!(s.applies_to(&Limits {
+            rps: 100.0,
+            burst: 200,
+            daily: None
+        }));
+        assert!(!s.applies_to(&Limits {
+            rps: 100.0,
+            burst: 199,
+            daily: None
+        }));
+        assert!(!s.applies_to(&Limits {
+            rps: 100.0,
+            burst: 1000,
+            daily: Some(100)
+        }));
+    }
+}
