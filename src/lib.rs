@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod explain;
 pub mod fleet;
+pub mod keys_command;
 pub mod observe;
 pub mod proxy;
 pub mod ratelimit;

@@ -1,4 +1,4 @@
-//! The `tollgate` command: `run`, `check`, `explain`, `hash-key`, `demo-upstream`. Nothing else
+//! The `tollgate` command: `run`, `check`, `explain`, `keys`, `hash-key`, `demo-upstream`. Nothing else
 //! lives here: each subcommand calls into the library.
 
 use clap::{Parser, Subcommand};
@@ -57,6 +57,14 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Provision, revoke and list API keys in the fleet's Redis (`identity.key_store: redis`).
+    Keys {
+        /// Config file (its `redis:` section says where).
+        #[arg(short, long, default_value = "conf/tollgate.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Print the `sha256:<hex>` digest of an API key for `tenants.*.api_keys` (key from the
     /// argument, or from stdin when absent).
     HashKey {
@@ -69,6 +77,42 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: String,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Store a key for a tenant: `--key -` reads it from stdin; without `--key` a new random key
+    /// is generated and printed once. Only its digest is stored.
+    Add {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Tier (must exist in the config).
+        #[arg(long)]
+        tier: String,
+        /// The key (`-`: read from stdin). Absent: generate one.
+        #[arg(long)]
+        key: Option<String>,
+        /// Override the tier's rps.
+        #[arg(long)]
+        rps: Option<f64>,
+        /// Override the tier's burst.
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Override the tier's daily quota.
+        #[arg(long)]
+        daily: Option<u64>,
+        /// Override the tier's shadow mode.
+        #[arg(long)]
+        shadow: Option<bool>,
+    },
+    /// Delete a key: the plain key (`-`: from stdin) or `sha256:<hex digest>`.
+    Revoke {
+        /// The key or its digest.
+        key: String,
+    },
+    /// List the provisioned keys by digest, with tenant, tier and overrides.
+    List,
 }
 
 fn init_logging() {
@@ -142,6 +186,49 @@ fn main() -> ExitCode {
             };
             server.bootstrap();
             server.run_forever()
+        }
+        Command::Keys { config, action } => {
+            let runtime = match tollgate::config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            let stdin_or = |k: String| if k == "-" { read_stdin_line() } else { k };
+            let action = match action {
+                KeysAction::Add {
+                    tenant,
+                    tier,
+                    key,
+                    rps,
+                    burst,
+                    daily,
+                    shadow,
+                } => tollgate::keys_command::Action::Add {
+                    key: key.map(stdin_or),
+                    record: tollgate::fleet::keys::KeyRecord {
+                        tenant,
+                        tier,
+                        rps,
+                        burst,
+                        daily,
+                        shadow,
+                    },
+                },
+                KeysAction::Revoke { key } => tollgate::keys_command::Action::Revoke(stdin_or(key)),
+                KeysAction::List => tollgate::keys_command::Action::List,
+            };
+            match tollgate::keys_command::run(&runtime, action) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate keys: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::HashKey { key } => {
             let key = key.unwrap_or_else(read_stdin_line);

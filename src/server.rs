@@ -155,7 +155,11 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     options.h2c = h2c;
     let mut proxy = ProxyServiceBuilder::new(
         &server.configuration,
-        Tollgate::new(shared.clone(), limiter.clone(), access_log),
+        match &link {
+            Some(link) => Tollgate::new(shared.clone(), limiter.clone(), access_log)
+                .with_key_store(Arc::new(crate::fleet::keys::KeyStore::new(link.clone()))),
+            None => Tollgate::new(shared.clone(), limiter.clone(), access_log),
+        },
     )
     .name("tollgate proxy")
     .server_options(options)

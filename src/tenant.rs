@@ -5,6 +5,7 @@
 //! from the environment, hashed at load), and no key is ever logged.
 
 use crate::config::model::{self, IdentityConfig, TenantConfig, TierConfig, UnknownKey};
+use crate::fleet::keys::{KeyCacheSettings, KeyRecord};
 use crate::ratelimit::Limits;
 use http::header::HeaderName;
 use indexmap::IndexMap;
@@ -83,7 +84,15 @@ pub struct Identity {
     trusted_proxies: Vec<IpNet>,
     by_key: HashMap<[u8; 32], Arc<Tenant>>,
     by_id: HashMap<String, Arc<Tenant>>,
+    /// Tiers by name (for keys found in Redis).
+    tiers: HashMap<String, Arc<Tier>>,
+    /// `identity.key_store: redis`: keys the file does not have are looked up there.
+    key_cache: Option<KeyCacheSettings>,
 }
+
+/// A tenant found by a key the file does not hold (in the Redis key store), with that key's
+/// digest.
+pub type ExtraKey = ([u8; 32], Arc<Tenant>);
 
 /// SHA-256 of a key, as bytes.
 pub fn key_digest(key: &str) -> [u8; 32] {
@@ -211,7 +220,51 @@ impl Identity {
                 .collect(),
             by_key,
             by_id,
+            tiers: tiers.clone(),
+            key_cache: (cfg.key_store == model::KeyStoreKind::Redis).then_some(KeyCacheSettings {
+                ttl: cfg.key_cache_ttl.0,
+                negative_ttl: cfg.key_negative_ttl.0,
+                size: cfg.key_cache_size,
+                lookups_per_second: cfg.key_lookups_per_second,
+            }),
         }
+    }
+
+    /// With `identity.key_store: redis`: the digest of an API key this request presents that
+    /// the file does not hold (to look up in Redis), and the cache settings of such lookups.
+    pub fn key_to_look_up(&self, req: &RequestHeader) -> Option<([u8; 32], KeyCacheSettings)> {
+        let settings = self.key_cache?;
+        if !self.order.contains(&Source::ApiKey) {
+            return None;
+        }
+        let digest = key_digest(self.presented_key(req)?);
+        (!self.by_key.contains_key(&digest)).then_some((digest, settings))
+    }
+
+    /// The tenant of a key record from Redis: its tier (which must exist in this config) with
+    /// the record's overrides. A tenant of the file with the same id keeps its buckets: the
+    /// subject is `t:<id>` either way.
+    pub fn tenant_from_record(&self, r: &KeyRecord) -> Option<Arc<Tenant>> {
+        let Some(tier) = self.tiers.get(&r.tier) else {
+            tracing::warn!(
+                "an API key of tenant `{}` in Redis names tier `{}`, which this config does not have: refused as unknown",
+                r.tenant,
+                r.tier
+            );
+            return None;
+        };
+        let limits = tier.limits.overridden(&model::LimitsOverride {
+            rps: r.rps,
+            burst: r.burst,
+            daily: r.daily.map(model::Daily::Limit),
+        });
+        Some(Arc::new(Tenant {
+            id: r.tenant.as_str().into(),
+            subject: format!("t:{}", r.tenant).into(),
+            tier: tier.clone(),
+            limits,
+            shadow: r.shadow.unwrap_or(tier.shadow),
+        }))
     }
 
     /// A configured tenant by id (for `tollgate explain --tenant`).
@@ -267,20 +320,27 @@ impl Identity {
     /// Whether any caller can be identified as a tenant (tenants with keys, or a trusted tenant
     /// header). Without, every caller is anonymous and tenant-scoped caches are shared.
     pub fn identifies_tenants(&self) -> bool {
-        !self.by_key.is_empty() || self.tenant_header.is_some()
+        !self.by_key.is_empty() || self.tenant_header.is_some() || self.key_cache.is_some()
     }
 
     /// Identify the caller of a request from `peer`, the TCP peer address.
+    /// `extra`: a tenant found in the Redis key store for the presented key, if any.
     pub fn resolve(
         &self,
         req: &RequestHeader,
         peer: Option<IpAddr>,
+        extra: Option<&ExtraKey>,
     ) -> Result<Caller, UnknownApiKey> {
         for source in &self.order {
             match source {
                 Source::ApiKey => {
                     if let Some(key) = self.presented_key(req) {
-                        match self.by_key.get(&key_digest(key)) {
+                        let digest = key_digest(key);
+                        let found = self
+                            .by_key
+                            .get(&digest)
+                            .or_else(|| extra.filter(|(d, _)| *d == digest).map(|(_, t)| t));
+                        match found {
                             Some(t) => return Ok(Self::known(t)),
                             None if self.reject_unknown => return Err(UnknownApiKey),
                             None => {}

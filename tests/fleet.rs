@@ -474,11 +474,25 @@ async fn a_redis_with_a_password_is_used_and_the_password_is_never_shown() {
     let got = burst_of(std::slice::from_ref(&tg), "acme", 4).await;
     assert_eq!(count(&got, 200), 3);
     assert_eq!(count(&got, 500) + count(&got, 502) + count(&got, 503), 0);
-    let auth = tg
-        .metric_reaches("tollgate_redis_errors_total", &[("kind", "auth")], 1.0)
-        .await;
-    assert!(auth.unwrap_or(0.0) >= 1.0, "auth errors counted: {auth:?}");
+    let auth_counted = eventually(Duration::from_secs(10), || async {
+        tg.metric("tollgate_redis_errors_total", &[("kind", "auth")])
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(auth_counted, "auth errors counted");
     assert!(!tg.log().contains("wrong-Qq77"));
+    // Fixed on the Redis side (the password it has becomes the right one): the replica logs in
+    // again by itself, no restart.
+    redis.cli(&["config", "set", "requirepass", "wrong-Qq77"]);
+    let fixed = Instant::now();
+    tg.expect_metric("tollgate_redis_up", &[], 1.0).await;
+    eprintln!("logged in again {:?} after the fix", fixed.elapsed());
+    let got = burst_of(std::slice::from_ref(&tg), "acme", 1).await;
+    // The bucket the other replicas emptied: shared again.
+    assert_eq!(count(&got, 429), 1, "decided on the fleet's bucket");
+    assert_eq!(store_decisions(&tg, "redis").await, 1.0);
 }
 
 #[tokio::test]
@@ -773,4 +787,134 @@ async fn lease_mode_calls_redis_once_per_slice_and_never_admits_more_than_exact(
         "lease: {calls} Redis calls for {requests} requests ({per_request:.4} per request); \
          at the limit {allowed} admitted, exact ceiling {ceiling:.1}"
     );
+}
+
+async fn key_lookups(tg: &Tollgate, outcome: &str) -> f64 {
+    tg.metric("tollgate_api_key_lookups_total", &[("outcome", outcome)])
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn api_keys_provisioned_in_redis_work_fleet_wide_and_revocations_reach_every_replica() {
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let cfg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .tier("pro", "{ rps: 0.01, burst: 4 }")
+        .rate_limit("store", "redis")
+        .identity("key_store", "redis")
+        .identity("key_cache_ttl", "300ms")
+        .identity("key_negative_ttl", "10s")
+        .identity("key_lookups_per_second", "50")
+        .observability("access_log", "{ enabled: false }")
+        .yaml(&single(&redis.url()));
+    let replicas = start_all(&cfg, 2).await;
+    wait_redis_up(&replicas).await;
+    let keys = |args: &[&str]| {
+        let mut all = vec![
+            std::ffi::OsStr::new("keys"),
+            std::ffi::OsStr::new("-c"),
+            replicas[0].config_path.as_os_str(),
+        ];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        run_cli(all, &[])
+    };
+
+    let (code, out, err) = keys(&[
+        "add",
+        "--tenant",
+        "newco",
+        "--tier",
+        "pro",
+        "--key",
+        "k-newco-1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("added sha256:") && !out.contains("k-newco-1"),
+        "{out}"
+    );
+    let dump = redis.cli(&["--scan", "--pattern", "tollgate:key*"]);
+    assert!(dump.contains("tollgate:keys"), "{dump}");
+    let record = redis.cli(&[
+        "hgetall",
+        &format!("tollgate:key:{}", sha256_hex("k-newco-1")),
+    ]);
+    assert!(
+        record.contains("newco") && !record.contains("k-newco-1"),
+        "digest only: {record}"
+    );
+
+    // The tenant's tier applies fleet-wide.
+    let got = join_all((0..8).map(|i| {
+        let tg = &replicas[i % 2];
+        async move { tg.get_with("/x", &[("x-api-key", "k-newco-1")]).await }
+    }))
+    .await;
+    assert_eq!(count(&got, 200), 4, "burst of tier pro across the fleet");
+    assert_eq!(count(&got, 429), 4);
+
+    let (code, out, _) = keys(&["list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("tenant=newco tier=pro") && out.contains("1 key(s)"),
+        "{out}"
+    );
+    let (code, _, err) = keys(&["add", "--tenant", "x", "--tier", "gold"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("tier `gold` is not in this config"), "{err}");
+
+    // Revoked: every replica refuses it within key_cache_ttl.
+    let (code, _, err) = keys(&["revoke", "k-newco-1"]);
+    assert_eq!(code, 0, "{err}");
+    let revoked = Instant::now();
+    for tg in &replicas {
+        let refused = eventually(Duration::from_secs(5), || async {
+            tg.get_with("/x", &[("x-api-key", "k-newco-1")])
+                .await
+                .status
+                == 401
+        })
+        .await;
+        assert!(refused, "replica still accepts a revoked key");
+    }
+    assert!(
+        revoked.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        revoked.elapsed()
+    );
+
+    // One unknown key asked again and again: looked up once (negative cache).
+    let tg = &replicas[1];
+    let before = key_lookups(tg, "unknown").await;
+    for _ in 0..30 {
+        tg.get_with("/x", &[("x-api-key", "never-issued")])
+            .await
+            .assert_status(401);
+    }
+    assert_eq!(key_lookups(tg, "unknown").await, before + 1.0);
+
+    // A flood of made-up keys: refused, with Redis asked at most 50 times a second.
+    let started = Instant::now();
+    let flood = join_all((0..400).map(|i| async move {
+        tg.get_with("/x", &[("x-api-key", &format!("made-up-{i}"))])
+            .await
+            .status
+    }))
+    .await;
+    assert!(flood.iter().all(|s| *s == 401));
+    let looked_up = key_lookups(tg, "unknown").await - before - 1.0;
+    let budget = 50.0 * (started.elapsed().as_secs_f64().ceil() + 1.0);
+    assert!(
+        looked_up <= budget,
+        "{looked_up} lookups for 400 made-up keys"
+    );
+    assert!(key_lookups(tg, "over_budget").await > 0.0);
+}
+
+fn sha256_hex(key: &str) -> String {
+    let (_, out, _) = run_cli(["hash-key", key], &[]);
+    out.trim().strip_prefix("sha256:").unwrap().to_string()
 }

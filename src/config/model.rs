@@ -700,6 +700,30 @@ pub struct IdentityConfig {
     pub header_tenant_tier: Option<String>,
     /// Peers (CIDRs) whose `X-Forwarded-For` is believed when finding the client IP.
     pub trusted_proxies: Vec<String>,
+    /// Where API keys live besides `tenants.*.api_keys`: `file` (only there) or `redis` (also
+    /// keys provisioned in the `redis:` store with `tollgate keys add`).
+    pub key_store: KeyStoreKind,
+    /// How long a key found in Redis is trusted before it is looked up again: the bound on how
+    /// late a revocation reaches a replica.
+    pub key_cache_ttl: ConfigDuration,
+    /// How long a key that Redis does not know is remembered as unknown.
+    pub key_negative_ttl: ConfigDuration,
+    /// Most keys remembered (found or unknown) per replica.
+    pub key_cache_size: usize,
+    /// Most Redis key lookups per second per replica; a flood of new keys past it is refused
+    /// without a lookup.
+    pub key_lookups_per_second: u32,
+}
+
+/// `identity.key_store`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStoreKind {
+    /// Only the keys of `tenants.*.api_keys`.
+    #[default]
+    File,
+    /// Those, and keys provisioned in Redis (`tollgate keys add`).
+    Redis,
 }
 
 impl Default for IdentityConfig {
@@ -714,6 +738,11 @@ impl Default for IdentityConfig {
             anonymous_tier: None,
             header_tenant_tier: None,
             trusted_proxies: Vec::new(),
+            key_store: KeyStoreKind::File,
+            key_cache_ttl: ConfigDuration::from_secs(10),
+            key_negative_ttl: ConfigDuration::from_secs(5),
+            key_cache_size: 10_000,
+            key_lookups_per_second: 100,
         }
     }
 }

@@ -14,9 +14,9 @@ use super::address::{check_hostname, parse_endpoint, parse_listen, route_name};
 use super::error::ConfigError;
 use super::model::{
     AdminConfig, CacheConfig, CircuitBreakerConfig, CompressionConfig, EndpointConfig,
-    HealthCheckConfig, IdentityConfig, LimitMode, LimitStore, ObservabilityConfig, RateLimitConfig,
-    RedisConfig, RetryConfig, RouteCacheConfig, RouteConfig, RouteRateLimitConfig, ServerConfig,
-    TenantConfig, TierConfig, TimeoutsConfig, TlsConfig, UpstreamConfig,
+    HealthCheckConfig, IdentityConfig, KeyStoreKind, LimitMode, LimitStore, ObservabilityConfig,
+    RateLimitConfig, RedisConfig, RetryConfig, RouteCacheConfig, RouteConfig, RouteRateLimitConfig,
+    ServerConfig, TenantConfig, TierConfig, TimeoutsConfig, TlsConfig, UpstreamConfig,
 };
 use super::parse::Parsed;
 use indexmap::IndexMap;
@@ -61,6 +61,12 @@ pub fn validate(
     validate_observability(&config.observability, &config.tenants, errors);
     validate_cache_store(&config.cache, errors);
     validate_redis(config.redis.as_ref(), &config.rate_limit, errors);
+    if config.identity.key_store == KeyStoreKind::Redis && config.redis.is_none() {
+        errors.push(ConfigError::at(
+            "identity.key_store",
+            "`redis` reads API keys from the `redis:` store: add a top-level `redis:` section",
+        ));
+    }
 }
 
 /// `redis:` (addresses, timeouts, prefix) and the `rate_limit.store` that needs it. Messages
@@ -836,6 +842,23 @@ fn validate_identity(id: &IdentityConfig, tiers: &Names, errors: &mut Vec<Config
                 ));
             }
         }
+    }
+    for (key, d) in [
+        ("key_cache_ttl", id.key_cache_ttl.0),
+        ("key_negative_ttl", id.key_negative_ttl.0),
+    ] {
+        if d.is_zero() {
+            errors.push(ConfigError::at(
+                format!("identity.{key}"),
+                "must be more than 0",
+            ));
+        }
+    }
+    if id.key_cache_size == 0 {
+        errors.push(ConfigError::at(
+            "identity.key_cache_size",
+            "must be at least 1",
+        ));
     }
     for (i, cidr) in id.trusted_proxies.iter().enumerate() {
         if crate::tenant::parse_cidr(cidr).is_none() {

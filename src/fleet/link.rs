@@ -34,6 +34,8 @@ pub enum StoreError {
     BackingOff,
     /// Redis answered with an error (a script error, a cluster without the slot, ...).
     Server(String),
+    /// A Cluster is moving the keys' slot (`TRYAGAIN`, `MOVED`, `ASK` past the client's retries).
+    Busy(String),
     /// An answer of an unexpected shape.
     Other(String),
 }
@@ -48,26 +50,36 @@ impl StoreError {
             StoreError::NotConnected => "not_connected",
             StoreError::BackingOff => "backing_off",
             StoreError::Server(_) => "script",
+            StoreError::Busy(_) => "cluster_busy",
             StoreError::Other(_) => "other",
         }
     }
 
     fn from_redis(e: &redis::RedisError) -> StoreError {
-        use redis::ErrorKind;
+        use redis::{ErrorKind, ServerErrorKind};
         if e.is_timeout() {
             return StoreError::Timeout;
         }
         // Messages of the client library name the server, not the URL, so they hold no password.
         let text = e.to_string();
+        let lower = text.to_ascii_lowercase();
         match e.kind() {
-            ErrorKind::AuthenticationFailed => StoreError::Auth(text),
-            ErrorKind::Server(_)
-                if text.contains("NOAUTH")
-                    || text.contains("WRONGPASS")
-                    || text.contains("NOPERM") =>
+            ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                StoreError::Auth(text)
+            }
+            // `NOAUTH`, `WRONGPASS`, and an ACL refusal inside a script ("... can't run this
+            // command or subcommand").
+            _ if lower.contains("noauth")
+                || lower.contains("wrongpass")
+                || lower.contains("noperm")
+                || lower.contains("can't run this command") =>
             {
                 StoreError::Auth(text)
             }
+            // A Cluster moving slots: a passing state of some keys, not of Redis.
+            ErrorKind::Server(
+                ServerErrorKind::TryAgain | ServerErrorKind::Moved | ServerErrorKind::Ask,
+            ) => StoreError::Busy(text),
             ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => StoreError::Connection(text),
             _ if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() => {
                 StoreError::Connection(text)
@@ -75,6 +87,12 @@ impl StoreError {
             ErrorKind::Server(_) | ErrorKind::Extension => StoreError::Server(text),
             _ => StoreError::Other(text),
         }
+    }
+
+    /// Whether this failure says something about Redis as a whole (and so counts towards the
+    /// backoff), rather than about some keys for a moment.
+    fn counts_against_redis(&self) -> bool {
+        !matches!(self, StoreError::Busy(_))
     }
 }
 
@@ -87,9 +105,16 @@ impl std::fmt::Display for StoreError {
             StoreError::NotConnected => f.write_str("not connected yet"),
             StoreError::BackingOff => f.write_str("backing off after consecutive failures"),
             StoreError::Server(e) => write!(f, "error answer: {e}"),
+            StoreError::Busy(e) => write!(f, "cluster slot in motion: {e}"),
             StoreError::Other(e) => write!(f, "{e}"),
         }
     }
+}
+
+/// What one call sends.
+enum Call<'a> {
+    Script(&'a ScriptInvocation<'a>),
+    Cmd(&'a redis::Cmd),
 }
 
 /// One multiplexed connection: cheap to clone, every clone shares the socket.
@@ -281,7 +306,19 @@ impl Link {
         if self.backing_off() {
             return Err(StoreError::BackingOff);
         }
-        self.eval_now(op, script).await
+        self.call(op, Call::Script(script)).await
+    }
+
+    /// Run one command, like [`Link::eval`].
+    pub async fn query<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        if self.backing_off() {
+            return Err(StoreError::BackingOff);
+        }
+        self.call(op, Call::Cmd(cmd)).await
     }
 
     /// Run a script even while backing off (the heartbeat's probe), connecting first if needed.
@@ -293,13 +330,13 @@ impl Link {
         if self.conns.load().is_none() {
             self.connect().await?;
         }
-        self.eval_now(op, script).await
+        self.call(op, Call::Script(script)).await
     }
 
-    async fn eval_now<T: FromRedisValue>(
+    async fn call<T: FromRedisValue>(
         &self,
         op: &'static str,
-        script: &ScriptInvocation<'_>,
+        what: Call<'_>,
     ) -> Result<T, StoreError> {
         let Some(mut conn) = self.pick() else {
             let e = StoreError::NotConnected;
@@ -308,9 +345,11 @@ impl Link {
         };
         let started = Instant::now();
         let call = async {
-            match &mut conn {
-                Conn::Single(c) => script.invoke_async(c).await,
-                Conn::Cluster(c) => script.invoke_async(c).await,
+            match (&mut conn, what) {
+                (Conn::Single(c), Call::Script(s)) => s.invoke_async(c).await,
+                (Conn::Cluster(c), Call::Script(s)) => s.invoke_async(c).await,
+                (Conn::Single(c), Call::Cmd(cmd)) => cmd.query_async(c).await,
+                (Conn::Cluster(c), Call::Cmd(cmd)) => cmd.query_async(c).await,
             }
         };
         let result = match tokio::time::timeout(self.settings.command_timeout, call).await {
@@ -344,6 +383,15 @@ impl Link {
         metrics::REDIS_ERRORS_TOTAL
             .with_label_values(&[e.kind()])
             .inc();
+        if !e.counts_against_redis() {
+            return;
+        }
+        // A refused login is not retried by the client library (it reconnects on I/O errors
+        // only): drop the connections, so the next heartbeat logs in afresh, and a password or
+        // ACL fixed on the Redis side is picked up without a restart.
+        if matches!(e, StoreError::Auth(_)) {
+            self.conns.store(None);
+        }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.settings.failures_before_backoff {
             let until = self.now_ms() + self.settings.backoff.as_millis() as u64;

@@ -4,11 +4,13 @@
 //! replica's side of it, whatever is shared:
 //! - [`settings`]: `redis:` compiled, with passwords kept out of every log line;
 //! - [`link`]: the connections, the timeout of every call, failure counting and backoff;
-//! - [`heartbeat`]: the replica announcing itself, the fleet size, the recovery probe.
+//! - [`heartbeat`]: the replica announcing itself, the fleet size, the recovery probe;
+//! - [`keys`]: API keys provisioned in Redis, cached per replica.
 //!
 //! The rate limiter's Redis store ([`crate::ratelimit::redis`]) calls Redis through a [`Link`].
 
 pub mod heartbeat;
+pub mod keys;
 pub mod link;
 pub mod settings;
 

@@ -261,6 +261,17 @@ pub static FLEET_REPLICAS: Lazy<IntGauge> = Lazy::new(|| {
     g
 });
 
+/// `tollgate_api_key_lookups_total{outcome}`: API keys looked up in Redis
+/// (`identity.key_store: redis`): `found`, `unknown`, `error` (Redis failed), `over_budget`
+/// (refused without a lookup: more new keys per second than `key_lookups_per_second`).
+pub static KEY_LOOKUPS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_api_key_lookups_total",
+        "API keys looked up in Redis, by outcome.",
+        &["outcome"],
+    )
+});
+
 /// `tollgate_access_log_lines_total{outcome}`: access log lines `written`, `dropped` (the
 /// writer fell behind and its buffer was full) or `sampled_out`.
 pub static ACCESS_LOG_LINES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {

@@ -32,6 +32,7 @@ pub mod routing;
 pub mod upstream;
 
 use crate::config::RuntimeConfig;
+use crate::fleet::keys::KeyStore;
 use crate::observe::access_log::AccessLog;
 use crate::observe::{request, request_id};
 use crate::ratelimit::Limiter;
@@ -51,6 +52,8 @@ pub struct Tollgate {
     config: Arc<ArcSwap<RuntimeConfig>>,
     limiter: Arc<Limiter>,
     access_log: Option<AccessLog>,
+    /// API keys provisioned in Redis (`identity.key_store: redis`), when `redis:` is set.
+    keys: Option<Arc<KeyStore>>,
 }
 
 impl Tollgate {
@@ -65,7 +68,15 @@ impl Tollgate {
             config,
             limiter,
             access_log,
+            keys: None,
         }
+    }
+
+    /// Also look up API keys the file does not hold in `keys` (when the config says
+    /// `identity.key_store: redis`).
+    pub fn with_key_store(mut self, keys: Arc<KeyStore>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 }
 
@@ -92,7 +103,7 @@ impl ProxyHttp for Tollgate {
         );
         routing::route(session, ctx);
         compression::on_request(session, ctx)?;
-        caller::identify(session, ctx);
+        caller::identify(session, ctx, self.keys.as_deref()).await;
         Ok(())
     }
 
