@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # promtool: tests/monitoring.rs and tests/observability.rs validate rules and /metrics with it.
 # redis-server, redis-cli (package redis-tools), faketime: the fleet rate limiter's tests run
-# real Redis servers (tests/common/redis.rs).
-scripts/setup.sh promtool redis-server redis-cli faketime
+# real Redis servers (tests/common/redis.rs); openssl makes the certificates of the TLS test.
+scripts/setup.sh promtool redis-server redis-cli faketime openssl
 cargo test --all-targets "$@"
 cargo test --doc

@@ -918,3 +918,229 @@ fn sha256_hex(key: &str) -> String {
     let (_, out, _) = run_cli(["hash-key", key], &[]);
     out.trim().strip_prefix("sha256:").unwrap().to_string()
 }
+
+/// `RateLimit` without the daily item's reset (seconds to midnight, read from two clocks).
+fn without_daily_reset(v: &str) -> String {
+    v.split(", ")
+        .map(|item| match item.starts_with("\"daily\"") {
+            true => item.split(";t=").next().unwrap().to_string(),
+            false => item.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The same requests, one by one, to a `store: local` and a `store: redis` tollgate: the same
+/// statuses, RateLimit headers, Retry-After and 429 bodies, through costs, a route policy,
+/// tenant overrides, shadow mode, an unlimited route and the daily quota.
+#[tokio::test]
+async fn the_redis_store_answers_exactly_like_the_local_one() {
+    let redis = RedisServer::start();
+    let app = Upstream::start().await;
+    let base = |store: &str| {
+        Config::new()
+            .upstream(Group::new("app", [app.addr()]))
+            .route(
+                Route::prefix("/costly/")
+                    .name("costly")
+                    .to("app")
+                    .rate_limit("{ cost: 2 }"),
+            )
+            .route(
+                Route::prefix("/special/")
+                    .name("special")
+                    .to("app")
+                    .rate_limit("{ tiers: { free: { burst: 1 } } }"),
+            )
+            .route(
+                Route::prefix("/health")
+                    .name("health")
+                    .to("app")
+                    .rate_limit("{ enabled: false }"),
+            )
+            .route(Route::prefix("/").name("api").to("app"))
+            .identity("order", "[tenant_header]")
+            .identity("trust_tenant_header", "true")
+            .tier("free", "{ rps: 0.01, burst: 5, daily: 9 }")
+            .set("tenants", "acme", "{ tier: free }")
+            .set("tenants", "override-co", "{ tier: free, burst: 2 }")
+            .set("tenants", "shadow-co", "{ tier: free, shadow: true }")
+            .rate_limit("store", store)
+            .rate_limit("legacy_headers", "true")
+            .observability("access_log", "{ enabled: false }")
+            .yaml(&single(&redis.url()))
+    };
+    let local = base("local").start().await;
+    let shared = base("redis").start().await;
+    wait_redis_up(std::slice::from_ref(&shared)).await;
+    let mut steps = Vec::new();
+    for tenant in ["acme", "override-co", "shadow-co"] {
+        for path in [
+            "/special/a",
+            "/special/b",
+            "/costly/a",
+            "/health",
+            "/a",
+            "/costly/b",
+            "/a",
+            "/a",
+            "/a",
+            "/a",
+        ] {
+            steps.push((tenant, path));
+        }
+    }
+    let mut refused = 0;
+    for (i, (tenant, path)) in steps.iter().enumerate() {
+        let h = [("x-tenant-id", *tenant)];
+        let (a, b) = (
+            local.get_with(path, &h).await,
+            shared.get_with(path, &h).await,
+        );
+        let what = format!("step {i}: {tenant} {path}");
+        assert_eq!(a.status, b.status, "{what}");
+        for name in [
+            "ratelimit-policy",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert_eq!(a.header(name), b.header(name), "{what}: {name}");
+        }
+        assert_eq!(
+            without_daily_reset(a.header("ratelimit")),
+            without_daily_reset(b.header("ratelimit")),
+            "{what}"
+        );
+        if a.status == 429 {
+            refused += 1;
+            let (mut ja, mut jb) = (a.json(), b.json());
+            if ja["policy"] == "daily" {
+                ja["retry_after"] = 0.into();
+                jb["retry_after"] = 0.into();
+            } else {
+                assert_eq!(a.header("retry-after"), b.header("retry-after"), "{what}");
+            }
+            ja["request_id"] = "".into();
+            jb["request_id"] = "".into();
+            assert_eq!(ja, jb, "{what}");
+        }
+    }
+    assert!(
+        refused >= 5,
+        "the sequence reaches the limits ({refused} refusals)"
+    );
+    assert_eq!(
+        store_decisions(&shared, "redis").await,
+        27.0,
+        "every limited step in Redis"
+    );
+}
+
+/// A `redis-server` speaking only TLS, with a certificate of a CA made for the test; killed on
+/// drop.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |cmd: &str| {
+            let ok = std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "`{cmd}` failed");
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=tollgate-test-ca");
+        sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost");
+        sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext && openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out srv.crt -days 1 -extfile ext");
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", "srv.crt", "--tls-key-file", "srv.key"])
+            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let tls = TlsRedis { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tls.cli(&["ping"]) != "PONG" {
+            assert!(Instant::now() < deadline, "TLS redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tls
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["--tls", "--cacert", "ca.crt", "-p", &self.port.to_string()])
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn ca(&self) -> String {
+        self.dir.path().join("ca.crt").display().to_string()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_shares_limits_and_an_untrusted_certificate_is_refused() {
+    let redis = TlsRedis::start();
+    let app = Upstream::start().await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let with_ca = format!("{}  tls_ca_file: {}\n", single(&url), quote(&redis.ca()));
+    let cfg = fleet(app.addr(), &with_ca, "{ rps: 0.01, burst: 3 }", &["acme"]);
+    let replicas = start_all(&cfg, 2).await;
+    wait_redis_up(&replicas).await;
+    let got = burst_of(&replicas, "acme", 8).await;
+    assert_eq!(count(&got, 200), 3, "one bucket over TLS");
+    assert_eq!(
+        store_decisions(&replicas[0], "redis").await + store_decisions(&replicas[1], "redis").await,
+        8.0
+    );
+    assert!(redis
+        .cli(&["--scan", "--pattern", "tollgate:{*"])
+        .contains("tollgate:{t:acme}:tier:b"));
+
+    // Without the CA, the certificate is not trusted: no connection, the local fallback decides.
+    let untrusted = fleet(
+        app.addr(),
+        &single(&url),
+        "{ rps: 0.01, burst: 3 }",
+        &["other"],
+    );
+    let tg = untrusted.start().await;
+    let got = burst_of(std::slice::from_ref(&tg), "other", 5).await;
+    assert_eq!(count(&got, 200), 3);
+    assert_eq!(count(&got, 429), 2);
+    assert_eq!(tg.metric("tollgate_redis_up", &[]).await, Some(0.0));
+    assert_eq!(store_decisions(&tg, "redis").await, 0.0);
+}

@@ -962,6 +962,9 @@ pub struct RedisConfig {
     pub url: Option<String>,
     /// A Redis Cluster: some of its nodes' URLs (the rest are discovered).
     pub cluster: Vec<String>,
+    /// With `rediss://`: a PEM file of the CA that signed Redis' certificate (a private CA).
+    /// Absent: the system's trust store.
+    pub tls_ca_file: Option<String>,
     /// How long connecting to a node may take.
     pub connect_timeout: ConfigDuration,
     /// How long one decision may wait for Redis before `on_store_error` decides instead.
@@ -985,6 +988,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: None,
             cluster: Vec::new(),
+            tls_ca_file: None,
             connect_timeout: ConfigDuration::from_secs(1),
             command_timeout: ConfigDuration::from_millis(20),
             connections: 2,

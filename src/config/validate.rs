@@ -130,6 +130,31 @@ fn validate_redis(
             }
         }
     }
+    if let Some(ca) = &r.tls_ca_file {
+        let tls = r
+            .url
+            .iter()
+            .chain(&r.cluster)
+            .any(|u| u.starts_with("rediss://"));
+        if !tls {
+            errors.push(ConfigError::at(
+                "redis.tls_ca_file",
+                "only used with TLS: write the URL(s) as `rediss://...`",
+            ));
+        }
+        if !r.cluster.is_empty() {
+            errors.push(ConfigError::at(
+                "redis.tls_ca_file",
+                "works with `url` only: a Redis Cluster over TLS is verified against the system's trust store",
+            ));
+        }
+        if let Err(e) = std::fs::read(ca) {
+            errors.push(ConfigError::at(
+                "redis.tls_ca_file",
+                format!("cannot read `{ca}`: {e}"),
+            ));
+        }
+    }
     let durations = [
         ("connect_timeout", r.connect_timeout.0),
         ("command_timeout", r.command_timeout.0),

@@ -257,9 +257,27 @@ impl Link {
     async fn open(&self) -> Result<Vec<Conn>, StoreError> {
         let s = &self.settings;
         let redis_err = |e: redis::RedisError| StoreError::from_redis(&e);
+        // A private CA, read at each (re)connection so a rotated file is picked up.
+        let certs = match s
+            .tls_ca_file
+            .as_ref()
+            .filter(|_| matches!(s.target, Target::Single(_)))
+        {
+            Some(path) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| {
+                    StoreError::Other(format!("cannot read tls_ca_file `{}`: {e}", path.display()))
+                })?),
+            }),
+            None => None,
+        };
         match &s.target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
+                let client = match certs {
+                    Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(redis_err)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(s.connect_timeout))
                     .set_response_timeout(Some(s.command_timeout))
@@ -277,6 +295,8 @@ impl Link {
                     .collect()
             }
             Target::Cluster(seeds) => {
+                // (Validation refuses `tls_ca_file` with `cluster`: the client takes a CA for a
+                // Cluster only with rustls; a Cluster over TLS trusts the system store.)
                 let client = redis::cluster::ClusterClient::builder(seeds.clone())
                     .connection_timeout(s.connect_timeout)
                     .response_timeout(s.command_timeout)

@@ -19,6 +19,8 @@ pub enum Target {
 pub struct Settings {
     /// The server(s).
     pub target: Target,
+    /// PEM CA file trusted for `rediss://` (besides none: the system's store when absent).
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// One connection attempt's limit.
     pub connect_timeout: Duration,
     /// One command's limit (a decision waits no longer for Redis).
@@ -46,6 +48,7 @@ impl Settings {
         };
         Settings {
             target,
+            tls_ca_file: c.tls_ca_file.as_ref().map(Into::into),
             connect_timeout: c.connect_timeout.0,
             command_timeout: c.command_timeout.0,
             connections: c.connections.max(1),
