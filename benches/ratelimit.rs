@@ -287,6 +287,41 @@ fn bench_check(c: &mut Criterion) {
     });
 }
 
+/// The async seam (`Limiter::check`, store: local) against the direct call it wraps, both on
+/// the real clock: what making the seam async costs the local path.
+fn bench_seam(c: &mut Criterion) {
+    use futures_util::FutureExt;
+    use tollgate::ratelimit::store::{Fallback, StorePolicy};
+    // Never refuses on the real clock, so both measure the common (allowed) path.
+    const UNLIMITED: Limits = Limits {
+        rps: 1e9,
+        burst: 1_000_000_000,
+        daily: None,
+    };
+    let key = LimitKey::new("acme", "tier");
+    let local = Arc::new(LocalLimiter::new(0));
+    c.bench_function("ratelimit/seam/direct_local_check", |b| {
+        b.iter(|| {
+            let now = tollgate::ratelimit::unix_nanos_now();
+            local.check(black_box(&key), &UNLIMITED, 1, now)
+        })
+    });
+    let limiter = tollgate::ratelimit::Limiter::new(Arc::new(LocalLimiter::new(0)), None);
+    let policy = StorePolicy {
+        shared: false,
+        on_error: Fallback::Local,
+        lease: None,
+    };
+    c.bench_function("ratelimit/seam/async_limiter_local_store", |b| {
+        b.iter(|| {
+            limiter
+                .check(black_box(&key), &UNLIMITED, 1, policy)
+                .now_or_never()
+                .expect("the local path never waits")
+        })
+    });
+}
+
 fn bench_headers(c: &mut Criterion) {
     let limiter = LocalLimiter::new(0);
     let d = limiter.check(&LimitKey::new("acme", "tier"), &ANON, 1, NOON);
@@ -300,7 +335,7 @@ fn bench_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_check, bench_headers);
+criterion_group!(benches, bench_check, bench_seam, bench_headers);
 
 fn main() {
     if let Ok(scenario) = std::env::var(MEMORY_ENV) {

@@ -56,6 +56,7 @@ impl StorePolicy {
 /// Which store took a decision: the `store` label of
 /// `tollgate_ratelimit_store_decisions_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Store {
     /// This process (`store: local`).
     Local,
@@ -71,7 +72,24 @@ pub enum Store {
     DenyFallback,
 }
 
+/// The decision counters, one per store, looked up once: counting a decision is then one
+/// atomic add, not a label lookup (the local path stays as cheap as before the seam).
+static DECISIONS: once_cell::sync::Lazy<[prometheus::IntCounter; 6]> =
+    once_cell::sync::Lazy::new(|| {
+        Store::ALL.map(|s| metrics::RATELIMIT_STORE_DECISIONS_TOTAL.with_label_values(&[s.name()]))
+    });
+
 impl Store {
+    /// Every store, in discriminant order.
+    pub const ALL: [Store; 6] = [
+        Store::Local,
+        Store::Redis,
+        Store::RedisLease,
+        Store::LocalFallback,
+        Store::AllowFallback,
+        Store::DenyFallback,
+    ];
+
     /// The metric label.
     pub fn name(self) -> &'static str {
         match self {
@@ -127,9 +145,7 @@ impl Limiter {
             let now = super::unix_nanos_now();
             (self.local.check(key, limits, cost, now), Store::Local)
         };
-        metrics::RATELIMIT_STORE_DECISIONS_TOTAL
-            .with_label_values(&[store.name()])
-            .inc();
+        DECISIONS[store as usize].inc();
         (decision, store)
     }
 
@@ -265,5 +281,43 @@ fn refused(limits: &Limits) -> Decision {
         daily_remaining: limits.daily,
         daily_reset_secs: 1,
         retry_after_secs: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_store_counts_under_its_own_label() {
+        for (i, s) in Store::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "{s:?}");
+        }
+    }
+
+    /// The seam on the local store: an `async fn` that never waits, so polling it once
+    /// completes it (no executor round trip on the local path).
+    #[test]
+    fn the_local_path_completes_without_waiting() {
+        use futures_util::FutureExt;
+        let limiter = Limiter::new(Arc::new(LocalLimiter::new(0)), None);
+        let policy = StorePolicy {
+            shared: false,
+            on_error: Fallback::Local,
+            lease: None,
+        };
+        let key = LimitKey::new("t:acme", "tier");
+        let limits = Limits {
+            rps: 10.0,
+            burst: 2,
+            daily: None,
+        };
+        for allowed in [true, true, false] {
+            let (d, store) = limiter
+                .check(&key, &limits, 1, policy)
+                .now_or_never()
+                .expect("ready at once");
+            assert_eq!((d.allowed, store), (allowed, Store::Local));
+        }
     }
 }
