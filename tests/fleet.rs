@@ -124,15 +124,20 @@ async fn sustained_rate_is_within_two_percent_fleet_wide() {
     );
     let replicas = start_all(&cfg, 3).await;
     wait_redis_up(&replicas).await;
+    assert_sustained_rate(&replicas, "acme", rps, 10.0).await;
+}
+
+/// Hammer `tenant` through every replica for 10 s (four clients per replica, back to back: far
+/// more than `rps`) and check the fleet-wide allowed rate is within 2% of `rps`.
+async fn assert_sustained_rate(replicas: &[Tollgate], tenant: &str, rps: f64, burst: f64) {
     let started = Instant::now();
     let window = Duration::from_secs(10);
-    // Four clients per replica, each sending back to back: far more than 50 per second.
-    let workers = (0..12).map(|i| {
-        let tg = &replicas[i % 3];
+    let workers = (0..4 * replicas.len()).map(|i| {
+        let tg = &replicas[i % replicas.len()];
         async move {
             let (mut ok, mut other) = (0u32, 0u32);
             while started.elapsed() < window {
-                match tg.get_with("/x", &[("x-tenant-id", "acme")]).await.status {
+                match tg.get_with("/x", &[("x-tenant-id", tenant)]).await.status {
                     200 => ok += 1,
                     429 => {}
                     _ => other += 1,
@@ -147,11 +152,11 @@ async fn sustained_rate_is_within_two_percent_fleet_wide() {
     let errors: u32 = results.iter().map(|r| r.1).sum();
     assert_eq!(errors, 0, "only 200 and 429");
     // From idle: the burst plus one per emission interval.
-    let expected = 10.0 + rps * elapsed;
+    let expected = burst + rps * elapsed;
     let off = (f64::from(allowed) - expected).abs() / expected;
     assert!(
         off <= 0.02,
-        "allowed {allowed} over {elapsed:.2}s, expected {expected:.0} (off by {:.1}%)",
+        "{tenant}: allowed {allowed} over {elapsed:.2}s, expected {expected:.0} (off by {:.1}%)",
         off * 100.0
     );
 }
@@ -203,6 +208,16 @@ async fn a_redis_cluster_shares_exact_limits_for_tenants_on_every_master() {
         &redis,
         "{ rps: 0.01, burst: 10, daily: 1000 }",
         &names,
+    )
+    .set(
+        "tenants",
+        "steady",
+        "{ tier: fleet, rps: 50, burst: 10, daily: 100000 }",
+    )
+    .set(
+        "tenants",
+        "quota",
+        "{ tier: fleet, rps: 1000, burst: 1000, daily: 25 }",
     );
     let replicas = start_all(&cfg, 3).await;
     wait_redis_up(&replicas).await;
@@ -211,6 +226,14 @@ async fn a_redis_cluster_shares_exact_limits_for_tenants_on_every_master() {
         assert_eq!(count(&got, 200), 10, "tenant {tenant}: fleet-wide burst");
         assert_eq!(count(&got, 429), 30, "tenant {tenant}");
     }
+    // The daily quota and the sustained rate hold on the Cluster too.
+    let got = burst_of(&replicas, "quota", 60).await;
+    assert_eq!(
+        count(&got, 200),
+        25,
+        "fleet-wide daily quota on the Cluster"
+    );
+    assert_sustained_rate(&replicas, "steady", 50.0, 10.0).await;
     for tg in &replicas {
         assert_eq!(store_decisions(tg, "local_fallback").await, 0.0);
     }
