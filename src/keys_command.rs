@@ -28,6 +28,7 @@ pub fn run(config: &RuntimeConfig, action: Action) -> Result<String, String> {
         "this config has no `redis:` section: `tollgate keys` writes to the fleet's Redis",
     )?;
     if let Action::Add { record, .. } = &action {
+        check_record(record)?;
         if !config.tiers.contains_key(&record.tier) {
             let mut known: Vec<&str> = config.tiers.keys().map(String::as_str).collect();
             known.sort_unstable();
@@ -100,8 +101,7 @@ pub fn run(config: &RuntimeConfig, action: Action) -> Result<String, String> {
                     }
                     let _ = writeln!(
                         out,
-                        "sha256:{}…  tenant={} tier={}{extra}",
-                        &digest[..16],
+                        "sha256:{digest}  tenant={} tier={}{extra}",
                         r.tenant,
                         r.tier
                     );
@@ -121,4 +121,24 @@ fn generate_key() -> Result<String, String> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
     Ok(format!("tg_{}", hex::encode(bytes)))
+}
+
+/// What `tollgate check` would refuse in a tenant, refused here too: a record the proxy would
+/// answer 429 to forever is a mistake, not a policy.
+fn check_record(r: &KeyRecord) -> Result<(), String> {
+    if r.tenant.is_empty()
+        || r.tenant.len() > 128
+        || r.tenant.chars().any(|c| c.is_control() || c == ' ')
+    {
+        return Err("--tenant must be 1 to 128 characters, without spaces".into());
+    }
+    if let Some(rps) = r.rps {
+        if !(rps.is_finite() && rps > 0.0) {
+            return Err(format!("--rps must be a number above 0 (found {rps})"));
+        }
+    }
+    if r.burst == Some(0) {
+        return Err("--burst must be at least 1".into());
+    }
+    Ok(())
 }

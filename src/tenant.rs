@@ -246,6 +246,14 @@ impl Identity {
     /// subject is `t:<id>` either way.
     pub fn tenant_from_record(&self, r: &KeyRecord) -> Option<Arc<Tenant>> {
         let Some(tier) = self.tiers.get(&r.tier) else {
+            // Once a minute at most: every request with that key comes here.
+            static LAST_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = crate::ratelimit::unix_nanos_now() / 1_000_000_000;
+            let last = LAST_WARNED.load(std::sync::atomic::Ordering::Relaxed);
+            if now < last + 60 {
+                return None;
+            }
+            LAST_WARNED.store(now, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 "an API key of tenant `{}` in Redis names tier `{}`, which this config does not have: refused as unknown",
                 r.tenant,

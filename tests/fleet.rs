@@ -902,6 +902,9 @@ async fn api_keys_provisioned_in_redis_work_fleet_wide_and_revocations_reach_eve
     let (code, _, err) = keys(&["add", "--tenant", "x", "--tier", "gold"]);
     assert_eq!(code, 1);
     assert!(err.contains("tier `gold` is not in this config"), "{err}");
+    let (code, _, err) = keys(&["add", "--tenant", "x", "--tier", "pro", "--burst", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--burst must be at least 1"), "{err}");
 
     // Revoked: every replica refuses it within key_cache_ttl.
     let (code, _, err) = keys(&["revoke", "k-newco-1"]);
@@ -1180,4 +1183,38 @@ async fn rediss_with_a_private_ca_shares_limits_and_an_untrusted_certificate_is_
     assert_eq!(count(&got, 429), 2);
     assert_eq!(tg.metric("tollgate_redis_up", &[]).await, Some(0.0));
     assert_eq!(store_decisions(&tg, "redis").await, 0.0);
+}
+
+/// The decision script itself, run with `redis-cli EVAL`: units of a lease given back return to
+/// the daily count of the day they were taken on only, never to the next day's (a lease taken
+/// before midnight and given back after it must not raise the new day's quota).
+#[test]
+fn a_lease_given_back_after_midnight_does_not_refill_the_new_day() {
+    let redis = RedisServer::start();
+    let secs: u64 = redis
+        .cli(&["time"])
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let today = secs / 86_400;
+    let (bucket, daily) = ("tollgate:{t:x}:tier:b", "tollgate:{t:x}:tier:d");
+    let script = ::tollgate::ratelimit::redis::SCRIPT;
+    // interval 1000 µs, burst 1000, cost 0 (read), quota 100, want 0, giveback 5 of `day`.
+    let give_back = |day: u64| {
+        redis.cli(&["hset", daily, "d", &today.to_string(), "u", "40"]);
+        let day = day.to_string();
+        let args = [
+            "eval", script, "2", bucket, daily, "1000", "1000", "0", "100", "0", "5", &day,
+        ];
+        redis.cli(&args);
+        redis.cli(&["hget", daily, "u"])
+    };
+    assert_eq!(give_back(today), "35", "same day: the units go back");
+    assert_eq!(
+        give_back(today - 1),
+        "40",
+        "taken yesterday: today's count is untouched"
+    );
 }

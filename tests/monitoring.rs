@@ -28,6 +28,8 @@ const METRICS: &[&str] = &[
     "tollgate_upstream_requests_total",
     "tollgate_ratelimit_decisions_total",
     "tollgate_ratelimit_tracked_keys",
+    "tollgate_ratelimit_store_decisions_total",
+    "tollgate_redis_up",
     "tollgate_config_reloads_total",
     "tollgate_access_log_lines_total",
     "tollgate_build_info",

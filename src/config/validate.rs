@@ -879,6 +879,12 @@ fn validate_identity(id: &IdentityConfig, tiers: &Names, errors: &mut Vec<Config
             ));
         }
     }
+    if id.key_lookups_per_second == 0 {
+        errors.push(ConfigError::at(
+            "identity.key_lookups_per_second",
+            "must be at least 1 (0 would refuse every key not yet cached)",
+        ));
+    }
     if id.key_cache_size == 0 {
         errors.push(ConfigError::at(
             "identity.key_cache_size",

@@ -105,6 +105,9 @@ fn index_name(prefix: &str) -> String {
 impl KeyStore {
     /// Look keys up through `link`.
     pub fn new(link: Arc<Link>) -> Self {
+        for outcome in ["found", "unknown", "error", "over_budget"] {
+            crate::observe::metrics::KEY_LOOKUPS_TOTAL.with_label_values(&[outcome]);
+        }
         KeyStore {
             link,
             cache: Mutex::new(HashMap::new()),
@@ -200,22 +203,28 @@ impl KeyStore {
     }
 }
 
-/// `tollgate keys add`: store `record` for the key with this digest (replacing any).
+/// Replace one key's record in one step (a failed `add` keeps the old record; no replica can
+/// read it half written). `KEYS[1]`: the record; `ARGV`: field, value, field, value, ...
+const PUT_RECORD: &str = r"
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+";
+
+/// `tollgate keys add`: store `record` for the key with this digest (replacing any). The index
+/// entry is written first, so a key that works is always listed.
 pub async fn add(link: &Link, digest_hex: &str, record: &KeyRecord) -> Result<(), StoreError> {
     let prefix = &link.settings().key_prefix;
-    let name = key_name(prefix, digest_hex);
-    let mut del = redis::cmd("DEL");
-    del.arg(&name);
-    let _: i64 = link.query("keys", &del).await?;
-    let mut set = redis::cmd("HSET");
-    set.arg(&name);
-    for (k, v) in record.to_fields() {
-        set.arg(k).arg(v);
-    }
-    let _: i64 = link.query("keys", &set).await?;
     let mut index = redis::cmd("SADD");
     index.arg(index_name(prefix)).arg(digest_hex);
     let _: i64 = link.query("keys", &index).await?;
+    let script = redis::Script::new(PUT_RECORD);
+    let mut put = script.prepare_invoke();
+    put.key(key_name(prefix, digest_hex));
+    for (k, v) in record.to_fields() {
+        put.arg(k).arg(v);
+    }
+    let _: i64 = link.eval("keys", &put).await?;
     Ok(())
 }
 

@@ -26,8 +26,10 @@ pub enum StoreError {
     Timeout,
     /// The connection failed, was refused or dropped.
     Connection(String),
-    /// Redis refused our credentials (`WRONGPASS`, `NOAUTH`, `NOPERM`).
+    /// Redis refused our credentials (`WRONGPASS`, `NOAUTH`).
     Auth(String),
+    /// Redis' ACL refuses a command to our user (`NOPERM`).
+    Denied(String),
     /// Not connected yet (the first connection is still being opened).
     NotConnected,
     /// The link is backing off after consecutive failures: Redis was not asked.
@@ -46,7 +48,7 @@ impl StoreError {
         match self {
             StoreError::Timeout => "timeout",
             StoreError::Connection(_) => "connection",
-            StoreError::Auth(_) => "auth",
+            StoreError::Auth(_) | StoreError::Denied(_) => "auth",
             StoreError::NotConnected => "not_connected",
             StoreError::BackingOff => "backing_off",
             StoreError::Server(_) => "script",
@@ -64,17 +66,13 @@ impl StoreError {
         let text = e.to_string();
         let lower = text.to_ascii_lowercase();
         match e.kind() {
-            ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
-                StoreError::Auth(text)
-            }
-            // `NOAUTH`, `WRONGPASS`, and an ACL refusal inside a script ("... can't run this
-            // command or subcommand").
-            _ if lower.contains("noauth")
-                || lower.contains("wrongpass")
-                || lower.contains("noperm")
-                || lower.contains("can't run this command") =>
-            {
-                StoreError::Auth(text)
+            ErrorKind::AuthenticationFailed => StoreError::Auth(text),
+            _ if lower.contains("noauth") || lower.contains("wrongpass") => StoreError::Auth(text),
+            // The login worked but the ACL refuses a command ("... can't run this command or
+            // subcommand" inside a script).
+            ErrorKind::Server(ServerErrorKind::NoPerm) => StoreError::Denied(text),
+            _ if lower.contains("noperm") || lower.contains("can't run this command") => {
+                StoreError::Denied(text)
             }
             // A Cluster moving slots: a passing state of some keys, not of Redis.
             ErrorKind::Server(
@@ -102,6 +100,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Timeout => f.write_str("timed out"),
             StoreError::Connection(e) => write!(f, "connection failed: {e}"),
             StoreError::Auth(e) => write!(f, "authentication failed: {e}"),
+            StoreError::Denied(e) => write!(f, "command refused by the ACL: {e}"),
             StoreError::NotConnected => f.write_str("not connected yet"),
             StoreError::BackingOff => f.write_str("backing off after consecutive failures"),
             StoreError::Server(e) => write!(f, "error answer: {e}"),

@@ -12,6 +12,7 @@
 //! unspent units, at most one slice per other replica and caller; a slice is only taken where
 //! the bucket has room for it (near the limit the grant shrinks to the exact cost).
 
+use super::redis::Giveback;
 use super::{Decision, LimitKey, Limits};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -45,6 +46,8 @@ struct Lease {
     limits: Limits,
     /// The shared bucket as the taking call left it (for the headers).
     shared: Decision,
+    /// The UTC day its units were counted on.
+    day: u32,
 }
 
 /// This replica's leases, by caller and policy.
@@ -58,7 +61,10 @@ pub enum Spent {
     /// Allowed from the lease: the decision to answer with.
     Allowed(Decision),
     /// No usable lease: ask Redis, giving back these units first (of an expired or short one).
-    AskRedis { giveback: u32 },
+    AskRedis {
+        /// What the old lease had left.
+        giveback: Giveback,
+    },
 }
 
 impl Leases {
@@ -66,7 +72,9 @@ impl Leases {
     pub fn spend(&self, key: &LimitKey, limits: &Limits, cost: u32, now: Instant) -> Spent {
         let mut map = self.map.lock();
         let Some(lease) = map.get_mut(key) else {
-            return Spent::AskRedis { giveback: 0 };
+            return Spent::AskRedis {
+                giveback: Giveback::NONE,
+            };
         };
         if lease.expires > now && lease.limits == *limits && lease.units >= cost {
             lease.units -= cost;
@@ -75,19 +83,25 @@ impl Leases {
             d.daily_remaining = d.daily_remaining.map(|r| r + u64::from(lease.units));
             return Spent::Allowed(d);
         }
-        let giveback = lease.units;
+        let giveback = Giveback {
+            units: lease.units,
+            day: lease.day,
+        };
         map.remove(key);
         Spent::AskRedis { giveback }
     }
 
-    /// Keep `units` (granted beyond the request's cost) to spend until `now + ttl`. Units
-    /// already held for `key` (another request's concurrent grant) are kept too.
+    /// Keep `units` (granted beyond the request's cost, counted on UTC `day`) to spend until
+    /// `now + ttl`. Units already held for `key` (another request's concurrent grant) are kept
+    /// too.
+    #[allow(clippy::too_many_arguments)]
     pub fn keep(
         &self,
         key: &LimitKey,
         limits: &Limits,
         units: u32,
         shared: Decision,
+        day: u32,
         now: Instant,
         ttl: Duration,
     ) {
@@ -100,7 +114,14 @@ impl Leases {
             expires: now + ttl,
             limits: *limits,
             shared,
+            day,
         });
+        // Units of another day are given up rather than mixed in (they would go back to the
+        // wrong day's count).
+        if lease.day != day {
+            lease.units = 0;
+            lease.day = day;
+        }
         lease.units += units;
         lease.expires = now + ttl;
         lease.limits = *limits;
@@ -131,6 +152,8 @@ impl Leases {
 mod tests {
     use super::*;
 
+    const DAY: u32 = 20_429;
+
     fn decision() -> Decision {
         Decision {
             allowed: true,
@@ -154,37 +177,39 @@ mod tests {
         };
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
-        assert!(matches!(
-            leases.spend(&key, &limits, 1, t0),
-            Spent::AskRedis { giveback: 0 }
-        ));
-        leases.keep(&key, &limits, 3, decision(), t0, ttl);
+        let asks = |spent: Spent| match spent {
+            Spent::AskRedis { giveback } => giveback,
+            Spent::Allowed(_) => panic!("expected a call to Redis"),
+        };
+        assert_eq!(asks(leases.spend(&key, &limits, 1, t0)), Giveback::NONE);
+        leases.keep(&key, &limits, 3, decision(), DAY, t0, ttl);
         for left in [2, 1, 0] {
             match leases.spend(&key, &limits, 1, t0) {
                 Spent::Allowed(d) => assert_eq!(d.burst_remaining, 100 + left),
                 Spent::AskRedis { .. } => panic!("the lease had units"),
             }
         }
-        assert!(matches!(
-            leases.spend(&key, &limits, 1, t0),
-            Spent::AskRedis { giveback: 0 }
-        ));
-        // Expired with units left: they go back.
-        leases.keep(&key, &limits, 5, decision(), t0, ttl);
-        assert!(matches!(
-            leases.spend(&key, &limits, 1, t0 + ttl),
-            Spent::AskRedis { giveback: 5 }
-        ));
+        let empty = Giveback { units: 0, day: DAY };
+        assert_eq!(asks(leases.spend(&key, &limits, 1, t0)), empty);
+        // Expired with units left: they go back, with the day they were counted on.
+        let five = Giveback { units: 5, day: DAY };
+        leases.keep(&key, &limits, 5, decision(), DAY, t0, ttl);
+        assert_eq!(asks(leases.spend(&key, &limits, 1, t0 + ttl)), five);
         // New limits (a reload) end a lease too.
-        leases.keep(&key, &limits, 5, decision(), t0, ttl);
+        leases.keep(&key, &limits, 5, decision(), DAY, t0, ttl);
         let other = Limits {
             burst: 800,
             ..limits
         };
-        assert!(matches!(
-            leases.spend(&key, &other, 1, t0),
-            Spent::AskRedis { giveback: 5 }
-        ));
+        assert_eq!(asks(leases.spend(&key, &other, 1, t0)), five);
+        // A grant of another day replaces what is left of the old one.
+        leases.keep(&key, &limits, 5, decision(), DAY, t0, ttl);
+        leases.keep(&key, &limits, 2, decision(), DAY + 1, t0, ttl);
+        let mut spent = 0;
+        while let Spent::Allowed(_) = leases.spend(&key, &limits, 1, t0) {
+            spent += 1;
+        }
+        assert_eq!(spent, 2);
         assert!(leases.is_empty());
     }
 

@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 /// The decision script. `KEYS[1]`: bucket, `KEYS[2]`: daily counter. `ARGV`: emission interval
 /// (µs), burst, cost, daily quota (-1: none), `want` (units to take, >= cost: more than the cost
-/// only for a lease), `giveback` (units of an expired lease returned first, 0 usually).
+/// only for a lease), `giveback` (units of an expired lease returned first, 0 usually) and the
+/// UTC day that lease was taken on (its units go back to the daily count only on that day: a
+/// lease from before midnight must not add to the new day's quota).
 ///
 /// Allowed when both limits have room for `cost`; then it takes `grant` units, as many of `want`
 /// as both limits have room for (so a lease near the limit shrinks to the exact cost). Cost 0
@@ -46,7 +48,7 @@ if quota >= 0 then
 end
 if giveback > 0 then
   tat = math.max(now, tat - giveback * interval)
-  used = math.max(0, used - giveback)
+  if tonumber(ARGV[7]) == today then used = math.max(0, used - giveback) end
 end
 local base = math.max(tat, now)
 local room = math.floor((burst * interval - (base - now)) / interval)
@@ -70,6 +72,31 @@ return {allowed and 1 or 0, now, tat, today, used, grant}
 ";
 
 const MICROS: u64 = 1_000;
+
+/// Units of an expired lease given back, and the UTC day (days since the epoch) it was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Giveback {
+    /// Units not spent.
+    pub units: u32,
+    /// The day they were counted on.
+    pub day: u32,
+}
+
+impl Giveback {
+    /// Nothing to give back.
+    pub const NONE: Giveback = Giveback { units: 0, day: 0 };
+}
+
+/// What one call took.
+#[derive(Clone, Copy, Debug)]
+pub struct Taken {
+    /// The decision for the request (as if only its cost were taken).
+    pub decision: Decision,
+    /// Units taken (0 when refused; more than the cost for a lease).
+    pub grant: u32,
+    /// The UTC day Redis counted them on.
+    pub day: u32,
+}
 
 /// Decisions in Redis, through the fleet's [`Link`].
 pub struct RedisLimiter {
@@ -111,7 +138,10 @@ impl RedisLimiter {
         cost: u32,
         op: &'static str,
     ) -> Result<Decision, StoreError> {
-        Ok(self.take(key, limits, cost, cost, 0, op).await?.0)
+        Ok(self
+            .take(key, limits, cost, cost, Giveback::NONE, op)
+            .await?
+            .decision)
     }
 
     /// Check `cost` units and, when allowed, take up to `want` (>= `cost`) as both limits have
@@ -123,16 +153,21 @@ impl RedisLimiter {
         limits: &Limits,
         cost: u32,
         want: u32,
-        giveback: u32,
+        giveback: Giveback,
         op: &'static str,
-    ) -> Result<(Decision, u32), StoreError> {
+    ) -> Result<Taken, StoreError> {
         // The script works in whole µs: the interval rounded to them.
         let interval_us = emission_interval(limits).map(|ns| (ns + MICROS / 2) / MICROS);
         let Some(interval_us) = interval_us.map(|us| us.max(1)) else {
             let now = super::unix_nanos_now();
-            let (d, _) =
-                decide_with_interval(State::default(), limits, cost, now, utc_day(now), None);
-            return Ok((d, 0));
+            let today = utc_day(now);
+            let (decision, _) =
+                decide_with_interval(State::default(), limits, cost, now, today, None);
+            return Ok(Taken {
+                decision,
+                grant: 0,
+                day: today,
+            });
         };
         let (bucket, daily) = self.keys(key);
         let quota: i64 = limits
@@ -146,7 +181,8 @@ impl RedisLimiter {
             .arg(cost)
             .arg(quota)
             .arg(want.max(cost))
-            .arg(giveback);
+            .arg(giveback.units)
+            .arg(giveback.day);
         let (allowed, now_us, tat_us, day, used, grant): (i64, u64, u64, u32, u64, u32) =
             self.link.eval(op, &inv).await?;
         let now = now_us.saturating_mul(MICROS);
@@ -173,7 +209,11 @@ impl RedisLimiter {
         let extra = u64::from(grant.saturating_sub(cost));
         decision.burst_remaining = decision.burst_remaining.saturating_sub(extra);
         decision.daily_remaining = decision.daily_remaining.map(|d| d.saturating_sub(extra));
-        Ok((decision, grant))
+        Ok(Taken {
+            decision,
+            grant,
+            day,
+        })
     }
 }
 

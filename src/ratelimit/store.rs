@@ -113,6 +113,9 @@ pub struct Limiter {
 impl Limiter {
     /// A limiter over `local`, and over Redis through `link` when there is one.
     pub fn new(local: Arc<LocalLimiter>, link: Option<Arc<Link>>) -> Self {
+        // Every store's series exists from the start (at 0), so a rule on a ratio never sees
+        // a missing series.
+        once_cell::sync::Lazy::force(&DECISIONS);
         Limiter {
             local,
             redis: link.map(RedisLimiter::new),
@@ -216,13 +219,14 @@ impl Limiter {
             Spent::AskRedis { giveback } => giveback,
         };
         let want = lease.slice.max(cost);
-        let (decision, grant) = redis
+        let taken = redis
             .take(key, limits, cost, want, giveback, "ratelimit")
             .await?;
+        let decision = taken.decision;
         if decision.allowed {
-            let extra = grant.saturating_sub(cost);
+            let extra = taken.grant.saturating_sub(cost);
             self.leases
-                .keep(key, limits, extra, decision, now, lease.ttl);
+                .keep(key, limits, extra, decision, taken.day, now, lease.ttl);
         }
         Ok((decision, Store::Redis))
     }
