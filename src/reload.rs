@@ -13,7 +13,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Watches the config file and swaps in each new valid version.
@@ -21,12 +21,24 @@ pub struct Reloader {
     path: PathBuf,
     config: Arc<ArcSwap<RuntimeConfig>>,
     poll: Duration,
+    settle: Duration,
 }
 
 impl Reloader {
-    /// Watch `path`, polling its content every `poll`.
-    pub fn new(path: PathBuf, config: Arc<ArcSwap<RuntimeConfig>>, poll: Duration) -> Self {
-        Reloader { path, config, poll }
+    /// Watch `path`, polling its content every `poll`; a change is loaded once the content has
+    /// stayed the same for `settle`.
+    pub fn new(
+        path: PathBuf,
+        config: Arc<ArcSwap<RuntimeConfig>>,
+        poll: Duration,
+        settle: Duration,
+    ) -> Self {
+        Reloader {
+            path,
+            config,
+            poll,
+            settle,
+        }
     }
 
     /// Load the file and swap it in if valid. Returns whether the swap happened.
@@ -79,22 +91,47 @@ impl BackgroundService for Reloader {
             }
         };
         let mut last = fingerprint(&self.path);
-        let mut tick = tokio::time::interval(self.poll);
+        // A change seen but not loaded yet: its content and since when it has not changed.
+        let mut pending: Option<(Option<Vec<u8>>, Instant)> = None;
+        // Poll often enough to see a change settle soon after `settle`.
+        let every = self
+            .poll
+            .min(self.settle / 4)
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_poll = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading {}", self.path.display());
                     last = fingerprint(&self.path);
+                    pending = None;
                     self.reload();
                 }
                 _ = tick.tick() => {
+                    // Between polls, only a pending change is looked at (to see it settle).
+                    if pending.is_none() && Instant::now() < next_poll {
+                        continue;
+                    }
+                    next_poll = Instant::now() + self.poll;
                     let now = fingerprint(&self.path);
-                    if now.is_some() && now != last {
-                        last = now;
-                        tracing::info!("{} changed: reloading", self.path.display());
-                        self.reload();
+                    if now.is_none() || now == last {
+                        pending = None;
+                        continue;
+                    }
+                    match &pending {
+                        Some((seen, since)) if *seen == now => {
+                            if since.elapsed() >= self.settle {
+                                last = now;
+                                pending = None;
+                                tracing::info!("{} changed: reloading", self.path.display());
+                                self.reload();
+                            }
+                        }
+                        // New content (or still being written): wait for it to settle.
+                        _ => pending = Some((now, Instant::now())),
                     }
                 }
             }

@@ -143,6 +143,7 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     let admin_listen = start.admin_listen;
     let h2c = s.h2c;
     let watch_interval = s.watch_interval;
+    let reload_settle = s.reload_settle;
     let local = Arc::new(LocalLimiter::new(start.max_tracked_keys));
     let link = start
         .redis
@@ -210,7 +211,7 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
         };
         let mut reloader = background_service(
             "tollgate config reloader",
-            Reloader::new(path, shared, interval),
+            Reloader::new(path, shared, interval, reload_settle),
         );
         reloader.threads = Some(1);
         server.add_service(reloader);

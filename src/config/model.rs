@@ -267,6 +267,10 @@ pub struct ServerConfig {
     /// How often the config file is checked for changes (reloaded when its content changes;
     /// SIGHUP reloads at once). `0s` turns the polling off.
     pub watch_interval: ConfigDuration,
+    /// A changed file is loaded only once its content has stayed the same this long, so a
+    /// writer that pauses half way never gets half a file loaded. Replace files by rename to
+    /// load them at the next poll.
+    pub reload_settle: ConfigDuration,
 }
 
 impl Default for ServerConfig {
@@ -279,6 +283,7 @@ impl Default for ServerConfig {
             shutdown_timeout: ConfigDuration::from_secs(10),
             upstream_keepalive_pool: 128,
             watch_interval: ConfigDuration::from_secs(2),
+            reload_settle: ConfigDuration::from_secs(1),
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Server {
     pub upstream_keepalive_pool: usize,
     /// How often the config file is checked for changes (zero: never).
     pub watch_interval: Duration,
+    /// How long a changed file must stay unchanged before it is loaded.
+    pub reload_settle: Duration,
 }
 
 /// Where the access log writes.
@@ -83,6 +85,7 @@ impl Startup {
                 shutdown_timeout: s.shutdown_timeout.get(),
                 upstream_keepalive_pool: s.upstream_keepalive_pool,
                 watch_interval: s.watch_interval.get(),
+                reload_settle: s.reload_settle.get(),
             },
             cache: crate::cache::StoreSettings::new(&c.cache),
             latency_buckets: c.observability.latency_buckets.clone(),

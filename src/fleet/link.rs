@@ -90,7 +90,9 @@ impl StoreError {
     /// Whether this failure says something about Redis as a whole (and so counts towards the
     /// backoff), rather than about some keys for a moment.
     fn counts_against_redis(&self) -> bool {
-        !matches!(self, StoreError::Busy(_))
+        // A slot in motion is a moment of some keys; a command the ACL refuses is a
+        // configuration fault of one feature (fast to fail, and other calls still work).
+        !matches!(self, StoreError::Busy(_) | StoreError::Denied(_))
     }
 }
 
@@ -145,6 +147,8 @@ pub struct Link {
     connecting: tokio::sync::Mutex<()>,
     /// A failure was logged since start (so a Redis that never answered is said once).
     told_down: AtomicBool,
+    /// When (s since `epoch`, + 1) a refused command or slot move was last logged; 0: never.
+    last_fault_log: AtomicU64,
 }
 
 impl Link {
@@ -158,6 +162,7 @@ impl Link {
             "auth",
             "not_connected",
             "script",
+            "cluster_busy",
             "other",
         ] {
             metrics::REDIS_ERRORS_TOTAL.with_label_values(&[kind]);
@@ -174,6 +179,7 @@ impl Link {
             replica: replica_name(),
             connecting: tokio::sync::Mutex::new(()),
             told_down: AtomicBool::new(false),
+            last_fault_log: AtomicU64::new(0),
         }
     }
 
@@ -403,6 +409,16 @@ impl Link {
             .with_label_values(&[e.kind()])
             .inc();
         if !e.counts_against_redis() {
+            // Redis itself is fine: say what is wrong, once a minute at most.
+            let now = self.now_ms() / 1000 + 1;
+            let last = self.last_fault_log.load(Ordering::Relaxed);
+            if last == 0 || now >= last + 60 {
+                self.last_fault_log.store(now, Ordering::Relaxed);
+                tracing::warn!(
+                    "redis {}: {e} (this call falls back; see docs/fleet.md, An ACL user)",
+                    self.settings.describe()
+                );
+            }
             return;
         }
         // A refused login is not retried by the client library (it reconnects on I/O errors
@@ -418,7 +434,8 @@ impl Link {
         }
         // One line per change of state, not one per failed request.
         let was_up = self.up.swap(false, Ordering::Relaxed);
-        if was_up || !self.told_down.swap(true, Ordering::Relaxed) {
+        let first = !self.told_down.swap(true, Ordering::Relaxed);
+        if was_up || first {
             metrics::REDIS_UP.set(0);
             tracing::warn!(
                 "redis {} failed ({e}): deciding without it (rate_limit.on_store_error) until it answers again",

@@ -170,3 +170,37 @@ pub async fn fail_to_proxy(
         can_reuse_downstream: false,
     }
 }
+
+/// A request as error lines name it: `GET /path?<redacted>, Host: example.com`. The query is
+/// never written (API keys, signatures and tokens travel there), nor is any header but Host.
+pub fn request_summary(req: &pingora_http::RequestHeader) -> String {
+    let query = if req.uri.query().is_some() {
+        "?<redacted>"
+    } else {
+        ""
+    };
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| req.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    format!("{} {}{query}, Host: {host}", req.method, req.uri.path())
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::request_summary;
+
+    #[test]
+    fn the_query_string_is_never_in_a_summary() {
+        let mut req =
+            pingora_http::RequestHeader::build("GET", b"/v1/x?api_key=s3cret&sig=abc", None)
+                .unwrap();
+        req.insert_header("host", "api.example.com").unwrap();
+        let s = request_summary(&req);
+        assert_eq!(s, "GET /v1/x?<redacted>, Host: api.example.com");
+        let plain = pingora_http::RequestHeader::build("POST", b"/v1/y", None).unwrap();
+        assert_eq!(request_summary(&plain), "POST /v1/y, Host: ");
+    }
+}

@@ -247,6 +247,12 @@ impl ProxyHttp for Tollgate {
         errors::fail_to_proxy(session, e, ctx).await
     }
 
+    /// What Pingora's own error lines say about the request: method, path and host, with the
+    /// query string left out (it carries tokens and keys often enough).
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        errors::request_summary(session.req_header())
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.background {
             caching::log_background(session, ctx);

@@ -77,6 +77,13 @@ pub fn connect_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
 /// `upstream_request_filter`: rewrite the request for the group of this attempt (provider
 /// adapter: `Host`, path prefix, headers).
 pub fn request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    // An HTTP/1.0 client may send no Host; the upstream is spoken to in HTTP/1.1, which needs
+    // one: the endpoint's own name (`host:port` as configured), unless the group sets its own.
+    if !upstream_request.headers.contains_key(http::header::HOST) {
+        if let Some(endpoint) = ctx.upstream.endpoint_label() {
+            upstream_request.insert_header(http::header::HOST, &**endpoint)?;
+        }
+    }
     match ctx.upstream.group() {
         Some(group) => group.adapter.apply(upstream_request),
         None => Ok(()),

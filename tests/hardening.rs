@@ -1,0 +1,171 @@
+//! Hardening against abusive clients and careless operations (issue 12): what tollgate writes
+//! in its logs, how it reloads a file being written, and how it answers malformed requests.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// A request with secrets in its query string that fails (the upstream refuses): neither
+/// Pingora's error line nor tollgate's own lines nor the access log carry them.
+#[tokio::test]
+async fn secrets_in_the_query_string_never_reach_any_log() {
+    let tg = Config::new()
+        .upstream(Group::new("app", [closed_addr()]).retry("{ attempts: 1 }"))
+        .route(Route::prefix("/").name("api").to("app"))
+        .start()
+        .await;
+    let r = tg
+        .get_with(
+            "/v1/chat?api_key=sk-live-Q7x9&token=tok-Zz81",
+            &[("authorization", "Bearer bearer-Kp42")],
+        )
+        .await;
+    assert_eq!(r.status, 502);
+    // The error line is written after the response: wait for it.
+    let logged = eventually(Duration::from_secs(5), || async {
+        tg.log().contains("<redacted>")
+    })
+    .await;
+    let log = tg.log();
+    assert!(logged, "no error line naming the request:\n{log}");
+    for secret in ["sk-live-Q7x9", "tok-Zz81", "bearer-Kp42"] {
+        assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
+    }
+    assert!(log.contains("GET /v1/chat?<redacted>"), "{log}");
+}
+
+/// An operator's editor rewrites the config in place and pauses half way, the first half valid
+/// YAML without the routes of the second. tollgate loads the file only once it has stayed the
+/// same for `server.reload_settle`: the half file is never loaded, no route answers 404 in
+/// between, and the whole file is loaded once.
+#[tokio::test]
+async fn a_file_rewritten_in_place_is_loaded_only_when_whole() {
+    let app = Upstream::start().await;
+    let cfg = |routes: &[&str]| {
+        let mut c = Config::new()
+            .upstream(Group::new("app", [app.addr()]))
+            .server("watch_interval", "50ms")
+            .server("reload_settle", "1s");
+        for r in routes {
+            c = c.route(Route::prefix(&format!("/{r}/")).name(r).to("app"));
+        }
+        c
+    };
+    let tg = cfg(&["one", "two"]).start().await;
+    tg.get("/two/x").await.assert_status(200);
+
+    // The new file: routes one, two, three. Its first half ends before route two.
+    tg.write_config(&cfg(&["one", "two", "three"]));
+    let whole = std::fs::read_to_string(&tg.config_path).unwrap();
+    tg.write_config(&cfg(&["one", "two"])); // back to the running file (same content)
+    let cut = whole.find("  - name: two").expect("route two in the file");
+    let (first, rest) = whole.split_at(cut);
+
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&tg.config_path)
+        .unwrap();
+    f.write_all(first.as_bytes()).unwrap();
+    f.flush().unwrap();
+    // The writer pauses (shorter than reload_settle); meanwhile route two keeps answering.
+    let pause = std::time::Instant::now();
+    while pause.elapsed() < Duration::from_millis(600) {
+        tg.get("/two/x").await.assert_status(200);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    f.write_all(rest.as_bytes()).unwrap();
+    f.flush().unwrap();
+    drop(f);
+
+    let ok = [("result", "success")];
+    tg.expect_metric("tollgate_config_reloads_total", &ok, 1.0)
+        .await;
+    tg.get("/three/x").await.assert_status(200);
+    tg.get("/two/x").await.assert_status(200);
+    let failed = [("result", "failure")];
+    assert_eq!(
+        tg.metric("tollgate_config_reloads_total", &failed).await,
+        Some(0.0),
+        "the half file was never tried"
+    );
+    assert_eq!(
+        tg.metric("tollgate_config_reloads_total", &ok).await,
+        Some(1.0)
+    );
+}
+
+/// The status code of a raw HTTP exchange ("" when the connection closed without an answer).
+fn status_of(answer: &str) -> &str {
+    answer.split(' ').nth(1).unwrap_or("")
+}
+
+/// Requests no proxy should forward get 400 and never reach the upstream; an HTTP/1.0 request
+/// without Host is forwarded with the endpoint's name as Host.
+#[tokio::test]
+async fn malformed_requests_are_refused_before_the_upstream() {
+    let app = Upstream::start().await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .start()
+        .await;
+    let long_method = "A".repeat(10_000);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "GET / HTTP/1.1\r\nHost: a/../b\r\n\r\n".into(),
+            "Host with a path",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n".into(),
+            "Host with a space",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a@b\r\n\r\n".into(),
+            "Host with userinfo",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n".into(),
+            "port out of range",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(),
+            "two Hosts",
+        ),
+        ("GET / HTTP/1.1\r\n\r\n".into(), "HTTP/1.1 without Host"),
+        (
+            format!("{long_method} / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "a 10,000-byte method",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+                .into(),
+            "two equal Content-Length lines",
+        ),
+    ];
+    for (request, what) in &cases {
+        let answer = raw(tg.addr, request.as_bytes()).await;
+        assert!(status_of(&answer).starts_with('4'), "{what}: {answer}");
+    }
+    assert_eq!(app.count(), 0, "nothing reached the upstream");
+
+    // HTTP/1.0 without Host: the upstream gets the endpoint's name.
+    let answer = raw(tg.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    let seen = app.requests_to("/old");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("host"), app.addr().to_string());
+    // A valid Host is forwarded as X-Forwarded-Host.
+    let answer = raw(
+        tg.addr,
+        b"GET /ok HTTP/1.1\r\nHost: api.example.com:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    assert_eq!(
+        app.requests_to("/ok")[0].header("x-forwarded-host"),
+        "api.example.com:8080"
+    );
+}
