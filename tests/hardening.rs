@@ -169,3 +169,99 @@ async fn malformed_requests_are_refused_before_the_upstream() {
         "api.example.com:8080"
     );
 }
+
+/// A route at its `max_in_flight` answers new requests 503 with `Retry-After` at once, and
+/// takes them again as soon as a slot is free.
+#[tokio::test]
+async fn a_route_past_max_in_flight_sheds_load_with_503() {
+    let app = Upstream::start().await;
+    app.set_reply(Reply::ok("slow").held());
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(
+            Route::prefix("/")
+                .name("api")
+                .to("app")
+                .set("max_in_flight", 2),
+        )
+        .start()
+        .await;
+    let held = async { tokio::join!(tg.get("/1"), tg.get("/2")) };
+    let probe = async {
+        assert!(eventually(Duration::from_secs(5), || async { app.count() == 2 }).await);
+        let shed = tg.get("/3").await;
+        app.open_gate(2);
+        shed
+    };
+    let ((first, second), shed) = tokio::join!(held, probe);
+    first.assert_status(200);
+    second.assert_status(200);
+    shed.assert_status(503);
+    assert_eq!(shed.header("retry-after"), "1");
+    assert_eq!(shed.json()["error"], "overloaded");
+    assert_eq!(
+        app.count(),
+        2,
+        "the shed request never reached the upstream"
+    );
+    app.open_gate(1);
+    tg.get("/4").await.assert_status(200);
+    tg.expect_metric("tollgate_requests_shed_total", &[("route", "api")], 1.0)
+        .await;
+}
+
+/// A listener that accepts and drops every connection, counting them.
+async fn counting_door() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = n.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (addr, n)
+}
+
+/// With `circuit_breaker.fail_fast`, a pool whose every circuit is open answers 503 with the
+/// wait until the first probe, and calls nobody; without it, the failing endpoint is called.
+#[tokio::test]
+async fn fail_fast_answers_503_without_calling_an_all_open_pool() {
+    for fail_fast in [true, false] {
+        let (door, connections) = counting_door().await;
+        let tg = Config::new()
+            .upstream(
+                Group::new("api", [door])
+                    .retry("{ attempts: 1 }")
+                    .circuit_breaker(&format!(
+                        "{{ failures: 1, backoff: 30s, fail_fast: {fail_fast} }}"
+                    )),
+            )
+            .route(Route::prefix("/").name("api").to("api"))
+            .start()
+            .await;
+        tg.get("/first").await.assert_status(502);
+        let before = connections.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..10 {
+            let r = tg.get("/again").await;
+            if fail_fast {
+                r.assert_status(503);
+                assert_eq!(r.json()["error"], "upstream_circuit_open");
+                let wait: u64 = r.header("retry-after").parse().unwrap();
+                assert!((1..=30).contains(&wait), "Retry-After {wait}");
+            } else {
+                r.assert_status(502);
+            }
+        }
+        let calls = connections.load(std::sync::atomic::Ordering::SeqCst) - before;
+        match fail_fast {
+            true => assert_eq!(calls, 0, "an open pool was called"),
+            false => assert_eq!(calls, 10, "without fail_fast the endpoint is still called"),
+        }
+    }
+}

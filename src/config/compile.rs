@@ -34,6 +34,8 @@ pub struct Route {
     pub cache: Option<crate::cache::RoutePolicy>,
     /// A group of this route balances by the caller's tenant (`consistent_hash` on `tenant`).
     pub hashes_tenant: bool,
+    /// Most requests in flight on this route (`max_in_flight`); `None`: no cap.
+    pub max_in_flight: Option<u32>,
 }
 
 /// The config as the proxy runs it. Immutable; a reload builds a new one and swaps it in.
@@ -109,6 +111,7 @@ pub fn compile(
                 compression: r.compression.as_ref().map(crate::compress::Policy::new),
                 cache: r.cache.as_ref().map(crate::cache::RoutePolicy::new),
                 hashes_tenant,
+                max_in_flight: r.max_in_flight,
             });
             (
                 HostMatch::parse(r.matcher.host.as_deref()),

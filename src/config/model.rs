@@ -468,6 +468,9 @@ pub struct CircuitBreakerConfig {
     pub backoff: ConfigDuration,
     /// Longest open period.
     pub max_backoff: ConfigDuration,
+    /// When every endpoint of this group is open-circuited and it is the route's last group,
+    /// answer `503` at once instead of calling a failing endpoint anyway.
+    pub fail_fast: bool,
 }
 
 impl Default for CircuitBreakerConfig {
@@ -476,6 +479,7 @@ impl Default for CircuitBreakerConfig {
             failures: 3,
             backoff: ConfigDuration::from_secs(1),
             max_backoff: ConfigDuration::from_secs(30),
+            fail_fast: false,
         }
     }
 }
@@ -597,6 +601,10 @@ pub struct RouteConfig {
     /// Response caching on this route. Absent: nothing is cached.
     #[serde(default)]
     pub cache: Option<RouteCacheConfig>,
+    /// Most requests of this route in flight at once in this process; past it, new ones get
+    /// `503` with `Retry-After: 1` (load shedding). Absent: no cap.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 /// `compression:` of a route.

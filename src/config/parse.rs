@@ -338,6 +338,7 @@ fn placeholder_route() -> RouteConfig {
         rate_limit: None,
         compression: None,
         cache: None,
+        max_in_flight: None,
         upstreams: Vec::new(),
         retry_non_idempotent: false,
     }

@@ -578,6 +578,12 @@ fn validate_route<'a>(
     if let Some(rl) = &r.rate_limit {
         validate_rate_limit(rl, known, &format!("{base}.rate_limit"), errors);
     }
+    if r.max_in_flight == Some(0) {
+        errors.push(ConfigError::at(
+            format!("{base}.max_in_flight"),
+            "must be at least 1 (0 would refuse every request; leave it out for no cap)",
+        ));
+    }
     if let Some(c) = &r.compression {
         validate_compression(c, &format!("{base}.compression"), errors);
     }

@@ -261,6 +261,16 @@ pub static FLEET_REPLICAS: Lazy<IntGauge> = Lazy::new(|| {
     g
 });
 
+/// `tollgate_requests_shed_total{route}`: requests answered 503 because their route had
+/// `max_in_flight` requests in flight.
+pub static REQUESTS_SHED_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_requests_shed_total",
+        "Requests refused with 503 because their route had max_in_flight requests in flight.",
+        &["route"],
+    )
+});
+
 /// `tollgate_api_key_lookups_total{outcome}`: API keys looked up in Redis
 /// (`identity.key_store: redis`): `found`, `unknown`, `error` (Redis failed), `over_budget`
 /// (refused without a lookup: more new keys per second than `key_lookups_per_second`).
@@ -447,6 +457,7 @@ pub fn init(buckets: &[f64], status_label: bool) {
     Lazy::force(&RATELIMIT_DECISIONS_TOTAL);
     Lazy::force(&RATELIMIT_TRACKED_KEYS);
     Lazy::force(&RATELIMIT_STORE_DECISIONS_TOTAL);
+    Lazy::force(&REQUESTS_SHED_TOTAL);
     Lazy::force(&ACCESS_LOG_WRITTEN);
     Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&ACCESS_LOG_SAMPLED_OUT);

@@ -53,6 +53,10 @@ pub struct RequestCtx {
     pub own_error: Option<&'static str>,
     /// This is a background stale-while-revalidate refresh, not a client's request.
     pub background: bool,
+    /// The route's `max_in_flight` slot this request holds (given back when the ctx drops).
+    pub in_flight_slot: Option<super::shed::Slot>,
+    /// With every circuit open (`fail_fast`): seconds until the first lets a probe through.
+    pub circuit_retry_after: Option<u64>,
     /// What this request's cache entry is (scope, host, path, query): set when the route
     /// caches and the request uses the cache.
     pub cache_tag: Option<crate::cache::storage::EntryTag>,
@@ -84,6 +88,8 @@ impl RequestCtx {
             started: Instant::now(),
             started_at: SystemTime::now(),
             own_error: None,
+            in_flight_slot: None,
+            circuit_retry_after: None,
             compress: None,
             compress_level: 0,
             brotli: None,

@@ -22,6 +22,10 @@ pub enum ProxyError {
     UnknownApiKey,
     /// A bug or an unexpected condition inside tollgate: 500.
     Internal,
+    /// The route has `max_in_flight` requests in flight already: 503.
+    Overloaded,
+    /// Every endpoint of the route is open-circuited and the last group fails fast: 503.
+    CircuitOpen,
 }
 
 impl ProxyError {
@@ -34,6 +38,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => 504,
             ProxyError::UnknownApiKey => 401,
             ProxyError::Internal => 500,
+            ProxyError::Overloaded | ProxyError::CircuitOpen => 503,
         }
     }
 
@@ -46,6 +51,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UnknownApiKey => "unknown_api_key",
             ProxyError::Internal => "internal_error",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::CircuitOpen => "upstream_circuit_open",
         }
     }
 
@@ -55,6 +62,7 @@ impl ProxyError {
         let from_upstream = matches!(e.esource(), ErrorSource::Upstream | ErrorSource::Unset);
         match e.etype() {
             HTTPStatus(400) => return Some(ProxyError::BadRequest),
+            Custom(CIRCUIT_OPEN) => return Some(ProxyError::CircuitOpen),
             ConnectTimedout | ReadTimedout | WriteTimedout if from_upstream => {
                 return Some(ProxyError::UpstreamTimeout);
             }
@@ -76,6 +84,9 @@ impl ProxyError {
         }
     }
 }
+
+/// The Pingora error type of a request refused because every circuit is open.
+pub const CIRCUIT_OPEN: &str = "circuit_open";
 
 /// The JSON body: `{"error":..,"status":..,"message":..,"request_id":..}`.
 pub fn body(err: ProxyError, message: &str, request_id: &str) -> Bytes {
@@ -156,9 +167,33 @@ pub async fn fail_to_proxy(
                     format!("upstream {endpoint} could not be reached or failed")
                 }
                 ProxyError::BadRequest => "malformed request".to_string(),
+                ProxyError::CircuitOpen => format!(
+                    "every endpoint of this route is failing (circuits open): {}",
+                    e.context
+                        .as_ref()
+                        .map_or(String::new(), |c| c.as_str().to_string())
+                ),
                 _ => "internal error".to_string(),
             };
-            if let Err(err) = respond(session, ctx, k, &msg).await {
+            let sent = match k {
+                // Retry when the first circuit lets a probe through.
+                ProxyError::CircuitOpen => {
+                    let wait = ctx.circuit_retry_after.unwrap_or(1).max(1);
+                    let mut h = match ResponseHeader::build(k.status(), Some(6)) {
+                        Ok(h) => h,
+                        Err(_) => {
+                            return pingora_proxy::FailToProxy {
+                                error_code: 503,
+                                can_reuse_downstream: false,
+                            }
+                        }
+                    };
+                    let _ = h.insert_header(http::header::RETRY_AFTER, wait.to_string());
+                    respond_with(session, ctx, h, body(k, &msg, &ctx.request_id)).await
+                }
+                _ => respond(session, ctx, k, &msg).await,
+            };
+            if let Err(err) = sent {
                 tracing::debug!("could not send error response: {err}");
             }
             k.status()

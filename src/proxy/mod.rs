@@ -29,6 +29,7 @@ pub mod errors;
 pub mod headers;
 pub mod limit;
 pub mod routing;
+pub mod shed;
 pub mod upstream;
 
 use crate::config::RuntimeConfig;
@@ -109,7 +110,8 @@ impl ProxyHttp for Tollgate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         Ok(routing::refuse_unroutable(session, ctx).await?
-            || limit::enforce(session, ctx, self.limiter.as_ref()).await?)
+            || limit::enforce(session, ctx, self.limiter.as_ref()).await?
+            || shed::admit(session, ctx).await?)
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {

@@ -21,10 +21,31 @@ pub fn peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         .clone()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
     let key = |g: &UpstreamGroup| balance_key(session, ctx.caller.as_ref(), &ctx.config, g);
+    let now = clock::mono_nanos();
+    if let Some(wait) = fail_fast(&route.upstreams, now) {
+        ctx.circuit_retry_after = Some(wait.div_ceil(1_000_000_000));
+        return Err(Error::explain(
+            ErrorType::Custom(super::errors::CIRCUIT_OPEN),
+            "circuit_breaker.fail_fast",
+        ));
+    }
     let (group, i) = ctx
         .upstream
         .start_next(&route.upstreams, key, clock::mono_nanos());
     Ok(group.endpoints[i].peer())
+}
+
+/// With `circuit_breaker.fail_fast` on the route's last group: when no group has an endpoint
+/// whose circuit would take a request, the time (ns) until the first one lets a probe through.
+fn fail_fast(groups: &[std::sync::Arc<UpstreamGroup>], now: u64) -> Option<u64> {
+    let last = groups.last()?;
+    if !last.fail_fast {
+        return None;
+    }
+    groups
+        .iter()
+        .map(|g| g.all_open_for(now))
+        .try_fold(u64::MAX, |soonest, open_for| Some(soonest.min(open_for?)))
 }
 
 /// `error_while_proxy`: replaces Pingora's default, keeping its safety: a request whose

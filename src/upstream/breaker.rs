@@ -96,6 +96,12 @@ impl Breaker {
     }
 
     /// Whether [`Breaker::allows`] would say yes at `now`, without taking the probe.
+    /// How long (ns) until an open circuit lets a probe through; 0 when it is not open (a
+    /// half-open one being probed: as soon as the probe reports).
+    pub fn open_for(&self, now: u64) -> u64 {
+        self.open_until.load(Ordering::Acquire).saturating_sub(now)
+    }
+
     pub fn would_allow(&self, now: u64) -> bool {
         match self.state(now) {
             State::Closed => true,

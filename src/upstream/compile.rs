@@ -102,6 +102,7 @@ pub fn group(
         c.retry.attempts,
     )
     .with_adapter(Adapter::new(c))
+    .with_fail_fast(cb.fail_fast)
     .with_retry(
         c.retry.deadline.map(|d| d.get()),
         c.retry.on.clone(),

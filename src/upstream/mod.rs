@@ -377,6 +377,9 @@ pub struct UpstreamGroup {
     pub budget: budget::RetryBudget,
     /// No new attempt after the request is this old.
     pub deadline: Option<Duration>,
+    /// `circuit_breaker.fail_fast`: as a route's last group with every circuit open, refuse
+    /// with 503 rather than call a failing endpoint anyway.
+    pub fail_fast: bool,
     /// Active health checks, if the group has them.
     active_health: Option<ActiveHealth>,
     selector: Selector,
@@ -435,6 +438,7 @@ impl UpstreamGroup {
             retry_on: Vec::new(),
             budget: budget::RetryBudget::new(1.0, 1000),
             deadline: None,
+            fail_fast: false,
             active_health: None,
             selector,
             by_addr,
@@ -452,6 +456,25 @@ impl UpstreamGroup {
         self.retry_on = on;
         self.budget = budget;
         self
+    }
+
+    /// The same group, failing fast when all its circuits are open.
+    pub fn with_fail_fast(mut self, fail_fast: bool) -> Self {
+        self.fail_fast = fail_fast;
+        self
+    }
+
+    /// When every endpoint's circuit is open at `now` (monotonic ns): how long until the first
+    /// lets a probe through, in ns. `None`: some endpoint would take a request.
+    pub fn all_open_for(&self, now: u64) -> Option<u64> {
+        let mut soonest = u64::MAX;
+        for e in &self.endpoints {
+            if e.breaker.would_allow(now) {
+                return None;
+            }
+            soonest = soonest.min(e.breaker.open_for(now));
+        }
+        Some(soonest)
     }
 
     /// The same group with a provider adapter.
