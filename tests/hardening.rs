@@ -265,3 +265,144 @@ async fn fail_fast_answers_503_without_calling_an_all_open_pool() {
         }
     }
 }
+
+/// Over-long targets get 414, too many or too large header fields 431, a declared body over
+/// the route's `max_request_body` 413 at once (and a chunked one when it passes it): none
+/// reaches the upstream.
+#[tokio::test]
+async fn oversized_requests_get_414_431_and_413() {
+    let app = Upstream::start().await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(
+            Route::prefix("/upload/")
+                .name("upload")
+                .to("app")
+                .set("max_request_body", "1KiB"),
+        )
+        .route(Route::prefix("/").name("api").to("app"))
+        .start()
+        .await;
+    let long_uri = format!("/x?q={}", "a".repeat(10_000));
+    tg.get(&long_uri).await.assert_status(414);
+    let big = "b".repeat(64 * 1024);
+    tg.get_with("/x", &[("x-big", &big)])
+        .await
+        .assert_status(431);
+    let many: Vec<(String, String)> = (0..120).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = tg.get_with("/x", &many).await;
+    r.assert_status(431);
+    assert_eq!(r.json()["error"], "request_headers_too_large");
+    // Declared too large: refused before a byte of the body is read.
+    let answer = raw(
+        tg.addr,
+        b"POST /upload/a HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), "413", "{answer}");
+    // Chunked, passing the limit half way.
+    let mut chunked =
+        b"POST /upload/b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"200\r\n");
+        chunked.extend_from_slice(&[b'z'; 512]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(tg.addr, &chunked).await;
+    assert_eq!(
+        status_of(&answer),
+        "413",
+        "a chunked body over the limit: {answer}"
+    );
+    assert_eq!(app.requests_to("/x").len(), 0);
+    assert_eq!(app.requests_to("/upload/a").len(), 0);
+    tg.get("/x").await.assert_status(200);
+}
+
+/// An idle kept-alive connection is closed after `server.keepalive_timeout`.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start().await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .server("keepalive_timeout", "1s")
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection was still open after 10 s"
+    );
+    let after = idle.elapsed();
+    assert!(
+        after >= Duration::from_millis(800),
+        "closed too early: {after:?}"
+    );
+}
+
+/// POSTs that declare a body and stall get 408 (the client's fault): no endpoint's circuit
+/// opens and later requests still reach the primary group.
+#[tokio::test]
+async fn stalled_bodies_get_408_and_blame_no_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let primary = Upstream::named("primary").await;
+    let backup = Upstream::named("backup").await;
+    let tg = Config::new()
+        .upstream(
+            Group::new("primary", [primary.addr()])
+                .circuit_breaker("{ failures: 1, backoff: 30s }"),
+        )
+        .upstream(Group::new("backup", [backup.addr()]))
+        .route(
+            Route::prefix("/")
+                .name("api")
+                .failover(["primary", "backup"]),
+        )
+        .server("client_body_timeout", "300ms")
+        .start()
+        .await;
+    let stalls = (0..6).map(|_| async {
+        let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+        s.write_all(b"POST /chat HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
+        answer
+    });
+    for answer in futures_util::future::join_all(stalls).await {
+        assert_eq!(status_of(&answer), "408", "{answer}");
+    }
+    assert_eq!(
+        tg.metric("tollgate_upstream_circuit_open", &[("upstream", "primary")])
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "a stalled client opened the upstream's circuit"
+    );
+    let before = backup.count();
+    for _ in 0..5 {
+        tg.get("/x").await.assert_status(200);
+    }
+    assert_eq!(backup.count(), before, "GETs moved to the backup group");
+}

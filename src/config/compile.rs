@@ -36,6 +36,8 @@ pub struct Route {
     pub hashes_tenant: bool,
     /// Most requests in flight on this route (`max_in_flight`); `None`: no cap.
     pub max_in_flight: Option<u32>,
+    /// Largest request body (`max_request_body`); `None`: no limit.
+    pub max_request_body: Option<u64>,
 }
 
 /// The config as the proxy runs it. Immutable; a reload builds a new one and swaps it in.
@@ -112,6 +114,7 @@ pub fn compile(
                 cache: r.cache.as_ref().map(crate::cache::RoutePolicy::new),
                 hashes_tenant,
                 max_in_flight: r.max_in_flight,
+                max_request_body: r.max_request_body.map(|b| b.0),
             });
             (
                 HostMatch::parse(r.matcher.host.as_deref()),

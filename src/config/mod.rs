@@ -18,7 +18,7 @@ pub mod validate;
 pub use compile::{Route, RuntimeConfig};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;
-pub use startup::Startup;
+pub use startup::{ClientLimits, Startup};
 
 use std::path::Path;
 

@@ -95,6 +95,15 @@ pub struct RouteCacheConfig {
     pub invalidate_on_mutation: bool,
     /// Path prefixes whose entries a successful mutation also removes (e.g. a list endpoint).
     pub invalidate_prefixes: Vec<String>,
+    /// A response header that targets tollgate's cache (RFC 9213), e.g.
+    /// `Tollgate-Cache-Control`: when the origin sends it (non-empty), its directives are used
+    /// and `CDN-Cache-Control`, `Cache-Control` and `Expires` are ignored. `CDN-Cache-Control` is
+    /// always honoured the same way, after this field. Absent: only `CDN-Cache-Control`.
+    pub targeted_field: Option<String>,
+    /// Requests with `Authorization` that use the shared entries are looked up and their
+    /// responses stored when the response allows it (`public`, `s-maxage` or `must-revalidate`,
+    /// RFC 9111 §3.5). `false`: such requests bypass the cache entirely.
+    pub store_authorized: bool,
 }
 
 impl Default for RouteCacheConfig {
@@ -112,6 +121,8 @@ impl Default for RouteCacheConfig {
             store_set_cookie: false,
             invalidate_on_mutation: true,
             invalidate_prefixes: Vec::new(),
+            targeted_field: None,
+            store_authorized: false,
         }
     }
 }
@@ -271,6 +282,16 @@ pub struct ServerConfig {
     /// writer that pauses half way never gets half a file loaded. Replace files by rename to
     /// load them at the next poll.
     pub reload_settle: ConfigDuration,
+    /// How long an idle client connection is kept open between requests (keep-alive).
+    pub keepalive_timeout: ConfigDuration,
+    /// Longest wait for the next piece of a request body; past it the client gets `408`.
+    pub client_body_timeout: ConfigDuration,
+    /// Longest request target (path and query); longer gets `414`.
+    pub max_uri_length: ByteSize,
+    /// Most bytes of request header fields (names and values); more gets `431`.
+    pub max_header_size: ByteSize,
+    /// Most request header fields; more gets `431`.
+    pub max_headers: usize,
 }
 
 impl Default for ServerConfig {
@@ -284,6 +305,11 @@ impl Default for ServerConfig {
             upstream_keepalive_pool: 128,
             watch_interval: ConfigDuration::from_secs(2),
             reload_settle: ConfigDuration::from_secs(1),
+            keepalive_timeout: ConfigDuration::from_secs(60),
+            client_body_timeout: ConfigDuration::from_secs(30),
+            max_uri_length: ByteSize(8 * 1024),
+            max_header_size: ByteSize(32 * 1024),
+            max_headers: 100,
         }
     }
 }
@@ -605,6 +631,10 @@ pub struct RouteConfig {
     /// `503` with `Retry-After: 1` (load shedding). Absent: no cap.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// Largest request body accepted: a declared larger `Content-Length` gets `413` at once,
+    /// a chunked body is cut with `413` when it passes it. Absent: no limit.
+    #[serde(default)]
+    pub max_request_body: Option<ByteSize>,
 }
 
 /// `compression:` of a route.

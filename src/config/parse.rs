@@ -339,6 +339,7 @@ fn placeholder_route() -> RouteConfig {
         compression: None,
         cache: None,
         max_in_flight: None,
+        max_request_body: None,
         upstreams: Vec::new(),
         retry_non_idempotent: false,
     }

@@ -54,6 +54,23 @@ pub struct Server {
     pub watch_interval: Duration,
     /// How long a changed file must stay unchanged before it is loaded.
     pub reload_settle: Duration,
+    /// What a client may send and how slowly.
+    pub client: ClientLimits,
+}
+
+/// `server:`'s client limits, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Idle time allowed between requests on one connection.
+    pub keepalive_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+    /// Longest request target.
+    pub max_uri_length: usize,
+    /// Most bytes of header names and values.
+    pub max_header_size: usize,
+    /// Most header fields.
+    pub max_headers: usize,
 }
 
 /// Where the access log writes.
@@ -86,6 +103,13 @@ impl Startup {
                 upstream_keepalive_pool: s.upstream_keepalive_pool,
                 watch_interval: s.watch_interval.get(),
                 reload_settle: s.reload_settle.get(),
+                client: ClientLimits {
+                    keepalive_timeout: s.keepalive_timeout.get(),
+                    body_timeout: s.client_body_timeout.get(),
+                    max_uri_length: s.max_uri_length.0 as usize,
+                    max_header_size: s.max_header_size.0 as usize,
+                    max_headers: s.max_headers,
+                },
             },
             cache: crate::cache::StoreSettings::new(&c.cache),
             latency_buckets: c.observability.latency_buckets.clone(),

@@ -305,6 +305,24 @@ fn validate_server(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
             "must be between 1 and 1024",
         ));
     }
+    let client = [
+        ("keepalive_timeout", server.keepalive_timeout.0.is_zero()),
+        (
+            "client_body_timeout",
+            server.client_body_timeout.0.is_zero(),
+        ),
+        ("max_uri_length", server.max_uri_length.0 == 0),
+        ("max_header_size", server.max_header_size.0 == 0),
+        ("max_headers", server.max_headers == 0),
+    ];
+    for (key, zero) in client {
+        if zero {
+            errors.push(ConfigError::at(
+                format!("server.{key}"),
+                "must be more than 0",
+            ));
+        }
+    }
 }
 
 // ---- upstreams ----
@@ -577,6 +595,12 @@ fn validate_route<'a>(
     // errors have always had when the route is written on one line (`- { ... }`).
     if let Some(rl) = &r.rate_limit {
         validate_rate_limit(rl, known, &format!("{base}.rate_limit"), errors);
+    }
+    if r.max_request_body.is_some_and(|b| b.0 == 0) {
+        errors.push(ConfigError::at(
+            format!("{base}.max_request_body"),
+            "must be more than 0 (leave it out for no limit)",
+        ));
     }
     if r.max_in_flight == Some(0) {
         errors.push(ConfigError::at(

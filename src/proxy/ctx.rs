@@ -57,6 +57,8 @@ pub struct RequestCtx {
     pub in_flight_slot: Option<super::shed::Slot>,
     /// With every circuit open (`fail_fast`): seconds until the first lets a probe through.
     pub circuit_retry_after: Option<u64>,
+    /// Request body bytes read so far (counted on routes with `max_request_body`).
+    pub body_bytes: u64,
     /// What this request's cache entry is (scope, host, path, query): set when the route
     /// caches and the request uses the cache.
     pub cache_tag: Option<crate::cache::storage::EntryTag>,
@@ -90,6 +92,7 @@ impl RequestCtx {
             own_error: None,
             in_flight_slot: None,
             circuit_retry_after: None,
+            body_bytes: 0,
             compress: None,
             compress_level: 0,
             brotli: None,

@@ -26,6 +26,14 @@ pub enum ProxyError {
     Overloaded,
     /// Every endpoint of the route is open-circuited and the last group fails fast: 503.
     CircuitOpen,
+    /// The request target is longer than `server.max_uri_length`: 414.
+    UriTooLong,
+    /// The header fields pass `server.max_header_size` or `max_headers`: 431.
+    HeadersTooLarge,
+    /// The body passes the route's `max_request_body`: 413.
+    BodyTooLarge,
+    /// The client was too slow sending its request body: 408.
+    ClientTimeout,
 }
 
 impl ProxyError {
@@ -39,6 +47,10 @@ impl ProxyError {
             ProxyError::UnknownApiKey => 401,
             ProxyError::Internal => 500,
             ProxyError::Overloaded | ProxyError::CircuitOpen => 503,
+            ProxyError::UriTooLong => 414,
+            ProxyError::HeadersTooLarge => 431,
+            ProxyError::BodyTooLarge => 413,
+            ProxyError::ClientTimeout => 408,
         }
     }
 
@@ -53,6 +65,10 @@ impl ProxyError {
             ProxyError::Internal => "internal_error",
             ProxyError::Overloaded => "overloaded",
             ProxyError::CircuitOpen => "upstream_circuit_open",
+            ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::HeadersTooLarge => "request_headers_too_large",
+            ProxyError::BodyTooLarge => "request_body_too_large",
+            ProxyError::ClientTimeout => "client_timeout",
         }
     }
 
@@ -63,6 +79,7 @@ impl ProxyError {
         match e.etype() {
             HTTPStatus(400) => return Some(ProxyError::BadRequest),
             Custom(CIRCUIT_OPEN) => return Some(ProxyError::CircuitOpen),
+            Custom(super::client_limits::BODY_TOO_LARGE) => return Some(ProxyError::BodyTooLarge),
             ConnectTimedout | ReadTimedout | WriteTimedout if from_upstream => {
                 return Some(ProxyError::UpstreamTimeout);
             }
@@ -71,6 +88,7 @@ impl ProxyError {
         match e.esource() {
             ErrorSource::Upstream => Some(ProxyError::UpstreamUnreachable),
             ErrorSource::Downstream => match e.etype() {
+                ReadTimedout => Some(ProxyError::ClientTimeout),
                 WriteError | ReadError | ConnectionClosed => None,
                 _ => Some(ProxyError::BadRequest),
             },
@@ -167,6 +185,13 @@ pub async fn fail_to_proxy(
                     format!("upstream {endpoint} could not be reached or failed")
                 }
                 ProxyError::BadRequest => "malformed request".to_string(),
+                ProxyError::ClientTimeout => {
+                    "the request body did not arrive in time (server.client_body_timeout)"
+                        .to_string()
+                }
+                ProxyError::BodyTooLarge => {
+                    "the request body is larger than this route's max_request_body".to_string()
+                }
                 ProxyError::CircuitOpen => format!(
                     "every endpoint of this route is failing (circuits open): {}",
                     e.context

@@ -23,6 +23,7 @@
 
 pub mod caching;
 pub mod caller;
+pub mod client_limits;
 pub mod compression;
 pub mod ctx;
 pub mod errors;
@@ -39,6 +40,7 @@ use crate::observe::{request, request_id};
 use crate::ratelimit::Limiter;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use ctx::RequestCtx;
 use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -103,15 +105,27 @@ impl ProxyHttp for Tollgate {
                 .map(|v| v.as_bytes()),
         );
         routing::route(session, ctx);
+        client_limits::apply_timeouts(session, ctx);
         compression::on_request(session, ctx)?;
         caller::identify(session, ctx, self.keys.as_deref()).await;
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        Ok(routing::refuse_unroutable(session, ctx).await?
+        Ok(client_limits::refuse_oversized(session, ctx).await?
+            || routing::refuse_unroutable(session, ctx).await?
             || limit::enforce(session, ctx, self.limiter.as_ref()).await?
             || shed::admit(session, ctx).await?)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        client_limits::count_body(ctx, body.as_ref())
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
