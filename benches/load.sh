@@ -7,7 +7,10 @@
 # with the same wrk command (ROUNDS times, interleaved) and prints a markdown table
 # of medians, including the proxy's CPU time per request. Two more tollgate
 # processes price its features: tollgate-quiet (metrics, X-Response-Time and the
-# access log off) and tollgate-limits (a tier rate limit that never refuses).
+# access log off) and tollgate-limits (a tier rate limit that never refuses). A fourth,
+# tollgate-redis, is tollgate-limits deciding in Redis (rate_limit.store: redis) instead of in
+# the process: the script starts a redis-server for it on a free port and reports the Redis
+# calls per request and redis-server's CPU per request next to the rps and CPU ratios.
 #
 # SCENARIO=gzip (default SCENARIO=passthrough, the above) compares response compression
 # instead: the upstream serves a fixed 10240-byte JSON file uncompressed, nginx and
@@ -41,6 +44,9 @@ CONNS=${CONNS:-32}
 DURATION=${DURATION:-5s}
 WRK_THREADS=${WRK_THREADS:-1}
 SCENARIO=${SCENARIO:-passthrough}
+# tollgate-redis: rate_limit.mode, `exact` (one EVALSHA per request) or `lease` (a replica takes
+# rate_limit.lease_slice units per call and spends them locally).
+REDIS_MODE=${REDIS_MODE:-exact}
 # What a scenario is made of: the generated 10240-byte JSON body, served gzip-encoded to
 # Accept-Encoding: gzip (gzip, cache-gzip); served from the proxies' caches (cache, cache-gzip).
 scenario_gzip() { [[ $SCENARIO == gzip || $SCENARIO == cache-gzip ]]; }
@@ -48,16 +54,16 @@ scenario_cache() { [[ $SCENARIO == cache || $SCENARIO == cache-gzip ]]; }
 if [[ $SCENARIO != passthrough ]]; then
     TARGETS=${TARGETS:-direct nginx tollgate}
 else
-    TARGETS=${TARGETS:-direct nginx pingora tollgate-quiet tollgate tollgate-limits envoy}
+    TARGETS=${TARGETS:-direct nginx pingora tollgate-quiet tollgate tollgate-limits tollgate-redis envoy}
 fi
 UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 KEEP_TMP=${KEEP_TMP:-0}
 ROUNDS=${ROUNDS:-1}
 
-ALL_TARGETS=(direct nginx pingora tollgate-quiet tollgate tollgate-limits envoy)
+ALL_TARGETS=(direct nginx pingora tollgate-quiet tollgate tollgate-limits tollgate-redis envoy)
 # Targets served by a tollgate process (each its own process, config and ports).
-TOLLGATE_TARGETS=(tollgate-quiet tollgate tollgate-limits)
+TOLLGATE_TARGETS=(tollgate-quiet tollgate tollgate-limits tollgate-redis)
 EXPECTED_BODY='{"ok":true,"msg":"hello from the upstream!!"}'
 EXPECTED_LEN=45
 # SCENARIO=gzip and cache-gzip: the upstream serves a generated JSON file of exactly this many bytes.
@@ -81,6 +87,10 @@ die() {
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------- arguments
+case $REDIS_MODE in
+exact | lease) ;;
+*) die "REDIS_MODE must be exact or lease (got '$REDIS_MODE')" ;;
+esac
 case $SCENARIO in
 passthrough | gzip | cache | cache-gzip) ;;
 *) die "unknown SCENARIO '$SCENARIO' (known: passthrough, gzip, cache, cache-gzip)" ;;
@@ -97,7 +107,7 @@ want() {
     for t in $TARGETS; do [[ $t == "$1" ]] && return 0; done
     return 1
 }
-is_tollgate_target() { [[ $1 == tollgate || $1 == tollgate-quiet || $1 == tollgate-limits ]]; }
+is_tollgate_target() { [[ $1 == tollgate || $1 == tollgate-quiet || $1 == tollgate-limits || $1 == tollgate-redis ]]; }
 want_tollgate() { # any target that needs the tollgate binary
     local t
     for t in "${TOLLGATE_TARGETS[@]}"; do want "$t" && return 0; done
@@ -105,7 +115,7 @@ want_tollgate() { # any target that needs the tollgate binary
 }
 for t in $TARGETS; do
     case $t in
-    direct | nginx | pingora | tollgate-quiet | tollgate | tollgate-limits | envoy) ;;
+    direct | nginx | pingora | tollgate-quiet | tollgate | tollgate-limits | tollgate-redis | envoy) ;;
     *) die "unknown target '$t' in TARGETS (known: ${ALL_TARGETS[*]})" ;;
     esac
 done
@@ -120,7 +130,7 @@ scenario_skip_reason() {
     gzip:pingora) echo "bare Pingora has no compression" ;;
     cache:pingora) echo "bare Pingora has no cache" ;;
     cache-gzip:pingora) echo "bare Pingora has no cache and no compression" ;;
-    *:tollgate-quiet | *:tollgate-limits) echo "a feature-cost variant of the pass-through scenario, not part of the $SCENARIO comparison" ;;
+    *:tollgate-quiet | *:tollgate-limits | *:tollgate-redis) echo "a feature-cost variant of the pass-through scenario, not part of the $SCENARIO comparison" ;;
     gzip:envoy) echo "no compression filter is configured for envoy in this script" ;;
     cache:envoy) echo "no cache is configured for envoy in this script" ;;
     cache-gzip:envoy) echo "no cache and no compression filter are configured for envoy in this script" ;;
@@ -160,6 +170,12 @@ missing_prereqs() {
     have python3 || out+=(python3)
     # SCENARIO=gzip and cache-gzip check that the proxies' bodies gunzip to the payload.
     if scenario_gzip; then have gzip || out+=(gzip); fi
+    # tollgate-redis decides in a redis-server the script starts (and reads with redis-cli).
+    # These are Debian/Ubuntu package names: redis-cli comes in redis-tools.
+    if want tollgate-redis; then
+        have redis-server || out+=(redis-server)
+        have redis-cli || out+=(redis-tools)
+    fi
     echo "${out[*]}"
 }
 
@@ -335,10 +351,11 @@ die_with_log() { # message logfile
 # ---------------------------------------------------------------- ports
 # Bind all sockets at once so the ports are distinct, then release them.
 read -r UPSTREAM_PORT NGINX_PORT PINGORA_PORT TOLLGATE_PORT ADMIN_PORT ENVOY_PORT \
-    QUIET_PORT QUIET_ADMIN_PORT LIMITS_PORT LIMITS_ADMIN_PORT < <(python3 -c '
+    QUIET_PORT QUIET_ADMIN_PORT LIMITS_PORT LIMITS_ADMIN_PORT \
+    RLIMITS_PORT RLIMITS_ADMIN_PORT REDIS_PORT < <(python3 -c '
 import socket
 socks = []
-for _ in range(10):
+for _ in range(13):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -346,10 +363,10 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 for s in socks:
     s.close()
 ') || true
-[[ -n ${LIMITS_ADMIN_PORT:-} ]] || die "could not pick free ports with python3"
+[[ -n ${REDIS_PORT:-} ]] || die "could not pick free ports with python3"
 # Proxy and admin port of each tollgate target.
-declare -A TG_PORT=([tollgate]=$TOLLGATE_PORT [tollgate-quiet]=$QUIET_PORT [tollgate-limits]=$LIMITS_PORT)
-declare -A TG_ADMIN=([tollgate]=$ADMIN_PORT [tollgate-quiet]=$QUIET_ADMIN_PORT [tollgate-limits]=$LIMITS_ADMIN_PORT)
+declare -A TG_PORT=([tollgate]=$TOLLGATE_PORT [tollgate-quiet]=$QUIET_PORT [tollgate-limits]=$LIMITS_PORT [tollgate-redis]=$RLIMITS_PORT)
+declare -A TG_ADMIN=([tollgate]=$ADMIN_PORT [tollgate-quiet]=$QUIET_ADMIN_PORT [tollgate-limits]=$LIMITS_ADMIN_PORT [tollgate-redis]=$RLIMITS_ADMIN_PORT)
 
 # ---------------------------------------------------------------- helpers
 NOFILE=$((CONNS * 4 + 1024))
@@ -416,6 +433,29 @@ start_pingora() {
     log "pingora (bare) up on 127.0.0.1:$PINGORA_PORT (pid $pid, $THREADS thread(s))"
 }
 
+# tollgate-redis: a private redis-server on a free loopback port, without persistence (no RDB
+# snapshot, no AOF), its working dir and log in the temp dir.
+start_redis() {
+    local dir=$WORK/redis pid deadline=$((SECONDS + READY_TIMEOUT))
+    mkdir -p "$dir"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null >/dev/null 2>&1 &
+    pid=$!
+    register redis "$pid" 3
+    until [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; do
+        alive "$pid" || die_with_log "redis-server exited during startup (port $REDIS_PORT)" "$dir/redis.log"
+        ((SECONDS < deadline)) || die_with_log "redis-server not answering PING after ${READY_TIMEOUT}s (port $REDIS_PORT)" "$dir/redis.log"
+        sleep 0.1
+    done
+    log "redis up on 127.0.0.1:$REDIS_PORT (pid $pid, $(redis-server --version | awk '{print $3}'), --save '' --appendonly no)"
+}
+
+# Calls of one Redis command so far (INFO commandstats; 0 before its first call).
+redis_calls() { # command (lower case, e.g. evalsha)
+    redis-cli -p "$REDIS_PORT" info commandstats 2>/dev/null | tr -d '\r' |
+        awk -F'[:=,]' -v c="cmdstat_$1" '$1 == c { n = $3 } END { print n + 0 }'
+}
+
 # The config of every tollgate target starts with the same base (one route to the upstream);
 # tollgate_extra_yaml adds what makes a variant different.
 tollgate_extra_yaml() { # name -> YAML appended to the base config
@@ -440,10 +480,28 @@ tiers:
   anon: { rps: 1000000, burst: 1000000 }
 EOF
         ;;
+    tollgate-redis)
+        # tollgate-limits with the decision taken in Redis: one EVALSHA per request (the
+        # default mode, exact) through the link's multiplexed connections, default timeouts.
+        # required: true makes tollgate refuse to start without Redis rather than start in
+        # fallback.
+        cat <<EOF
+identity:
+  anonymous_tier: anon
+tiers:
+  anon: { rps: 1000000, burst: 1000000 }
+rate_limit:
+  store: redis
+  mode: $REDIS_MODE
+redis:
+  url: redis://127.0.0.1:$REDIS_PORT
+  required: true
+EOF
+        ;;
     esac
 }
 
-start_tollgate() { # name (tollgate, tollgate-quiet, tollgate-limits)
+start_tollgate() { # name (tollgate, tollgate-quiet, tollgate-limits, tollgate-redis)
     local name=$1 dir=$WORK/$1 pid port=${TG_PORT[$1]} admin=${TG_ADMIN[$1]}
     mkdir -p "$dir"
     cat >"$dir/tollgate.yaml" <<EOF
@@ -492,7 +550,7 @@ EOF
 EOF
     fi
     tollgate_extra_yaml "$name" >>"$dir/tollgate.yaml"
-    if [[ $SCENARIO != passthrough ]]; then
+    if [[ $SCENARIO != passthrough || $name == tollgate-redis ]]; then
         # Refuse to measure a config tollgate would not accept as written.
         if ! "$BIN" check -c "$dir/tollgate.yaml" >"$dir/check.log" 2>&1; then
             {
@@ -508,7 +566,21 @@ EOF
     pid=$!
     register "$name" "$pid" 2
     wait_ready "$name" "$pid" "http://127.0.0.1:$admin/readyz" "$dir/tollgate.log"
+    if [[ $name == tollgate-redis ]]; then wait_redis_up "$name" "$pid" "$dir/tollgate.log"; fi
     log "$name up on 127.0.0.1:$port, admin 127.0.0.1:$admin (pid $pid, $THREADS thread(s))"
+}
+
+# tollgate-redis: ready once its link to Redis is up (tollgate_redis_up 1, set by the
+# heartbeat's first call, which also opens the connections): a request before that would be
+# decided by the local fallback.
+wait_redis_up() { # name pid logfile
+    local name=$1 pid=$2 logf=$3 deadline=$((SECONDS + READY_TIMEOUT))
+    until curl -fsS --max-time 1 "http://127.0.0.1:${TG_ADMIN[$1]}/metrics" 2>/dev/null |
+        awk '$1 == "tollgate_redis_up" && $2 + 0 == 1 { ok = 1 } END { exit !ok }'; do
+        alive "$pid" || die_with_log "$name exited while connecting to Redis" "$logf"
+        ((SECONDS < deadline)) || die_with_log "$name: tollgate_redis_up is not 1 after ${READY_TIMEOUT}s (redis 127.0.0.1:$REDIS_PORT)" "$logf"
+        sleep 0.1
+    done
 }
 
 start_envoy() {
@@ -677,7 +749,7 @@ check_headers() { # name port
         ! has_header x-response-time || die "$name: X-Response-Time present although response_time_header: false"
         ! has_header ratelimit-policy || die "$name: unexpected RateLimit-Policy header (no tiers are configured)"
         ;;
-    tollgate-limits)
+    tollgate-limits | tollgate-redis)
         has_header ratelimit-policy || die "$name: no RateLimit-Policy header: the limiter is not in the request path; headers: $(tr '\n' ' ' <"$hdr")"
         has_header ratelimit || die "$name: no RateLimit header; headers: $(tr '\n' ' ' <"$hdr")"
         has_header x-response-time || die "$name: no X-Response-Time header (observability should be on, as for tollgate)"
@@ -686,6 +758,35 @@ check_headers() { # name port
         ;;
     esac
     log "$name: HEAD / -> 200, X-Response-Time $(has_header x-response-time && echo present || echo absent), no RateLimit-Policy"
+}
+
+# A tollgate's admin /metrics, summed over the samples of one metric.
+metric_sum() { # metrics-file metric-name [label-substring] -> integer sum of the matching samples
+    awk -v m="$2" -v f="${3:-}" '
+        index($0, m) == 1 {
+            rest = substr($0, length(m) + 1)
+            if (rest ~ /^[{ ]/ && (f == "" || index(rest, f) > 0)) s += $NF
+        }
+        END { printf "%.0f\n", s }' "$1"
+}
+
+# tollgate-redis, before any load (check_body's GET and check_headers' HEAD went through it):
+# its /metrics must show those requests decided in Redis and none by a fallback. Otherwise the
+# load would measure the local store (or the fallback) under the tollgate-redis name.
+check_redis_store() { # name
+    local name=$1 mf=$WORK/$1.preload.metrics in_redis local_fb any_fb samples
+    curl -fsS --max-time 5 -o "$mf" "http://127.0.0.1:${TG_ADMIN[$name]}/metrics" ||
+        die "$name: could not read http://127.0.0.1:${TG_ADMIN[$name]}/metrics"
+    in_redis=$(metric_sum "$mf" tollgate_ratelimit_store_decisions_total 'store="redis"')
+    local_fb=$(metric_sum "$mf" tollgate_ratelimit_store_decisions_total 'store="local_fallback"')
+    any_fb=$(metric_sum "$mf" tollgate_ratelimit_store_decisions_total 'fallback"')
+    samples=$(grep '^tollgate_ratelimit_store_decisions_total' "$mf" | tr '\n' ' ' || true)
+    ((in_redis > 0)) ||
+        die "$name: tollgate_ratelimit_store_decisions_total{store=\"redis\"} is 0 after requests went through it: the limiter did not decide in Redis (${samples:-no such metric})"
+    ((local_fb == 0 && any_fb == 0)) ||
+        die "$name: $any_fb decision(s) taken by a fallback ($local_fb by local_fallback) before any load: Redis did not answer in time ($samples)"
+    REDIS_PRELOAD_NOTE="$in_redis decision(s) taken in Redis, none by a fallback (tollgate_ratelimit_store_decisions_total)"
+    log "$name: /metrics before the load: $REDIS_PRELOAD_NOTE: $samples"
 }
 
 hdr_val() { # header-name (lower case) headers-file -> the first such header's value
@@ -830,7 +931,7 @@ port_of() {
     direct) echo "$UPSTREAM_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
     pingora) echo "$PINGORA_PORT" ;;
-    tollgate | tollgate-quiet | tollgate-limits) echo "${TG_PORT[$1]}" ;;
+    tollgate | tollgate-quiet | tollgate-limits | tollgate-redis) echo "${TG_PORT[$1]}" ;;
     envoy) echo "$ENVOY_PORT" ;;
     esac
 }
@@ -926,6 +1027,9 @@ declare -A V_RPS=() V_P50=() V_P99=() V_CPU=() V_STATUS=()
 declare -A R_RPS=() R_P50=() R_P99=() R_CPU=() R_STATUS=()
 # SCENARIO=gzip and cache-gzip: bytes wrk read per response (headers + body), per round and median.
 declare -A V_BPR=() R_BPR=()
+# tollgate-redis: Redis calls (EVALSHA) per request and redis-server CPU us per request, per
+# round and median.
+declare -A V_RCALLS=() R_RCALLS=() V_RCPU=() R_RCPU=()
 # SCENARIO=cache and cache-gzip: requests that reached the upstream during the measured run, per
 # round and the largest of the rounds.
 declare -A V_UPS=() R_UPS=()
@@ -966,7 +1070,7 @@ run_wrk() { # outfile wrk-args...
 
 run_load() { # name round
     local name=$1 round=$2 port url out rps p50 p99 total non2xx sockerr sockline status=ok bpr=""
-    local tag pids cpu0 cpu1 cpu ups0="" ups1="" ups=""
+    local tag pids cpu0 cpu1 cpu ups0="" ups1="" ups="" calls0="" calls1="" rcpu0="" rcpu1="" rcalls=""
     port=$(port_of "$name")
     url=http://127.0.0.1:$port/
     out=$WORK/$name.r$round.wrk.txt
@@ -980,10 +1084,18 @@ run_load() { # name round
     log "$tag: measure  wrk ${WRK_HDR_SHOW}-t$WRK_THREADS -c$CONNS -d$DURATION --latency $url  (cpu: pid(s) ${pids[*]:-none})"
     # The upstream's counter is read outside the CPU window (it is a request to the upstream).
     if scenario_cache; then ups0=$(upstream_requests); fi
+    # tollgate-redis: Redis' EVALSHA counter, read outside the CPU windows (redis-cli is a
+    # Redis client too), and redis-server's own CPU over the run.
+    if [[ $name == tollgate-redis ]]; then calls0=$(redis_calls evalsha); fi
     cpu0=$(cpu_ticks "${pids[@]+"${pids[@]}"}" | tr '\n' ' ')
+    if [[ $name == tollgate-redis ]]; then rcpu0=$(cpu_ticks "${PID_OF[redis]}"); fi
     run_wrk "$out" "${WRK_HDR[@]+"${WRK_HDR[@]}"}" -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" ||
         die_with_log "$tag: wrk failed" "$out"
     cpu1=$(cpu_ticks "${pids[@]+"${pids[@]}"}" | tr '\n' ' ')
+    if [[ $name == tollgate-redis ]]; then
+        rcpu1=$(cpu_ticks "${PID_OF[redis]}")
+        calls1=$(redis_calls evalsha)
+    fi
     if scenario_cache; then ups1=$(upstream_requests); fi
 
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
@@ -1032,12 +1144,27 @@ run_load() { # name round
             status="FAIL: not served from cache: the upstream got $ups of the $total requests"
         fi
     fi
+    if [[ $name == tollgate-redis ]]; then
+        # One EVALSHA per request; the heartbeat adds one a second and requests still in
+        # flight when wrk stops a few, so a little over 1. Well under 1: requests were decided
+        # without Redis.
+        rcalls=$(awk -v a="$calls0" -v b="$calls1" -v n="${total:-0}" 'BEGIN { if (n + 0 == 0) print "n/a"; else printf "%.3f", (b - a) / n }')
+        V_RCALLS[$name:$round]=$rcalls
+        V_RCPU[$name:$round]=$(cpu_us_per_req "$rcpu0" "$rcpu1" "${total:-0}")
+        # In lease mode one call takes a slice of 20 (rate_limit.lease_slice's default): about
+        # 0.05 per request; under 0.045, decisions were taken without Redis.
+        local floor=0.99
+        if [[ $REDIS_MODE == lease ]]; then floor=0.045; fi
+        if [[ $status == ok && $rcalls != n/a ]] && awk -v r="$rcalls" -v f="$floor" 'BEGIN { exit !(r < f) }'; then
+            status="FAIL: only $rcalls Redis calls (EVALSHA) per request: decisions were taken without Redis"
+        fi
+    fi
     if [[ $status != ok ]]; then
         FAILED=1
         log "$tag: $status - raw wrk output follows"
         cat "$out" >&2
     fi
-    log "$tag: ${rps:-?} rps, p50 ${p50:-?}, p99 ${p99:-?}, ${total:-?} requests, $cpu cpu us/req${bpr:+, $bpr bytes read/response}${ups:+, $ups request(s) reached the upstream}"
+    log "$tag: ${rps:-?} rps, p50 ${p50:-?}, p99 ${p99:-?}, ${total:-?} requests, $cpu cpu us/req${bpr:+, $bpr bytes read/response}${ups:+, $ups request(s) reached the upstream}${rcalls:+, $rcalls Redis calls/request, redis-server ${V_RCPU[$name:$round]} cpu us/req}"
     V_RPS[$name:$round]=${rps:-}
     V_P50[$name:$round]=$(to_ms "$p50")
     V_P99[$name:$round]=$(to_ms "$p99")
@@ -1059,13 +1186,15 @@ median() { # decimals values... (non-numeric values such as n/a are ignored)
 }
 
 aggregate() { # name: medians over rounds into R_*, first failure into R_STATUS
-    local name=$1 r rps=() p50=() p99=() cpu=() bpr=() status=ok
+    local name=$1 r rps=() p50=() p99=() cpu=() bpr=() rcalls=() rcpu=() status=ok
     for ((r = 1; r <= ROUNDS; r++)); do
         rps+=("${V_RPS[$name:$r]:-}")
         p50+=("${V_P50[$name:$r]:-}")
         p99+=("${V_P99[$name:$r]:-}")
         cpu+=("${V_CPU[$name:$r]:-}")
         bpr+=("${V_BPR[$name:$r]:-}")
+        rcalls+=("${V_RCALLS[$name:$r]:-}")
+        rcpu+=("${V_RCPU[$name:$r]:-}")
         if [[ $status == ok && ${V_STATUS[$name:$r]:-ok} != ok ]]; then
             status=${V_STATUS[$name:$r]}
             if ((ROUNDS > 1)); then status="${status/#FAIL: /FAIL (round $r): }"; fi
@@ -1075,6 +1204,10 @@ aggregate() { # name: medians over rounds into R_*, first failure into R_STATUS
     R_P50[$name]=$(median 3 "${p50[@]}")
     R_P99[$name]=$(median 3 "${p99[@]}")
     R_CPU[$name]=$(median 2 "${cpu[@]}")
+    if [[ $name == tollgate-redis ]]; then
+        R_RCALLS[$name]=$(median 3 "${rcalls[@]}")
+        R_RCPU[$name]=$(median 2 "${rcpu[@]}")
+    fi
     R_BPR[$name]=$(median 0 "${bpr[@]}")
     R_UPS[$name]=$(for ((r = 1; r <= ROUNDS; r++)); do echo "${V_UPS[$name:$r]:-n/a}"; done |
         awk '/^-?[0-9]+$/ { if (!seen || $1 + 0 > m) m = $1 + 0; seen = 1 } END { print seen ? m : "n/a" }')
@@ -1118,7 +1251,7 @@ for t in "${ALL_TARGETS[@]}"; do
 done
 [[ ${#RUN[@]} -gt 0 ]] || die "nothing to run"
 
-log "work dir $WORK; ports: upstream=$UPSTREAM_PORT nginx=$NGINX_PORT pingora=$PINGORA_PORT tollgate=$TOLLGATE_PORT admin=$ADMIN_PORT tollgate-quiet=$QUIET_PORT admin=$QUIET_ADMIN_PORT tollgate-limits=$LIMITS_PORT admin=$LIMITS_ADMIN_PORT envoy=$ENVOY_PORT"
+log "work dir $WORK; ports: upstream=$UPSTREAM_PORT nginx=$NGINX_PORT pingora=$PINGORA_PORT tollgate=$TOLLGATE_PORT admin=$ADMIN_PORT tollgate-quiet=$QUIET_PORT admin=$QUIET_ADMIN_PORT tollgate-limits=$LIMITS_PORT admin=$LIMITS_ADMIN_PORT tollgate-redis=$RLIMITS_PORT admin=$RLIMITS_ADMIN_PORT redis=$REDIS_PORT envoy=$ENVOY_PORT"
 if [[ $SCENARIO == gzip ]]; then
     UPSTREAM_TMPL=$SCRIPT_DIR/nginx/upstream-file.conf.in
     PROXY_TMPL=$SCRIPT_DIR/nginx/proxy-gzip.conf.in
@@ -1140,11 +1273,12 @@ else
     PROXY_TMPL=$SCRIPT_DIR/nginx/proxy.conf.in
 fi
 start_nginx upstream "$UPSTREAM_TMPL" "$UPSTREAM_PORT" "$UPSTREAM_WORKERS"
+if want tollgate-redis; then start_redis; fi
 for t in "${RUN[@]}"; do
     case $t in
     nginx) start_nginx nginx "$PROXY_TMPL" "$NGINX_PORT" "$THREADS" "$UPSTREAM_PORT" ;;
     pingora) start_pingora ;;
-    tollgate | tollgate-quiet | tollgate-limits) start_tollgate "$t" ;;
+    tollgate | tollgate-quiet | tollgate-limits | tollgate-redis) start_tollgate "$t" ;;
     envoy) start_envoy ;;
     esac
 done
@@ -1155,6 +1289,7 @@ for t in "${RUN[@]}"; do
     # through the cache too); it logs X-Response-Time for tollgate. With cache-gzip it also runs
     # the gzip check (verify_gzip_response) on its GETs, the second of which must be a hit.
     if is_tollgate_target "$t" && ! scenario_cache; then check_headers "$t" "$(port_of "$t")"; fi
+    if [[ $t == tollgate-redis ]]; then check_redis_store "$t"; fi
     if [[ $SCENARIO == gzip ]]; then check_gzip "$t" "$(port_of "$t")"; fi
     if scenario_cache; then check_cache "$t" "$(port_of "$t")"; fi
 done
@@ -1174,19 +1309,12 @@ done
 # ---------------------------------------------------------------- feature checks
 # After the load, each tollgate's own /metrics must agree with what the target is meant to
 # measure (e.g. tollgate-quiet counted and logged nothing, tollgate-limits refused nothing).
-# A mismatch fails the target like a wrk error does.
-metric_sum() { # metrics-file metric-name [label-substring] -> integer sum of the matching samples
-    awk -v m="$2" -v f="${3:-}" '
-        index($0, m) == 1 {
-            rest = substr($0, length(m) + 1)
-            if (rest ~ /^[{ ]/ && (f == "" || index(rest, f) > 0)) s += $NF
-        }
-        END { printf "%.0f\n", s }' "$1"
-}
-
+# A mismatch fails the target like a wrk error does. (metric_sum is defined with the checks
+# before the load.)
 declare -A FEATURE_NOTE=()
 feature_check() { # name
     local name=$1 mf=$WORK/$1.metrics reqs written dropped allowed limited problem="" note gz_in gz_out by_cache cache_samples
+    local in_redis any_fb redis_errors
     if ! curl -fsS --max-time 5 -o "$mf" "http://127.0.0.1:${TG_ADMIN[$name]}/metrics"; then
         problem="could not read http://127.0.0.1:${TG_ADMIN[$name]}/metrics"
         note="/metrics unreadable"
@@ -1206,12 +1334,22 @@ feature_check() { # name
             ((reqs == 0 && written + dropped == 0)) || problem="request metrics or access log active although turned off"
             ((allowed + limited == 0)) || problem="rate-limit decisions without tiers"
             ;;
-        tollgate-limits)
+        tollgate-limits | tollgate-redis)
             ((reqs > 0 && written + dropped > 0)) || problem="request metrics or access log not active"
             ((allowed > 0)) || problem="no rate-limit decisions counted"
             ((limited == 0)) || problem="$limited requests were rate limited (the limit should never refuse)"
             ;;
         esac
+        if [[ $name == tollgate-redis ]]; then
+            # Every decision of the run in Redis: a fallback (Redis slower than
+            # redis.command_timeout, or failing) would price the local store instead.
+            in_redis=$(metric_sum "$mf" tollgate_ratelimit_store_decisions_total 'store="redis"')
+            any_fb=$(metric_sum "$mf" tollgate_ratelimit_store_decisions_total 'fallback"')
+            redis_errors=$(metric_sum "$mf" tollgate_redis_errors_total)
+            note+=", store decisions $in_redis in Redis / $any_fb by a fallback, Redis errors $redis_errors"
+            ((in_redis > 0)) || problem="no rate-limit decision taken in Redis"
+            ((any_fb == 0)) || problem="$any_fb decisions taken by a fallback, not by Redis ($redis_errors Redis errors)"
+        fi
         if ((dropped > 0)); then
             note+=" (the access log writer fell behind: logging cost is understated)"
         fi
@@ -1272,6 +1410,23 @@ gz_size() { # name
     else
         echo "$n bytes ($(awk -v a="$n" -v b="$EXPECTED_LEN" 'BEGIN { printf "%.3f", a / b }') of the payload)"
     fi
+}
+
+# tollgate-redis: what its requests cost Redis (medians over rounds, each round in brackets).
+redis_report_lines() {
+    local per_round="" r both
+    if [[ -z ${R_RCALLS[tollgate-redis]:-} ]]; then
+        echo "tollgate-redis Redis calls per request: n/a (needs tollgate-redis in TARGETS)"
+        return
+    fi
+    for ((r = 1; r <= ROUNDS; r++)); do
+        per_round+="${per_round:+, }${V_RCALLS[tollgate-redis:$r]:-n/a} / ${V_RCPU[tollgate-redis:$r]:-n/a}"
+    done
+    echo "tollgate-redis Redis calls per request (EVALSHA): ${R_RCALLS[tollgate-redis]}; redis-server CPU per request: ${R_RCPU[tollgate-redis]} us (per round, calls / cpu us: $per_round)"
+    both=$(awk -v t="${R_CPU[tollgate-redis]:-}" -v r="${R_RCPU[tollgate-redis]}" -v l="${R_CPU[tollgate-limits]:-}" 'BEGIN {
+        if (t !~ /^[0-9.]+$/ || r !~ /^[0-9.]+$/ || l !~ /^[0-9.]+$/ || l + 0 == 0) print "n/a (needs tollgate-limits in TARGETS)"
+        else printf "%.2f (%.2f + %.2f us vs %.2f us)", (t + r) / l, t, r, l }')
+    echo "tollgate-redis + redis-server/tollgate-limits CPU per request: $both"
 }
 
 echo
@@ -1344,7 +1499,10 @@ if [[ -n $PBIN ]]; then
 fi
 if want_tollgate; then
     if [[ $SCENARIO == passthrough ]]; then
-        echo "- tollgate targets (same base config, one route to the upstream): tollgate = defaults (request metrics, X-Response-Time, JSON access log on stdout to a file); tollgate-quiet = tollgate with request_metrics, response_time_header and access_log off; tollgate-limits = tollgate + identity.anonymous_tier anon, tiers.anon {rps: 1000000, burst: 1000000} (one anonymous key, never refuses)"
+        echo "- tollgate targets (same base config, one route to the upstream): tollgate = defaults (request metrics, X-Response-Time, JSON access log on stdout to a file); tollgate-quiet = tollgate with request_metrics, response_time_header and access_log off; tollgate-limits = tollgate + identity.anonymous_tier anon, tiers.anon {rps: 1000000, burst: 1000000} (one anonymous key, never refuses); tollgate-redis = tollgate-limits + rate_limit: { store: redis } + redis: { url: (the script's redis-server), required: true } (rate_limit.mode: $REDIS_MODE: exact = every decision one EVALSHA in Redis, lease = one per rate_limit.lease_slice (20) decisions; redis: defaults otherwise)"
+        if want tollgate-redis; then
+            echo "- redis (tollgate-redis): redis-server $(redis-server --version | awk '{print $3}' | sed 's/^v=//') on 127.0.0.1:$REDIS_PORT started by the script (--save '' --appendonly no), sharing the machine's cores; redis calls/req = INFO commandstats EVALSHA delta over a measured run / requests wrk made (the heartbeat adds 1 a second); redis-server cpu us/req = its utime+stime over the run / requests; before the load: ${REDIS_PRELOAD_NOTE:-n/a}"
+        fi
     fi
     for t in "${TOLLGATE_TARGETS[@]}"; do
         if [[ -n ${FEATURE_NOTE[$t]:-} ]]; then echo "- $t /metrics after the load: ${FEATURE_NOTE[$t]}"; fi
@@ -1434,6 +1592,9 @@ else
     echo "tollgate/tollgate-quiet CPU per request: $(ratio tollgate tollgate-quiet cpu)"
     echo "tollgate-limits/tollgate rps ratio: $(ratio tollgate-limits tollgate)"
     echo "tollgate-limits/tollgate CPU per request: $(ratio tollgate-limits tollgate cpu)"
+    echo "tollgate-redis/tollgate-limits rps ratio: $(ratio tollgate-redis tollgate-limits) (target: >= 0.90)"
+    echo "tollgate-redis/tollgate-limits CPU per request: $(ratio tollgate-redis tollgate-limits cpu) (the tollgate process only)"
+    redis_report_lines
 fi
 
 if [[ $FAILED -ne 0 ]]; then

@@ -5,7 +5,8 @@
 //! - [`key`]: cache keys (method, host, path, query as configured, scope) and `Vary` variance.
 //! - [`policy`]: RFC 9111 storage and freshness decisions as pure functions over headers.
 //! - [`status`]: the `Cache-Status` (RFC 9211) and `X-Cache-Status` answers.
-//! - [`purge`]: admin purges and invalidation by successful mutations.
+//! - [`purge`]: admin purges, and invalidation by non-error answers to unsafe (or unknown)
+//!   methods.
 //!
 //! The store and the cache lock are process-wide (`&'static`, as Pingora requires): they are
 //! created once by [`init`] and survive config reloads, so a reload never empties the cache.
@@ -105,10 +106,15 @@ pub struct RoutePolicy {
     pub query: QueryKey,
     /// Store responses carrying `Set-Cookie`.
     pub store_set_cookie: bool,
-    /// Successful mutations invalidate the path's entries.
+    /// Non-error answers to unsafe (or unknown) methods invalidate the path's entries.
     pub invalidate_on_mutation: bool,
     /// Extra prefixes a successful mutation invalidates.
     pub invalidate_prefixes: Vec<Arc<str>>,
+    /// The route's own targeted cache-control field (RFC 9213), ahead of `CDN-Cache-Control`.
+    pub targeted_field: Option<http::HeaderName>,
+    /// Requests with `Authorization` in the shared scope use the cache, and their responses are
+    /// stored when the response allows it (RFC 9111 §3.5).
+    pub store_authorized: bool,
 }
 
 fn secs_u32(d: Duration) -> u32 {
@@ -141,6 +147,12 @@ impl RoutePolicy {
                 .iter()
                 .map(|p| Arc::from(p.as_str()))
                 .collect(),
+            // Validated as a header name; an invalid one (never, after validation) is ignored.
+            targeted_field: c
+                .targeted_field
+                .as_deref()
+                .and_then(|f| http::HeaderName::from_bytes(f.as_bytes()).ok()),
+            store_authorized: c.store_authorized,
         }
     }
 

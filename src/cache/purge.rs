@@ -1,5 +1,5 @@
 //! Invalidation: admin purges (`POST /cache/purge`) and the removal of a path's entries after a
-//! successful mutation through the proxy.
+//! non-error response to an unsafe (or unknown) method through the proxy (RFC 9111 §4.4).
 //!
 //! Admin purge body (JSON), one selector at least:
 //! - `{"url": "/api/models?id=1"}`: that path with that query (as sent, or sorted); a `url`
@@ -155,6 +155,19 @@ impl Selector {
     }
 }
 
+/// Methods RFC 9110 (§9.2.1) and the IANA method registry define as safe. Any other method,
+/// `POST` and `DELETE` as much as one nobody registered, may change the resource.
+const SAFE_METHODS: &[&str] = &[
+    "GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "REPORT", "SEARCH", "QUERY",
+];
+
+/// Whether a response to `method` removes the request URI's stored entries (RFC 9111 §4.4): a
+/// non-error status (2xx or 3xx) to a method that is not known to be safe, including methods
+/// whose safety is unknown. Method names are case-sensitive (`get` is not `GET`).
+pub fn invalidates(method: &http::Method, status: http::StatusCode) -> bool {
+    (status.is_success() || status.is_redirection()) && !SAFE_METHODS.contains(&method.as_str())
+}
+
 /// After a successful mutation of `path`: remove the path's entries (and the route's related
 /// prefixes) in the caller's scope and the shared scope. Returns how many entries went.
 pub fn after_mutation(
@@ -216,6 +229,21 @@ mod tests {
         assert!(sel(r#"{"all": true}"#)
             .unwrap()
             .matches(&tag("tenant:a", "/", "")));
+    }
+
+    #[test]
+    fn unsafe_and_unknown_methods_invalidate_on_non_error_statuses() {
+        let m = |s: &str| http::Method::from_bytes(s.as_bytes()).unwrap();
+        let st = |c: u16| http::StatusCode::from_u16(c).unwrap();
+        for method in ["POST", "PUT", "PATCH", "DELETE", "FOO", "LINK", "get"] {
+            assert!(invalidates(&m(method), st(200)), "{method} 200");
+            assert!(invalidates(&m(method), st(303)), "{method} 303");
+            assert!(!invalidates(&m(method), st(404)), "{method} 404");
+            assert!(!invalidates(&m(method), st(500)), "{method} 500");
+        }
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "QUERY"] {
+            assert!(!invalidates(&m(method), st(200)), "{method} is safe");
+        }
     }
 
     #[test]

@@ -818,6 +818,24 @@ fn validate_route_cache(c: &RouteCacheConfig, base: &str, errors: &mut Vec<Confi
         }
     }
     validate_cacheable(c, base, errors);
+    if let Some(field) = &c.targeted_field {
+        let why = match http::HeaderName::from_bytes(field.as_bytes()) {
+            Err(_) => Some("is not a valid header name"),
+            Ok(h) if h == http::header::CACHE_CONTROL => {
+                Some("is the field a targeted field overrides (RFC 9213): name another one")
+            }
+            Ok(h) if h.as_str() == "cdn-cache-control" => {
+                Some("is always honoured: remove `targeted_field`, or name another field")
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = why {
+            errors.push(ConfigError::at(
+                format!("{base}.targeted_field"),
+                format!("`{field}` {why}"),
+            ));
+        }
+    }
     for (i, p) in c.invalidate_prefixes.iter().enumerate() {
         if !p.starts_with('/') {
             errors.push(ConfigError::at(

@@ -1,6 +1,7 @@
-//! The proxy's cache phases: turn the cache on for a request, key it, decide what is stored,
-//! tell the client what happened, and invalidate after mutations. The decisions themselves
-//! live in [`crate::cache`]; this is the glue to Pingora's `Session` and the request ctx.
+//! The proxy's cache phases: turn the cache on for a request, key it, decide what is stored
+//! (304 merges included), tell the client what happened, and invalidate after unsafe methods.
+//! The decisions themselves live in [`crate::cache`]; this is the glue to Pingora's `Session`
+//! and the request ctx.
 
 use super::ctx::RequestCtx;
 use super::routing::request_host;
@@ -8,10 +9,13 @@ use crate::cache::status::{self, Outcome, Report};
 use crate::cache::storage::EntryTag;
 use crate::cache::{key, policy};
 use crate::observe::metrics;
-use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, NoCacheReason, RespCacheable};
+use pingora_cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable,
+};
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use std::cell::RefCell;
 use std::time::SystemTime;
 
 /// The caller's tenant, when identified.
@@ -53,10 +57,15 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
     }
     let scope = key::scope_for(policy.scope, tenant(ctx));
     let req = session.req_header();
-    if req.headers.contains_key(http::header::AUTHORIZATION) && &*scope == key::SHARED {
+    if req.headers.contains_key(http::header::AUTHORIZATION)
+        && &*scope == key::SHARED
+        && !policy.store_authorized
+    {
         // Credentials tollgate cannot tie to a tenant: the answer may depend on them, so such
         // requests neither read nor fill shared entries (as Varnish passes them by default).
-        ctx.cache_detail = Some("authorization");
+        // With `store_authorized` they use the cache, and `keep_unshareable_out` keeps the
+        // responses that do not allow it out of the store (RFC 9111 §3.5).
+        ctx.cache_detail = Some(policy::AUTHORIZATION);
         return;
     }
     ctx.cache_tag = Some(EntryTag::new(
@@ -134,10 +143,19 @@ pub fn decide(resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|len| len > c.max_object_size)
     });
+    let now = SystemTime::now();
     let verdict = if too_large {
         RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge)
+    } else if let Some(not_modified) = take_not_modified(ctx) {
+        // A revalidation: `resp` is Pingora's merge of the 304 into the stored header, which
+        // takes five fields of the 304 only. RFC 9111 §4.3.4 wants all of them (but framing).
+        policy::decide(
+            policy,
+            &policy::merge_not_modified(resp, &not_modified, now),
+            now,
+        )
     } else {
-        policy::decide(policy, resp, SystemTime::now())
+        policy::decide(policy, resp, now)
     };
     match &verdict {
         RespCacheable::Cacheable(_) => ctx.cache_stored = true,
@@ -226,18 +244,32 @@ pub fn add_status_headers(
     Ok(())
 }
 
-/// `upstream_response_filter`: a successful mutation removes the path's cached entries (the
-/// caller's scope and the shared one) and the route's related prefixes.
-pub fn invalidate_after_mutation(session: &Session, resp: &ResponseHeader, ctx: &RequestCtx) {
+/// `upstream_response_filter` on a caching route (its name is older than its other jobs):
+///
+/// - a non-error response to a method that is not known to be safe removes the path's cached
+///   entries (the caller's scope and the shared one) and the route's related prefixes (RFC 9111
+///   §4.4);
+/// - a response to a request with `Authorization` in the shared scope (a `store_authorized`
+///   route) that does not allow a shared cache to store it is not stored (§3.5);
+/// - a `304` that revalidates a stored response is handed to `response_cache_filter`.
+pub fn invalidate_after_mutation(session: &mut Session, resp: &ResponseHeader, ctx: &RequestCtx) {
     let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
         return;
     };
+    invalidate_after_unsafe_method(session, resp, ctx, policy);
+    keep_unshareable_out(session, resp, ctx, policy);
+    hand_over_not_modified(session, resp, ctx);
+}
+
+fn invalidate_after_unsafe_method(
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &RequestCtx,
+    policy: &crate::cache::RoutePolicy,
+) {
     let req = session.req_header();
-    let mutation = matches!(
-        req.method,
-        http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE
-    );
-    if !mutation || !policy.invalidate_on_mutation || !resp.status.is_success() {
+    if !policy.invalidate_on_mutation || !crate::cache::purge::invalidates(&req.method, resp.status)
+    {
         return;
     }
     let Some(cache) = crate::cache::get() else {
@@ -254,9 +286,81 @@ pub fn invalidate_after_mutation(session: &Session, resp: &ResponseHeader, ctx: 
     }
 }
 
+/// RFC 9111 §3.5 on a `store_authorized` route: the response to a request with `Authorization`
+/// in the shared scope is stored only if it says `public`, `s-maxage` or `must-revalidate`.
+/// Otherwise the cache is switched off for this request here, before `response_cache_filter`:
+/// that hook is not given the request, and switching off (rather than answering
+/// `Uncacheable`) keeps the key out of the predictor, so anonymous requests for it still use
+/// the cache. A 304 is left alone: Pingora merges it into the stored response, which is
+/// already shareable (and must not be switched off in the middle of that merge).
+fn keep_unshareable_out(
+    session: &mut Session,
+    resp: &ResponseHeader,
+    ctx: &RequestCtx,
+    policy: &crate::cache::RoutePolicy,
+) {
+    if !policy.store_authorized
+        || ctx
+            .cache_tag
+            .as_ref()
+            .is_none_or(|t| &*t.scope != key::SHARED)
+        || !session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION)
+        || resp.status == http::StatusCode::NOT_MODIFIED
+        || !matches!(
+            session.cache.phase(),
+            CachePhase::Miss | CachePhase::Stale | CachePhase::Bypass
+        )
+        || policy::shareable_when_authorized(policy, resp)
+    {
+        return;
+    }
+    session
+        .cache
+        .disable(NoCacheReason::Custom(policy::AUTHORIZATION));
+}
+
+thread_local! {
+    /// The 304 that revalidates a stored response, from `upstream_response_filter` to
+    /// `response_cache_filter`, tagged with the request's ctx address.
+    ///
+    /// Pingora (pingora-proxy `proxy_cache.rs`, `revalidate_or_stale`) runs the two back to back
+    /// without yielding, so the hand-over stays on one thread; but `response_cache_filter` is
+    /// given only Pingora's merged header, and the request ctx has no field for the 304 (the
+    /// ctx belongs to `proxy/ctx.rs`: a `not_modified` field there would replace this). A
+    /// hand-over that does not arrive (the ctx address differs) falls back to Pingora's merge.
+    static NOT_MODIFIED: RefCell<Option<(usize, ResponseHeader)>> = const { RefCell::new(None) };
+}
+
+fn ctx_id(ctx: &RequestCtx) -> usize {
+    std::ptr::from_ref(ctx) as usize
+}
+
+fn hand_over_not_modified(session: &Session, resp: &ResponseHeader, ctx: &RequestCtx) {
+    if resp.status == http::StatusCode::NOT_MODIFIED
+        && session.cache.phase() == CachePhase::Stale
+        && session.cache.maybe_cache_meta().is_some()
+    {
+        NOT_MODIFIED.with(|slot| *slot.borrow_mut() = Some((ctx_id(ctx), resp.clone())));
+    }
+}
+
+/// The 304 handed over for this request, if any. Taken, so a later response never sees it
+/// (and one left by another request is dropped).
+fn take_not_modified(ctx: &RequestCtx) -> Option<ResponseHeader> {
+    if ctx.upstream_status != Some(304) {
+        return None;
+    }
+    NOT_MODIFIED
+        .with(|slot| slot.borrow_mut().take())
+        .filter(|(id, _)| *id == ctx_id(ctx))
+        .map(|(_, header)| header)
+}
+
 /// `logging` of a background refresh: count it by what it achieved.
 pub fn log_background(session: &Session, ctx: &RequestCtx) {
-    use pingora_cache::CachePhase;
     let outcome = match session.cache.phase() {
         CachePhase::Expired | CachePhase::Miss => "refreshed",
         CachePhase::Revalidated => "revalidated",

@@ -53,7 +53,17 @@ struct Lease {
 /// This replica's leases, by caller and policy.
 #[derive(Default)]
 pub struct Leases {
-    map: Mutex<HashMap<LimitKey, Lease>>,
+    map: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    leases: HashMap<LimitKey, Lease>,
+    /// Keys with a slice being taken right now, and how to wake the requests that wait for
+    /// it: one slice at a time per key, so that a burst of concurrent requests for one caller
+    /// cannot take many slices (and strand them); the others wait for it (briefly) and spend
+    /// from it.
+    taking: HashMap<LimitKey, std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// What spending from a lease found.
@@ -64,16 +74,28 @@ pub enum Spent {
     AskRedis {
         /// What the old lease had left.
         giveback: Giveback,
+        /// Take a slice in this call (no other request of this replica is taking one for the
+        /// key): call [`Leases::taken`] after it. `false`: decide this request exactly.
+        take_slice: bool,
     },
+    /// Another request of this replica is taking a slice for the key: wait for it, then spend
+    /// again.
+    Wait(std::sync::Arc<tokio::sync::Notify>),
 }
 
 impl Leases {
     /// Spend `cost` units of `key`'s lease, if it has them and is still valid.
     pub fn spend(&self, key: &LimitKey, limits: &Limits, cost: u32, now: Instant) -> Spent {
-        let mut map = self.map.lock();
-        let Some(lease) = map.get_mut(key) else {
+        let mut table = self.map.lock();
+        let table = &mut *table;
+        let Some(lease) = table.leases.get_mut(key) else {
+            if let Some(n) = table.taking.get(key) {
+                return Spent::Wait(n.clone());
+            }
+            table.taking.insert(key.clone(), Default::default());
             return Spent::AskRedis {
                 giveback: Giveback::NONE,
+                take_slice: true,
             };
         };
         if lease.expires > now && lease.limits == *limits && lease.units >= cost {
@@ -87,8 +109,24 @@ impl Leases {
             units: lease.units,
             day: lease.day,
         };
-        map.remove(key);
-        Spent::AskRedis { giveback }
+        table.leases.remove(key);
+        // A short or expired lease: its remainder goes back in a call of its own (another
+        // request may be taking a slice already: then this one decides exactly).
+        let take_slice = !table.taking.contains_key(key);
+        if take_slice {
+            table.taking.insert(key.clone(), Default::default());
+        }
+        Spent::AskRedis {
+            giveback,
+            take_slice,
+        }
+    }
+
+    /// The slice call for `key` is over (granted or not): wake the requests waiting for it.
+    pub fn taken(&self, key: &LimitKey) {
+        if let Some(n) = self.map.lock().taking.remove(key) {
+            n.notify_waiters();
+        }
     }
 
     /// Keep `units` (granted beyond the request's cost, counted on UTC `day`) to spend until
@@ -108,8 +146,8 @@ impl Leases {
         if units == 0 {
             return;
         }
-        let mut map = self.map.lock();
-        let lease = map.entry(key.clone()).or_insert(Lease {
+        let mut table = self.map.lock();
+        let lease = table.leases.entry(key.clone()).or_insert(Lease {
             units: 0,
             expires: now + ttl,
             limits: *limits,
@@ -131,15 +169,15 @@ impl Leases {
     /// Forget leases expired for longer than `grace` (their units are not returned: a caller
     /// that went quiet lost at most one slice per replica). Returns how many were dropped.
     pub fn sweep(&self, now: Instant, grace: Duration) -> usize {
-        let mut map = self.map.lock();
-        let before = map.len();
-        map.retain(|_, l| l.expires + grace > now);
-        before - map.len()
+        let mut table = self.map.lock();
+        let before = table.leases.len();
+        table.leases.retain(|_, l| l.expires + grace > now);
+        before - table.leases.len()
     }
 
     /// Leases held.
     pub fn len(&self) -> usize {
-        self.map.lock().len()
+        self.map.lock().leases.len()
     }
 
     /// Whether none is held.
@@ -178,15 +216,32 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
         let asks = |spent: Spent| match spent {
-            Spent::AskRedis { giveback } => giveback,
-            Spent::Allowed(_) => panic!("expected a call to Redis"),
+            Spent::AskRedis {
+                giveback,
+                take_slice,
+            } => {
+                // One slice at a time per key: a second request meanwhile waits, or decides
+                // exactly when a remainder is being given back.
+                assert!(take_slice);
+                assert!(matches!(
+                    leases.spend(&key, &limits, 1, t0),
+                    Spent::Wait(_)
+                        | Spent::AskRedis {
+                            take_slice: false,
+                            ..
+                        }
+                ));
+                leases.taken(&key);
+                giveback
+            }
+            Spent::Allowed(_) | Spent::Wait(_) => panic!("expected a call to Redis"),
         };
         assert_eq!(asks(leases.spend(&key, &limits, 1, t0)), Giveback::NONE);
         leases.keep(&key, &limits, 3, decision(), DAY, t0, ttl);
         for left in [2, 1, 0] {
             match leases.spend(&key, &limits, 1, t0) {
                 Spent::Allowed(d) => assert_eq!(d.burst_remaining, 100 + left),
-                Spent::AskRedis { .. } => panic!("the lease had units"),
+                Spent::AskRedis { .. } | Spent::Wait(_) => panic!("the lease had units"),
             }
         }
         let empty = Giveback { units: 0, day: DAY };

@@ -214,14 +214,46 @@ impl Limiter {
         lease: LeaseSettings,
     ) -> Result<(Decision, Store), crate::fleet::StoreError> {
         let now = std::time::Instant::now();
-        let giveback = match self.leases.spend(key, limits, cost, now) {
+        let mut spent = self.leases.spend(key, limits, cost, now);
+        if let Spent::Wait(taking) = &spent {
+            let taking = taking.clone();
+            // Wait for the slice another request is taking (at most one Redis call's time),
+            // then spend from it; `enable` registers before the re-check, so no wake is lost.
+            let notified = taking.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let again = self.leases.spend(key, limits, cost, now);
+            spent = match again {
+                Spent::Wait(_) => {
+                    let limit = redis.link().settings().command_timeout;
+                    let _ = tokio::time::timeout(limit, notified).await;
+                    self.leases
+                        .spend(key, limits, cost, std::time::Instant::now())
+                }
+                other => other,
+            };
+        }
+        let (giveback, take_slice) = match spent {
             Spent::Allowed(d) => return Ok((d, Store::RedisLease)),
-            Spent::AskRedis { giveback } => giveback,
+            Spent::AskRedis {
+                giveback,
+                take_slice,
+            } => (giveback, take_slice),
+            // Still being taken after a call's time: decide this one exactly.
+            Spent::Wait(_) => (super::redis::Giveback::NONE, false),
         };
-        let want = lease.slice.max(cost);
+        let want = if take_slice {
+            lease.slice.max(cost)
+        } else {
+            cost
+        };
         let taken = redis
             .take(key, limits, cost, want, giveback, "ratelimit")
-            .await?;
+            .await;
+        if take_slice {
+            self.leases.taken(key);
+        }
+        let taken = taken?;
         let decision = taken.decision;
         if decision.allowed {
             let extra = taken.grant.saturating_sub(cost);
