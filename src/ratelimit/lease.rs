@@ -6,11 +6,15 @@
 //! further call until it is spent or `lease_ttl` has passed. What is left of an expired slice is
 //! given back to Redis in the next call for that caller.
 //!
+//! One slice is taken at a time per caller: concurrent requests that find no units wait for it
+//! (at most one Redis call's time). When a lease runs below half a slice, the request
+//! that notices takes the next slice in the background, so steady traffic waits for nothing.
+//!
 //! The bound, documented in docs/fleet.md and tested in tests/fleet.rs: every unit admitted was
 //! first taken from the shared bucket, so the fleet never admits more than exact mode would
 //! (no over-admission). What bends is fairness: a replica can be refused while others still hold
-//! unspent units, at most one slice per other replica and caller; a slice is only taken where
-//! the bucket has room for it (near the limit the grant shrinks to the exact cost).
+//! unspent units, at most a slice and a half per other replica and caller; a slice is only
+//! taken where the bucket has room for it (near the limit the grant shrinks to the exact cost).
 
 use super::redis::Giveback;
 use super::{Decision, LimitKey, Limits};
@@ -68,8 +72,10 @@ struct Table {
 
 /// What spending from a lease found.
 pub enum Spent {
-    /// Allowed from the lease: the decision to answer with.
-    Allowed(Decision),
+    /// Allowed from the lease: the decision to answer with; `top_up`: the lease runs low and
+    /// this request should take the next slice in the background (call [`Leases::taken`]
+    /// after), so that the requests after it find units and wait for nobody.
+    Allowed(Decision, bool),
     /// No usable lease: ask Redis, giving back these units first (of an expired or short one).
     AskRedis {
         /// What the old lease had left.
@@ -85,7 +91,14 @@ pub enum Spent {
 
 impl Leases {
     /// Spend `cost` units of `key`'s lease, if it has them and is still valid.
-    pub fn spend(&self, key: &LimitKey, limits: &Limits, cost: u32, now: Instant) -> Spent {
+    pub fn spend(
+        &self,
+        key: &LimitKey,
+        limits: &Limits,
+        cost: u32,
+        slice: u32,
+        now: Instant,
+    ) -> Spent {
         let mut table = self.map.lock();
         let table = &mut *table;
         let Some(lease) = table.leases.get_mut(key) else {
@@ -98,20 +111,38 @@ impl Leases {
                 take_slice: true,
             };
         };
-        if lease.expires > now && lease.limits == *limits && lease.units >= cost {
+        let valid = lease.expires > now && lease.limits == *limits;
+        if valid && lease.units >= cost {
             lease.units -= cost;
             let mut d = lease.shared;
             d.burst_remaining += u64::from(lease.units);
             d.daily_remaining = d.daily_remaining.map(|r| r + u64::from(lease.units));
-            return Spent::Allowed(d);
+            // Below half a slice, one request takes the next slice meanwhile (early enough that
+            // the requests in flight rarely find the lease empty and have to wait).
+            let top_up = lease.units < slice / 2 && !table.taking.contains_key(key);
+            if top_up {
+                table.taking.insert(key.clone(), Default::default());
+            }
+            return Spent::Allowed(d, top_up);
         }
+        if valid {
+            // Short of units: wait for the slice being taken, or take one now (what is left
+            // stays in the lease, the grant is added to it).
+            if let Some(n) = table.taking.get(key) {
+                return Spent::Wait(n.clone());
+            }
+            table.taking.insert(key.clone(), Default::default());
+            return Spent::AskRedis {
+                giveback: Giveback::NONE,
+                take_slice: true,
+            };
+        }
+        // Expired, or taken under other limits (a reload): what is left goes back.
         let giveback = Giveback {
             units: lease.units,
             day: lease.day,
         };
         table.leases.remove(key);
-        // A short or expired lease: its remainder goes back in a call of its own (another
-        // request may be taking a slice already: then this one decides exactly).
         let take_slice = !table.taking.contains_key(key);
         if take_slice {
             table.taking.insert(key.clone(), Default::default());
@@ -224,7 +255,7 @@ mod tests {
                 // exactly when a remainder is being given back.
                 assert!(take_slice);
                 assert!(matches!(
-                    leases.spend(&key, &limits, 1, t0),
+                    leases.spend(&key, &limits, 1, 0, t0),
                     Spent::Wait(_)
                         | Spent::AskRedis {
                             take_slice: false,
@@ -234,38 +265,53 @@ mod tests {
                 leases.taken(&key);
                 giveback
             }
-            Spent::Allowed(_) | Spent::Wait(_) => panic!("expected a call to Redis"),
+            Spent::Allowed(..) | Spent::Wait(_) => panic!("expected a call to Redis"),
         };
-        assert_eq!(asks(leases.spend(&key, &limits, 1, t0)), Giveback::NONE);
+        assert_eq!(asks(leases.spend(&key, &limits, 1, 0, t0)), Giveback::NONE);
         leases.keep(&key, &limits, 3, decision(), DAY, t0, ttl);
         for left in [2, 1, 0] {
-            match leases.spend(&key, &limits, 1, t0) {
-                Spent::Allowed(d) => assert_eq!(d.burst_remaining, 100 + left),
+            match leases.spend(&key, &limits, 1, 0, t0) {
+                Spent::Allowed(d, _) => assert_eq!(d.burst_remaining, 100 + left),
                 Spent::AskRedis { .. } | Spent::Wait(_) => panic!("the lease had units"),
             }
         }
-        let empty = Giveback { units: 0, day: DAY };
-        assert_eq!(asks(leases.spend(&key, &limits, 1, t0)), empty);
+        // Spent but still valid: a new slice is taken, nothing to give back.
+        assert_eq!(asks(leases.spend(&key, &limits, 1, 0, t0)), Giveback::NONE);
         // Expired with units left: they go back, with the day they were counted on.
         let five = Giveback { units: 5, day: DAY };
         leases.keep(&key, &limits, 5, decision(), DAY, t0, ttl);
-        assert_eq!(asks(leases.spend(&key, &limits, 1, t0 + ttl)), five);
+        assert_eq!(asks(leases.spend(&key, &limits, 1, 0, t0 + ttl)), five);
         // New limits (a reload) end a lease too.
         leases.keep(&key, &limits, 5, decision(), DAY, t0, ttl);
         let other = Limits {
             burst: 800,
             ..limits
         };
-        assert_eq!(asks(leases.spend(&key, &other, 1, t0)), five);
+        assert_eq!(asks(leases.spend(&key, &other, 1, 0, t0)), five);
         // A grant of another day replaces what is left of the old one.
         leases.keep(&key, &limits, 5, decision(), DAY, t0, ttl);
         leases.keep(&key, &limits, 2, decision(), DAY + 1, t0, ttl);
         let mut spent = 0;
-        while let Spent::Allowed(_) = leases.spend(&key, &limits, 1, t0) {
+        while let Spent::Allowed(..) = leases.spend(&key, &limits, 1, 0, t0) {
             spent += 1;
         }
         assert_eq!(spent, 2);
-        assert!(leases.is_empty());
+
+        // Below half the slice, one request (only one) is asked to top up.
+        leases.taken(&key); // (the loop's last spend asked for a slice)
+        leases.keep(&key, &limits, 55, decision(), DAY, t0, ttl);
+        let mut top_ups = Vec::new();
+        for _ in 0..55 {
+            if let Spent::Allowed(_, top_up) = leases.spend(&key, &limits, 1, 100, t0) {
+                top_ups.push(top_up);
+            }
+        }
+        assert_eq!(top_ups.len(), 55);
+        assert_eq!(top_ups.iter().filter(|t| **t).count(), 1);
+        assert!(
+            top_ups[5],
+            "the spend that left 49 (< 50) units asks for the top-up"
+        );
     }
 
     #[test]

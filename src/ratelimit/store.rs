@@ -106,8 +106,8 @@ impl Store {
 /// The process' limiter: the local store always, the Redis store when `redis:` is configured.
 pub struct Limiter {
     local: Arc<LocalLimiter>,
-    redis: Option<RedisLimiter>,
-    leases: Leases,
+    redis: Option<Arc<RedisLimiter>>,
+    leases: Arc<Leases>,
 }
 
 impl Limiter {
@@ -118,8 +118,8 @@ impl Limiter {
         once_cell::sync::Lazy::force(&DECISIONS);
         Limiter {
             local,
-            redis: link.map(RedisLimiter::new),
-            leases: Leases::default(),
+            redis: link.map(|l| Arc::new(RedisLimiter::new(l))),
+            leases: Arc::default(),
         }
     }
 
@@ -130,7 +130,7 @@ impl Limiter {
 
     /// The Redis store, when `redis:` is configured.
     pub fn redis(&self) -> Option<&RedisLimiter> {
-        self.redis.as_ref()
+        self.redis.as_deref()
     }
 
     /// Check-and-consume `cost` units for `key` under `limits`, in the store `policy` names.
@@ -207,34 +207,48 @@ impl Limiter {
     /// decides this request (giving back what an expired one left).
     async fn check_leased(
         &self,
-        redis: &RedisLimiter,
+        redis: &Arc<RedisLimiter>,
         key: &LimitKey,
         limits: &Limits,
         cost: u32,
         lease: LeaseSettings,
     ) -> Result<(Decision, Store), crate::fleet::StoreError> {
         let now = std::time::Instant::now();
-        let mut spent = self.leases.spend(key, limits, cost, now);
-        if let Spent::Wait(taking) = &spent {
-            let taking = taking.clone();
-            // Wait for the slice another request is taking (at most one Redis call's time),
-            // then spend from it; `enable` registers before the re-check, so no wake is lost.
+        // Wait (at most one Redis call's time in all) while another request of this replica
+        // takes a slice for the key, then spend from it; a herd larger than the slice waits
+        // for the next one. `enable` registers before the re-check, so no wake is lost.
+        let deadline = now + redis.link().settings().command_timeout;
+        let spent = loop {
+            let taking =
+                match self
+                    .leases
+                    .spend(key, limits, cost, lease.slice, std::time::Instant::now())
+                {
+                    Spent::Wait(taking) => taking,
+                    other => break other,
+                };
             let notified = taking.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let again = self.leases.spend(key, limits, cost, now);
-            spent = match again {
-                Spent::Wait(_) => {
-                    let limit = redis.link().settings().command_timeout;
-                    let _ = tokio::time::timeout(limit, notified).await;
-                    self.leases
-                        .spend(key, limits, cost, std::time::Instant::now())
-                }
-                other => other,
-            };
-        }
+            match self
+                .leases
+                .spend(key, limits, cost, lease.slice, std::time::Instant::now())
+            {
+                Spent::Wait(_) => {}
+                other => break other,
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                break Spent::Wait(taking.clone());
+            }
+        };
         let (giveback, take_slice) = match spent {
-            Spent::Allowed(d) => return Ok((d, Store::RedisLease)),
+            Spent::Allowed(d, top_up) => {
+                if top_up {
+                    self.top_up(redis, key, limits, lease);
+                }
+                return Ok((d, Store::RedisLease));
+            }
             Spent::AskRedis {
                 giveback,
                 take_slice,
@@ -261,6 +275,36 @@ impl Limiter {
                 .keep(key, limits, extra, decision, taken.day, now, lease.ttl);
         }
         Ok((decision, Store::Redis))
+    }
+
+    /// Take the next slice for `key` in the background (cost 0: only the grant), adding it
+    /// to the lease that runs low; the request that asked is answered meanwhile.
+    fn top_up(
+        &self,
+        redis: &Arc<RedisLimiter>,
+        key: &LimitKey,
+        limits: &Limits,
+        lease: LeaseSettings,
+    ) {
+        let (redis, leases, key, limits) =
+            (redis.clone(), self.leases.clone(), key.clone(), *limits);
+        tokio::spawn(async move {
+            let now = std::time::Instant::now();
+            let taken = redis
+                .take(
+                    &key,
+                    &limits,
+                    0,
+                    lease.slice,
+                    super::redis::Giveback::NONE,
+                    "ratelimit",
+                )
+                .await;
+            if let Ok(t) = taken {
+                leases.keep(&key, &limits, t.grant, t.decision, t.day, now, lease.ttl);
+            }
+            leases.taken(&key);
+        });
     }
 
     /// Drop leases expired long ago (called by the periodic sweeper).
