@@ -406,3 +406,72 @@ async fn stalled_bodies_get_408_and_blame_no_upstream() {
     }
     assert_eq!(backup.count(), before, "GETs moved to the backup group");
 }
+
+/// An origin that answers while `answer` is set (keeping connections alive, so tollgate pools
+/// them) and otherwise reads a request, counts it and closes the connection unanswered.
+async fn closing_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (a, d) = (answer.clone(), dropped.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (a, d) = (a.clone(), d.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if !a.load(SeqCst) {
+                        d.fetch_add(1, SeqCst);
+                        return;
+                    }
+                    let ok =
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, answer, dropped)
+}
+
+/// `retry: { attempts: 1 }` is the true bound: against an origin that closes its pooled
+/// keep-alive connections, one GET reaches it once (Pingora would retry every failure on a
+/// reused connection, up to its own max_retries).
+#[tokio::test]
+async fn the_retry_count_bounds_reused_connection_retries_too() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (origin, answer, dropped) = closing_origin().await;
+    let tg = Config::new()
+        .upstream(
+            Group::new("app", [origin])
+                .retry("{ attempts: 1 }")
+                .no_circuit_breaker(),
+        )
+        .route(Route::prefix("/").name("api").to("app"))
+        .start()
+        .await;
+    // Fill the pool with several kept-alive connections.
+    let warm = futures_util::future::join_all((0..8).map(|_| tg.get("/warm"))).await;
+    assert!(warm.iter().all(|r| r.status == 200));
+    answer.store(false, SeqCst);
+    let r = tg.get("/once").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        dropped.load(SeqCst),
+        1,
+        "the GET was sent more often than attempts: 1 allows"
+    );
+}

@@ -79,7 +79,20 @@ pub fn after_error(
         .retry_after_error(&route.upstreams, key, error, clock::mono_nanos())
     {
         Some(retry) => e.set_retry(retry),
-        None => e.retry.decide_reuse(client_reused),
+        None => {
+            // Pingora retries a failure on a reused (pooled) connection, which may just have
+            // been closed by the upstream: that retry is an attempt too, so `retry.attempts`
+            // bounds it (an origin closing every pooled connection would otherwise see one
+            // request up to Pingora's max_retries times).
+            e.retry.decide_reuse(client_reused);
+            if e.retry()
+                && !ctx
+                    .upstream
+                    .attempts_left(&route.upstreams, clock::mono_nanos())
+            {
+                e.set_retry(false);
+            }
+        }
     }
     e
 }
