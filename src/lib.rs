@@ -10,6 +10,7 @@ pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod explain;
 pub mod fleet;
 pub mod keys_command;

@@ -129,8 +129,10 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     let mut conf = ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(ceil_secs(s.grace_period)),
-        graceful_shutdown_timeout_seconds: Some(ceil_secs(s.shutdown_timeout)),
+        // In-flight requests get grace_period + shutdown_timeout in all: Pingora waits that
+        // long, and `drain::Drain` ends the process as soon as none is left.
+        grace_period_seconds: Some(ceil_secs(s.grace_period + s.shutdown_timeout)),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool,
         ..ServerConf::default()
     };
@@ -143,6 +145,7 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     let admin_listen = start.admin_listen;
     let h2c = s.h2c;
     let watch_interval = s.watch_interval;
+    let drain_deadline = s.grace_period + s.shutdown_timeout;
     let reload_settle = s.reload_settle;
     let local = Arc::new(LocalLimiter::new(start.max_tracked_keys));
     let link = start
@@ -178,6 +181,14 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
 
     server.add_service(proxy);
     server.add_service(admin);
+    let mut drain = background_service(
+        "tollgate drain",
+        crate::drain::Drain {
+            deadline: drain_deadline,
+        },
+    );
+    drain.threads = Some(1);
+    server.add_service(drain);
     let mut checker = background_service(
         "tollgate health checker",
         HealthChecker {

@@ -475,3 +475,40 @@ async fn the_retry_count_bounds_reused_connection_retries_too() {
         "the GET was sent more often than attempts: 1 allows"
     );
 }
+
+/// SIGTERM with 50 requests of 3 s in flight, `grace_period: 1s`, `shutdown_timeout: 30s`: all
+/// 50 complete (the deadline is the sum), and the process exits as soon as they have, not after
+/// a fixed wait.
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish_then_exits_at_once() {
+    let app = Upstream::start().await;
+    app.set_reply(Reply::ok("done").delay(Duration::from_secs(3)));
+    let mut tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .server("grace_period", "1s")
+        .server("shutdown_timeout", "30s")
+        .start()
+        .await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = tg.url("/slow");
+    let requests = futures_util::future::join_all((0..50).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    }));
+    let term = async {
+        assert!(eventually(Duration::from_secs(10), || async { app.count() == 50 }).await);
+        tg.signal(libc::SIGTERM);
+        std::time::Instant::now()
+    };
+    let (answers, sent) = tokio::join!(requests, term);
+    let ok = answers.iter().filter(|r| matches!(r, Ok(200))).count();
+    assert_eq!(ok, 50, "answers: {answers:?}");
+    let status = tg.wait_exit(Duration::from_secs(20)).await;
+    let took = sent.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM, not as soon as drained"
+    );
+}

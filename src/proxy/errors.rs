@@ -173,6 +173,14 @@ pub async fn fail_to_proxy(
         // The response has started (error mid-body): nothing more can be said to the client.
         Some(k) if session.response_written().is_some() => k.status(),
         Some(k) => {
+            // Refusals of tollgate's own are logged under their code, like those it answers
+            // itself (not under the Pingora error type that carried them here).
+            if matches!(
+                k,
+                ProxyError::ClientTimeout | ProxyError::BodyTooLarge | ProxyError::CircuitOpen
+            ) {
+                ctx.own_error = Some(k.code());
+            }
             if ctx.request_id.is_empty() {
                 ctx.request_id = crate::observe::request_id::generate();
             }
