@@ -1396,6 +1396,7 @@ if [[ $SCENARIO != passthrough ]]; then CMD="SCENARIO=$SCENARIO $CMD"; fi
 if [[ -n ${TOLLGATE_BIN:-} ]]; then CMD+=" TOLLGATE_BIN=$TOLLGATE_BIN"; fi
 if [[ -n ${PINGORA_BIN:-} ]]; then CMD+=" PINGORA_BIN=$PINGORA_BIN"; fi
 if [[ $UPSTREAM_WORKERS != 1 ]]; then CMD+=" UPSTREAM_WORKERS=$UPSTREAM_WORKERS"; fi
+if [[ $REDIS_MODE != exact ]]; then CMD+=" REDIS_MODE=$REDIS_MODE"; fi
 CMD+=" benches/load.sh"
 
 bin_mtime() { # path -> "built YYYY-MM-DD HH:MM:SS" (the binary's mtime)
