@@ -319,6 +319,19 @@ async fn oversized_requests_get_414_431_and_413() {
     assert_eq!(app.requests_to("/x").len(), 0);
     assert_eq!(app.requests_to("/upload/a").len(), 0);
     tg.get("/x").await.assert_status(200);
+    // Each refusal is counted under its code.
+    for (route, reason, n) in [
+        ("api", "uri_too_long", 1.0),
+        ("api", "request_headers_too_large", 2.0),
+        ("upload", "request_body_too_large", 2.0),
+    ] {
+        tg.expect_metric(
+            "tollgate_requests_refused_total",
+            &[("route", route), ("reason", reason)],
+            n,
+        )
+        .await;
+    }
 }
 
 /// An idle kept-alive connection is closed after `server.keepalive_timeout`.
@@ -405,6 +418,12 @@ async fn stalled_bodies_get_408_and_blame_no_upstream() {
         tg.get("/x").await.assert_status(200);
     }
     assert_eq!(backup.count(), before, "GETs moved to the backup group");
+    tg.expect_metric(
+        "tollgate_requests_refused_total",
+        &[("route", "api"), ("reason", "client_timeout")],
+        6.0,
+    )
+    .await;
 }
 
 /// An origin that answers while `answer` is set (keeping connections alive, so tollgate pools

@@ -261,6 +261,18 @@ pub static FLEET_REPLICAS: Lazy<IntGauge> = Lazy::new(|| {
     g
 });
 
+/// `tollgate_requests_refused_total{route,reason}`: requests tollgate answered itself with an
+/// error, by its code (`bad_request`, `uri_too_long`, `request_headers_too_large`,
+/// `request_body_too_large`, `client_timeout`, `overloaded`, `upstream_circuit_open`,
+/// `rate_limited`, `unknown_api_key`, `route_not_found`, ...).
+pub static REQUESTS_REFUSED_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_requests_refused_total",
+        "Requests tollgate refused itself, by route and error code.",
+        &["route", "reason"],
+    )
+});
+
 /// `tollgate_requests_shed_total{route}`: requests answered 503 because their route had
 /// `max_in_flight` requests in flight.
 pub static REQUESTS_SHED_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -458,6 +470,7 @@ pub fn init(buckets: &[f64], status_label: bool) {
     Lazy::force(&RATELIMIT_TRACKED_KEYS);
     Lazy::force(&RATELIMIT_STORE_DECISIONS_TOTAL);
     Lazy::force(&REQUESTS_SHED_TOTAL);
+    Lazy::force(&REQUESTS_REFUSED_TOTAL);
     Lazy::force(&ACCESS_LOG_WRITTEN);
     Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&ACCESS_LOG_SAMPLED_OUT);

@@ -156,6 +156,11 @@ pub fn record(log: Option<&AccessLog>, f: Finished) {
             .with_label_values(&[route, method, class, tier, cache])
             .observe(elapsed.as_secs_f64());
         metrics::count_request(route, method, class, f.status, tenant);
+        if let Some(reason) = f.own_error {
+            metrics::REQUESTS_REFUSED_TOTAL
+                .with_label_values(&[route, reason])
+                .inc();
+        }
         if f.bytes > 0 {
             metrics::HTTP_RESPONSE_BODY_BYTES_TOTAL
                 .with_label_values(&[route])
@@ -198,10 +203,12 @@ pub fn record(log: Option<&AccessLog>, f: Finished) {
         attempts: f.attempts,
         cache,
         ratelimit: f.ratelimit,
+        // tollgate's own code first: a refusal carried by a Pingora error (408, 413, 503) is
+        // named as the client saw it.
         error: f
-            .error
-            .map(|e| format!("{:?}", e.etype()))
-            .or_else(|| f.own_error.map(str::to_owned)),
+            .own_error
+            .map(str::to_owned)
+            .or_else(|| f.error.map(|e| format!("{:?}", e.etype()))),
         slow: elapsed >= settings.slow_threshold,
     });
 }
