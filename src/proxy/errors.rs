@@ -247,12 +247,7 @@ pub fn request_summary(req: &pingora_http::RequestHeader) -> String {
     } else {
         ""
     };
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        .or_else(|| req.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default();
+    let host = super::routing::request_host(req).unwrap_or_default();
     format!("{} {}{query}, Host: {host}", req.method, req.uri.path())
 }
 

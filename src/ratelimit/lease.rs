@@ -102,14 +102,7 @@ impl Leases {
         let mut table = self.map.lock();
         let table = &mut *table;
         let Some(lease) = table.leases.get_mut(key) else {
-            if let Some(n) = table.taking.get(key) {
-                return Spent::Wait(n.clone());
-            }
-            table.taking.insert(key.clone(), Default::default());
-            return Spent::AskRedis {
-                giveback: Giveback::NONE,
-                take_slice: true,
-            };
+            return wait_or_take(&mut table.taking, key);
         };
         let valid = lease.expires > now && lease.limits == *limits;
         if valid && lease.units >= cost {
@@ -126,16 +119,8 @@ impl Leases {
             return Spent::Allowed(d, top_up);
         }
         if valid {
-            // Short of units: wait for the slice being taken, or take one now (what is left
-            // stays in the lease, the grant is added to it).
-            if let Some(n) = table.taking.get(key) {
-                return Spent::Wait(n.clone());
-            }
-            table.taking.insert(key.clone(), Default::default());
-            return Spent::AskRedis {
-                giveback: Giveback::NONE,
-                take_slice: true,
-            };
+            // Short of units: what is left stays in the lease, the grant is added to it.
+            return wait_or_take(&mut table.taking, key);
         }
         // Expired, or taken under other limits (a reload): what is left goes back.
         let giveback = Giveback {
@@ -214,6 +199,21 @@ impl Leases {
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// No usable units for `key`: wait for the slice another request is taking, or take one.
+fn wait_or_take(
+    taking: &mut HashMap<LimitKey, std::sync::Arc<tokio::sync::Notify>>,
+    key: &LimitKey,
+) -> Spent {
+    if let Some(n) = taking.get(key) {
+        return Spent::Wait(n.clone());
+    }
+    taking.insert(key.clone(), Default::default());
+    Spent::AskRedis {
+        giveback: Giveback::NONE,
+        take_slice: true,
     }
 }
 
