@@ -185,18 +185,6 @@ pub async fn live_state(
 /// `explain --live`: the running proxy's `GET /ratelimit/state?tenant=ID` on its admin
 /// listener, pretty-printed.
 pub fn fetch_live(admin: std::net::SocketAddr, tenant: &str) -> Result<String, String> {
-    use std::io::{Read, Write as _};
-    let ip = match admin.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    let addr = std::net::SocketAddr::new(ip, admin.port());
-    let timeout = std::time::Duration::from_secs(5);
-    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
-        format!("cannot reach the admin listener {addr} (is tollgate running?): {e}")
-    })?;
-    conn.set_read_timeout(Some(timeout)).ok();
     let tenant: String = tenant
         .bytes()
         .map(|b| match b {
@@ -206,44 +194,19 @@ pub fn fetch_live(admin: std::net::SocketAddr, tenant: &str) -> Result<String, S
             b => format!("%{b:02X}"),
         })
         .collect();
-    write!(
-        conn,
-        "GET /ratelimit/state?tenant={tenant} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
-    // Read until the body's Content-Length is in (the admin listener may keep the connection).
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = conn
-            .read(&mut buf)
-            .map_err(|e| format!("cannot read the answer of {addr}: {e}"))?;
-        raw.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&raw);
-        if n == 0 {
-            break;
-        }
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            });
-            if length.is_some_and(|len| body.len() >= len) {
-                break;
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let value: serde_json::Value = serde_json::from_str(body).map_err(|_| {
-        format!(
-            "unexpected answer from {addr}: {}",
-            head.lines().next().unwrap_or("")
-        )
-    })?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(value["message"].as_str().unwrap_or(head).to_string());
+    let answer = crate::admin_client::get(
+        admin,
+        &format!("/ratelimit/state?tenant={tenant}"),
+        std::time::Duration::from_secs(5),
+    )?;
+    let addr = crate::admin_client::reachable(admin);
+    let value: serde_json::Value = serde_json::from_str(&answer.body)
+        .map_err(|_| format!("unexpected answer from {addr}: status {}", answer.status))?;
+    if answer.status != 200 {
+        return Err(value["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("status {}", answer.status)));
     }
     Ok(serde_json::to_string_pretty(&value).expect("json"))
 }

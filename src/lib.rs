@@ -5,6 +5,7 @@
 //! runnable Pingora server.
 
 pub mod admin;
+pub mod admin_client;
 pub mod cache;
 pub mod clock;
 pub mod compress;

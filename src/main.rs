@@ -1,4 +1,4 @@
-//! The `tollgate` command: `run`, `check`, `explain`, `keys`, `hash-key`, `demo-upstream`. Nothing else
+//! The `tollgate` command: `run`, `check`, `explain`, `keys`, `hash-key`, `probe`, `demo-upstream`. Nothing else
 //! lives here: each subcommand calls into the library.
 
 use clap::{Parser, Subcommand};
@@ -76,6 +76,22 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: String,
+        /// A name for this instance, sent in `X-Served-By` (to tell two of them apart).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Check a running tollgate through its admin listener (a container HEALTHCHECK with no curl
+    /// in the image): exit 0 when `GET PATH` answers 200, 1 otherwise.
+    Probe {
+        /// The admin listener (`admin.listen`).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// The path to ask: `/readyz` (ready for traffic) or `/healthz` (alive).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+        /// How long the whole check may take (e.g. `2s`, `500ms`).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -286,7 +302,21 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::DemoUpstream { listen } => {
+        Command::Probe {
+            admin,
+            path,
+            timeout,
+        } => match tollgate::admin_client::probe(&admin, &path, timeout) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate probe: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::DemoUpstream { listen, name } => {
             init_logging();
             let mut server = pingora_core::server::Server::new_with_opt_and_conf(
                 pingora_core::server::configuration::Opt::default(),
@@ -299,7 +329,7 @@ fn main() -> ExitCode {
             );
             let mut svc = pingora_core::services::listening::Service::new(
                 "demo upstream".to_string(),
-                tollgate::demo::DemoUpstream,
+                tollgate::demo::DemoUpstream { name },
             );
             svc.add_tcp(&listen);
             server.add_service(svc);

@@ -432,6 +432,40 @@ async fn admin_endpoints_health_ready_metrics() {
     );
 }
 
+/// `tollgate probe` (the container HEALTHCHECK): 0 on a 200, 1 with the reason otherwise,
+/// within its timeout when the listener never answers.
+#[tokio::test]
+async fn probe_command_passes_only_on_200_and_keeps_its_timeout() {
+    let app = Upstream::start().await;
+    let tg = one_route(app.addr()).start().await;
+    let admin = tg.admin.to_string();
+    let (code, out, err) = run_cli(["probe", "--admin", &admin], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("/readyz: 200"), "{out}");
+    let (code, _, err) = run_cli(["probe", "--admin", &admin, "--path", "/nope"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nope: 404"), "{err}");
+    let closed = closed_addr().to_string();
+    let (code, _, err) = run_cli(["probe", "--admin", &closed], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the admin listener"), "{err}");
+    // Connected (the kernel's backlog accepts), never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (code, _, err) = run_cli(
+        ["probe", "--admin", &silent_addr, "--timeout", "300ms"],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no answer from"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn upstream_that_never_accepts_is_504_after_the_connect_timeout() {
     let hole = Blackhole::new();
