@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,20 +65,10 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
         .expect("response")
 }
 
-/// Where to knock to see a listener accept: wildcard binds are reached over loopback.
-fn probe_addr(listen: SocketAddr) -> SocketAddr {
-    let ip = match listen.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, listen.port())
-}
-
 /// Ready when every proxy listener accepts a TCP connection: config loaded *and* listeners bound.
 async fn listeners_accepting(listen: &[SocketAddr]) -> Result<(), String> {
     for addr in listen {
-        let target = probe_addr(*addr);
+        let target = crate::admin_client::reachable(*addr);
         match tokio::time::timeout(
             Duration::from_millis(500),
             tokio::net::TcpStream::connect(target),

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod drain;
 pub mod explain;
 pub mod fleet;
+pub mod inject;
 pub mod keys_command;
 pub mod observe;
 pub mod proxy;

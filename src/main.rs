@@ -1,4 +1,5 @@
-//! The `tollgate` command: `run`, `check`, `explain`, `keys`, `hash-key`, `probe`, `demo-upstream`. Nothing else
+//! The `tollgate` command: `run`, `check`, `explain`, `keys`, `hash-key`, `inject`,
+//! `inject-webhook`, `probe`, `demo-upstream`. Nothing else
 //! lives here: each subcommand calls into the library.
 
 use clap::{Parser, Subcommand};
@@ -70,6 +71,36 @@ enum Command {
     HashKey {
         /// The key; omit to read it from stdin.
         key: Option<String>,
+    },
+    /// Add tollgate as a native sidecar to the pods of Kubernetes manifests (Pod, Deployment,
+    /// StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, List), like `linkerd inject`: the
+    /// result on stdout, one line per workload on stderr. Exit 1 if a workload was refused.
+    Inject {
+        /// Manifest file (`-`: stdin).
+        #[arg(short, long, default_value = "-")]
+        file: PathBuf,
+        /// Injector settings (image, ports, resources, ...); absent: the defaults.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+    },
+    /// Serve the Kubernetes mutating admission webhook that injects tollgate (HTTPS
+    /// `POST /mutate`, `GET /healthz`), with `/metrics` and `/healthz` on the admin listener.
+    InjectWebhook {
+        /// HTTPS listener for the API server.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: String,
+        /// Serving certificate (PEM, chain first to last); re-read when it changes.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// Its private key (PEM); re-read when it changes.
+        #[arg(long)]
+        tls_key: PathBuf,
+        /// Injector settings; absent: the defaults.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+        /// Plain-HTTP admin listener: `/healthz`, `/metrics`.
+        #[arg(long, default_value = "0.0.0.0:9901")]
+        admin: String,
     },
     /// Run the bundled demo upstream (something to put tollgate in front of and curl).
     DemoUpstream {
@@ -302,6 +333,84 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Inject { file, settings } => {
+            let settings = match load_injector_settings(settings.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tollgate inject: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                    eprintln!("tollgate inject: stdin: {e}");
+                    return ExitCode::from(1);
+                }
+                text
+            } else {
+                match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("tollgate inject: {}: {e}", file.display());
+                        return ExitCode::from(1);
+                    }
+                }
+            };
+            match tollgate::inject::manifest::inject_manifests(&text, &settings) {
+                Ok(out) => {
+                    print!("{}", out.yaml);
+                    let mut refused = false;
+                    for r in &out.reports {
+                        use tollgate::inject::mutate::Outcome;
+                        let what = match &r.outcome {
+                            Outcome::Injected => "injected".to_string(),
+                            Outcome::AlreadyInjected => "already injected, unchanged".to_string(),
+                            Outcome::OptedOut => {
+                                "opted out (tollgate.io/inject: false), unchanged".to_string()
+                            }
+                            Outcome::Refused(why) => {
+                                refused = true;
+                                format!("NOT injected: {why}")
+                            }
+                        };
+                        eprintln!("{} {what}", r.workload);
+                    }
+                    if refused {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("tollgate inject: {}: {e}", file.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::InjectWebhook {
+            listen,
+            tls_cert,
+            tls_key,
+            settings,
+            admin,
+        } => {
+            init_logging();
+            let settings = match load_injector_settings(settings.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tollgate inject-webhook: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match tollgate::inject::webhook::serve(&listen, &admin, tls_cert, tls_key, settings) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("tollgate inject-webhook: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Probe {
             admin,
             path,
@@ -337,6 +446,15 @@ fn main() -> ExitCode {
             tracing::info!("demo upstream listening on http://{listen}/");
             server.run_forever()
         }
+    }
+}
+
+fn load_injector_settings(
+    path: Option<&std::path::Path>,
+) -> Result<tollgate::inject::settings::Settings, String> {
+    match path {
+        Some(p) => tollgate::inject::settings::Settings::load(p),
+        None => Ok(tollgate::inject::settings::Settings::default()),
     }
 }
 
