@@ -426,6 +426,100 @@ async fn stalled_bodies_get_408_and_blame_no_upstream() {
     .await;
 }
 
+/// `request_buffering`: a body that fits is read before the upstream is contacted. A stalled
+/// one gets 408 and the upstream never hears of it (without buffering, it gets the request and
+/// waits); complete bodies, slow ones and ones too large to buffer arrive whole.
+#[tokio::test]
+async fn buffered_bodies_stall_without_reaching_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start().await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(
+            Route::prefix("/buffered/")
+                .name("buffered")
+                .to("app")
+                .set("request_buffering", "16KiB"),
+        )
+        .route(Route::prefix("/").name("streamed").to("app"))
+        .server("client_body_timeout", "300ms")
+        .start()
+        .await;
+    let raw = |path: &'static str, parts: Vec<Vec<u8>>, declared: usize| async move {
+        let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                // Slow, but each gap well inside client_body_timeout.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            s.write_all(part).await.unwrap();
+        }
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
+        answer
+    };
+
+    // Stalled: 408 on both routes, but only the streamed one reached the upstream.
+    let answer = raw("/buffered/a", vec![b"0123456789".to_vec()], 1000).await;
+    assert_eq!(status_of(&answer), "408", "{answer}");
+    assert_eq!(
+        app.count(),
+        0,
+        "a buffered stalled body reached the upstream"
+    );
+    let answer = raw("/streamed", vec![b"0123456789".to_vec()], 1000).await;
+    assert_eq!(status_of(&answer), "408", "{answer}");
+    assert_eq!(
+        app.count(),
+        1,
+        "without buffering the upstream gets the request"
+    );
+
+    // Whole bodies arrive whole: in one piece, in three slow pieces, and too large to buffer.
+    let body = vec![b'x'; 12_000];
+    let answer = raw("/buffered/b", vec![body.clone()], body.len()).await;
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    let parts = body.chunks(4_000).map(<[u8]>::to_vec).collect();
+    let answer = raw("/buffered/c", parts, body.len()).await;
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    let large = vec![b'y'; 40_000];
+    let answer = raw("/buffered/d", vec![large.clone()], large.len()).await;
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    let got: Vec<(String, usize)> = app
+        .requests()
+        .iter()
+        .map(|r| (r.path.clone(), r.body_len))
+        .collect();
+    assert_eq!(
+        got[1..],
+        [
+            ("/buffered/b".to_string(), 12_000),
+            ("/buffered/c".to_string(), 12_000),
+            ("/buffered/d".to_string(), 40_000),
+        ]
+    );
+    tg.expect_metric(
+        "tollgate_requests_refused_total",
+        &[("route", "buffered"), ("reason", "client_timeout")],
+        1.0,
+    )
+    .await;
+
+    // The buffer is Pingora's retry buffer: 64 KiB at most.
+    let (code, _, err) = check_yaml(
+        "listen: 127.0.0.1:1\nadmin: { listen: 127.0.0.1:2 }\nupstreams: { app: { endpoints: [\"127.0.0.1:3\"] } }\nroutes:\n  - { name: a, match: { path_prefix: / }, upstream: app, request_buffering: 1MiB }\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("routes[0].request_buffering: must be from 1 byte to 64KiB"),
+        "{err}"
+    );
+}
+
 /// An origin that answers while `answer` is set (keeping connections alive, so tollgate pools
 /// them) and otherwise reads a request, counts it and closes the connection unanswered.
 async fn closing_origin() -> (

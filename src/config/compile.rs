@@ -38,6 +38,9 @@ pub struct Route {
     pub max_in_flight: Option<u32>,
     /// Largest request body (`max_request_body`); `None`: no limit.
     pub max_request_body: Option<u64>,
+    /// Bodies declared this size or smaller are read before the upstream is contacted
+    /// (`request_buffering`); `None`: bodies stream.
+    pub request_buffering: Option<u64>,
 }
 
 /// The config as the proxy runs it. Immutable; a reload builds a new one and swaps it in.
@@ -115,6 +118,7 @@ pub fn compile(
                 hashes_tenant,
                 max_in_flight: r.max_in_flight,
                 max_request_body: r.max_request_body.map(|b| b.0),
+                request_buffering: r.request_buffering.map(|b| b.0),
             });
             (
                 HostMatch::parse(r.matcher.host.as_deref()),

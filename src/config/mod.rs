@@ -20,6 +20,10 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;
 pub use startup::{ClientLimits, Startup};
 
+/// The largest `request_buffering`: Pingora keeps at most this much of a request body to send
+/// (its retry buffer), and a body read before the upstream is contacted is sent from there.
+pub const MAX_REQUEST_BUFFERING: u64 = 64 * 1024;
+
 use std::path::Path;
 
 /// Read, interpolate from the process environment, parse, validate and compile a config file.

@@ -635,6 +635,11 @@ pub struct RouteConfig {
     /// a chunked body is cut with `413` when it passes it. Absent: no limit.
     #[serde(default)]
     pub max_request_body: Option<ByteSize>,
+    /// Read a request body whose declared `Content-Length` is at most this size in full before
+    /// the upstream is contacted (like nginx's `proxy_request_buffering`), so that a client
+    /// slow to send it holds no upstream connection. At most 64 KiB. Absent: bodies stream.
+    #[serde(default)]
+    pub request_buffering: Option<ByteSize>,
 }
 
 /// `compression:` of a route.

@@ -340,6 +340,7 @@ fn placeholder_route() -> RouteConfig {
         cache: None,
         max_in_flight: None,
         max_request_body: None,
+        request_buffering: None,
         upstreams: Vec::new(),
         retry_non_idempotent: false,
     }

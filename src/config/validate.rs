@@ -602,6 +602,17 @@ fn validate_route<'a>(
             "must be more than 0 (leave it out for no limit)",
         ));
     }
+    if let Some(b) = r.request_buffering {
+        if b.0 == 0 || b.0 > crate::config::MAX_REQUEST_BUFFERING {
+            errors.push(ConfigError::at(
+                format!("{base}.request_buffering"),
+                format!(
+                    "must be from 1 byte to 64KiB (Pingora keeps at most {} bytes of a request body); leave it out to stream bodies",
+                    crate::config::MAX_REQUEST_BUFFERING
+                ),
+            ));
+        }
+    }
     if r.max_in_flight == Some(0) {
         errors.push(ConfigError::at(
             format!("{base}.max_in_flight"),

@@ -76,6 +76,44 @@ pub async fn refuse_oversized(
     Ok(true)
 }
 
+/// `request_filter`, last: on a route with `request_buffering`, read a body whose declared
+/// `Content-Length` fits in full before any upstream is chosen, so that a slow client holds no
+/// upstream connection and its stall is answered `408` with nothing sent upstream. The body
+/// waits in Pingora's retry buffer, which the first attempt sends (and a retry sends again).
+/// Not done for a body without a declared length (its size is known only at its end, and the
+/// part read could not be sent if it outgrew the buffer) nor for `Expect: 100-continue` (the
+/// client waits for the upstream's `100` before sending it).
+pub async fn buffer_body(session: &mut Session, ctx: &mut RequestCtx) -> pingora_core::Result<()> {
+    let Some(max) = ctx.route.as_ref().and_then(|r| r.request_buffering) else {
+        return Ok(());
+    };
+    let req = session.req_header();
+    if req.headers.contains_key(http::header::EXPECT) {
+        return Ok(());
+    }
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > 0 && len <= max => {}
+        _ => return Ok(()),
+    }
+    session.as_mut().enable_retry_buffering();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(mut e) => {
+                // A stall or a reset while reading: the client's doing, never an endpoint's.
+                e.as_down();
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// `request_body_filter`: count a body without a declared length against the route's limit.
 pub fn count_body(ctx: &mut RequestCtx, chunk: Option<&bytes::Bytes>) -> pingora_core::Result<()> {
     let Some(max) = ctx.route.as_ref().and_then(|r| r.max_request_body) else {

@@ -112,10 +112,14 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        Ok(client_limits::refuse_oversized(session, ctx).await?
+        let answered = client_limits::refuse_oversized(session, ctx).await?
             || routing::refuse_unroutable(session, ctx).await?
             || limit::enforce(session, ctx, self.limiter.as_ref()).await?
-            || shed::admit(session, ctx).await?)
+            || shed::admit(session, ctx).await?;
+        if !answered {
+            client_limits::buffer_body(session, ctx).await?;
+        }
+        Ok(answered)
     }
 
     async fn request_body_filter(
