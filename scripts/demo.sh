@@ -78,8 +78,8 @@ Try, in another shell:
   curl -s -o /dev/null -D - -H 'Accept-Encoding: gzip' 'http://$P/api/items?n=100' | grep -iE '^content-(encoding|length)'
   curl -s -o /dev/null -D - -H 'Accept-Encoding: gzip' -H 'x-no-compression: 1' 'http://$P/api/items?n=100' | grep -iE '^content-(encoding|length)'
 
-5. Failover: stop app-2; every request still gets 200 (a failed connection is retried on
-   app-1, and the health check takes app-2 out within a second):
+5. Failover: stop app-2; every request still gets 200 (the health check takes app-2 out
+   within a second, and a request that meets it gone before that is retried on app-1):
   kill $app2_pid
   for i in \$(seq 10); do curl -s -o /dev/null -w '%{http_code} ' http://$P/api/hello; done; echo
 

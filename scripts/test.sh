@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 # redis-server, redis-cli (package redis-tools), faketime: the fleet rate limiter's tests run
 # real Redis servers (tests/common/redis.rs); openssl makes the certificates of the TLS test.
 scripts/setup.sh promtool redis-server redis-cli faketime openssl
-cargo test --all-targets "$@"
+# --no-fail-fast: one failing test binary does not hide the results of the others.
+cargo test --no-fail-fast --all-targets "$@"
 cargo test --doc

@@ -194,12 +194,13 @@ fn every_line_of_the_demo_tour_works_as_printed() {
     assert_eq!(codes, ["200"; 10], "{out}");
 
     // 6. The metrics the tour points at, and app-2 taken out by the health check.
+    // `tollgate_upstream_retries_total` shows only when a request met app-2 gone before the
+    // health check took it out (a race the tour does not promise to win either way).
     let out = run(&metrics);
     for name in [
         "tollgate_ratelimit_decisions_total{",
         "tollgate_cache_requests_total{",
         "tollgate_compression_output_bytes_total{",
-        "tollgate_upstream_retries_total{",
         "tollgate_upstream_endpoint_healthy{",
     ] {
         assert!(out.contains(name), "no {name} in {out}");
