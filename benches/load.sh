@@ -47,6 +47,8 @@ SCENARIO=${SCENARIO:-passthrough}
 # tollgate-redis: rate_limit.mode, `exact` (one EVALSHA per request) or `lease` (a replica takes
 # rate_limit.lease_slice units per call and spends them locally).
 REDIS_MODE=${REDIS_MODE:-exact}
+# server.client_read_buffer of every tollgate target (bytes; unset: tollgate's default, 4096).
+CLIENT_READ_BUFFER=${CLIENT_READ_BUFFER:-}
 # What a scenario is made of: the generated 10240-byte JSON body, served gzip-encoded to
 # Accept-Encoding: gzip (gzip, cache-gzip); served from the proxies' caches (cache, cache-gzip).
 scenario_gzip() { [[ $SCENARIO == gzip || $SCENARIO == cache-gzip ]]; }
@@ -512,7 +514,8 @@ server:
   threads: $THREADS
   work_stealing: false
   grace_period: 0s
-  shutdown_timeout: 1s
+  shutdown_timeout: 1s${CLIENT_READ_BUFFER:+
+  client_read_buffer: $CLIENT_READ_BUFFER}
 upstreams:
   app:
     endpoints: ["127.0.0.1:$UPSTREAM_PORT"]

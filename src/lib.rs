@@ -16,6 +16,7 @@ pub mod explain;
 pub mod fleet;
 pub mod inject;
 pub mod keys_command;
+pub mod memory;
 pub mod observe;
 pub mod proxy;
 pub mod ratelimit;

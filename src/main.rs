@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 // make that cheaper than glibc malloc, which showed ~11% of CPU in a pass-through profile.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -144,6 +144,7 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     let listen = start.listen.clone();
     let admin_listen = start.admin_listen;
     let h2c = s.h2c;
+    let client_read_buffer = s.client_read_buffer;
     let watch_interval = s.watch_interval;
     let drain_deadline = s.grace_period + s.shutdown_timeout;
     let reload_settle = s.reload_settle;
@@ -168,8 +169,13 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     .name("tollgate proxy")
     .server_options(options)
     .build();
+    // A smaller read buffer than Pingora's 64 KiB default: it is allocated and zeroed for every
+    // client connection, idle or not (docs/limits.md, memory per connection).
+    let read_buffer = pingora_core::listeners::L4BufferSettings::default().read(client_read_buffer);
     for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(
+            pingora_core::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(read_buffer),
+        );
     }
 
     let mut admin = Service::new(

@@ -51,6 +51,16 @@ fn broken_configs_are_rejected_with_specific_messages() {
             &["broken.yaml:4: upstreams.app.timeout: unknown key `timeout`", "did you mean `timeouts`?"],
         ),
         (
+            "a client read buffer of nothing, or too large to give every connection",
+            &format!("server: {{ client_read_buffer: 0 }}\n{GOOD_TAIL}"),
+            &["server.client_read_buffer: must be more than 0"],
+        ),
+        (
+            "a client read buffer over 1MiB",
+            &format!("server: {{ client_read_buffer: 2MiB }}\n{GOOD_TAIL}"),
+            &["server.client_read_buffer: must be at most 1MiB"],
+        ),
+        (
             "route naming an unknown upstream",
             "upstreams:\n  app:\n    endpoints: [\"127.0.0.1:3000\"]\nroutes:\n  - match: { path_prefix: / }\n    upstream: ap\n",
             &["broken.yaml:6: routes[0].upstream: unknown upstream `ap` (defined upstreams: app)"],

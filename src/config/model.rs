@@ -292,6 +292,10 @@ pub struct ServerConfig {
     pub max_header_size: ByteSize,
     /// Most request header fields; more gets `431`.
     pub max_headers: usize,
+    /// Read buffer of each client connection. Pingora's default, 64 KiB, is allocated (and
+    /// zeroed, so resident) for every connection, idle or not; reads larger than the buffer
+    /// bypass it, so a small one costs little.
+    pub client_read_buffer: ByteSize,
 }
 
 impl Default for ServerConfig {
@@ -310,9 +314,13 @@ impl Default for ServerConfig {
             max_uri_length: ByteSize(8 * 1024),
             max_header_size: ByteSize(32 * 1024),
             max_headers: 100,
+            client_read_buffer: ByteSize(DEFAULT_CLIENT_READ_BUFFER),
         }
     }
 }
+
+/// `server.client_read_buffer`'s default.
+pub const DEFAULT_CLIENT_READ_BUFFER: u64 = 4 * 1024;
 
 /// One upstream group under `upstreams:`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

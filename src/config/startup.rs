@@ -56,6 +56,8 @@ pub struct Server {
     pub reload_settle: Duration,
     /// What a client may send and how slowly.
     pub client: ClientLimits,
+    /// Read buffer of each client connection, in bytes.
+    pub client_read_buffer: usize,
 }
 
 /// `server:`'s client limits, compiled.
@@ -110,6 +112,7 @@ impl Startup {
                     max_header_size: s.max_header_size.0 as usize,
                     max_headers: s.max_headers,
                 },
+                client_read_buffer: s.client_read_buffer.0 as usize,
             },
             cache: crate::cache::StoreSettings::new(&c.cache),
             latency_buckets: c.observability.latency_buckets.clone(),

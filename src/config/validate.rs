@@ -314,7 +314,14 @@ fn validate_server(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
         ("max_uri_length", server.max_uri_length.0 == 0),
         ("max_header_size", server.max_header_size.0 == 0),
         ("max_headers", server.max_headers == 0),
+        ("client_read_buffer", server.client_read_buffer.0 == 0),
     ];
+    if server.client_read_buffer.0 > 1024 * 1024 {
+        errors.push(ConfigError::at(
+            "server.client_read_buffer",
+            "must be at most 1MiB (it is allocated for every client connection)",
+        ));
+    }
     for (key, zero) in client {
         if zero {
             errors.push(ConfigError::at(
