@@ -10,6 +10,7 @@ pub mod cache;
 pub mod clock;
 pub mod compress;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod drain;
 pub mod explain;

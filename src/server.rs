@@ -16,7 +16,6 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::background_service;
 use pingora_core::services::background::BackgroundService;
 use pingora_core::services::listening::Service;
-use pingora_proxy::ProxyServiceBuilder;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,6 +144,7 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     let admin_listen = start.admin_listen;
     let h2c = s.h2c;
     let client_read_buffer = s.client_read_buffer;
+    let connection_limits = s.connections;
     let watch_interval = s.watch_interval;
     let drain_deadline = s.grace_period + s.shutdown_timeout;
     let reload_settle = s.reload_settle;
@@ -158,17 +158,20 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
 
     let mut options = HttpServerOptions::default();
     options.h2c = h2c;
-    let mut proxy = ProxyServiceBuilder::new(
+    let mut app = pingora_proxy::http_proxy(
         &server.configuration,
         match &link {
             Some(link) => Tollgate::new(shared.clone(), limiter.clone(), access_log)
                 .with_key_store(Arc::new(crate::fleet::keys::KeyStore::new(link.clone()))),
             None => Tollgate::new(shared.clone(), limiter.clone(), access_log),
         },
-    )
-    .name("tollgate proxy")
-    .server_options(options)
-    .build();
+    );
+    app.server_options = Some(options);
+    // The connection caps and the header deadline sit in front of Pingora's HTTP handling.
+    let mut proxy = Service::new(
+        "tollgate proxy".to_string(),
+        crate::connections::ConnectionGate::new(app, connection_limits),
+    );
     // A smaller read buffer than Pingora's 64 KiB default: it is allocated and zeroed for every
     // client connection, idle or not (docs/limits.md, memory per connection).
     let read_buffer = pingora_core::listeners::L4BufferSettings::default().read(client_read_buffer);

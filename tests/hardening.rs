@@ -545,6 +545,135 @@ async fn buffered_bodies_stall_without_reaching_the_upstream() {
     );
 }
 
+/// A request header trickled in (one byte every 100 ms) is cut with 408 once
+/// `client_header_timeout` has passed since its first byte; a slow but complete header, and a
+/// kept-alive connection idle for longer than the timeout between requests, are served.
+#[tokio::test]
+async fn a_trickled_header_gets_408_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start().await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("all").to("app"))
+        .server("client_header_timeout", "600ms")
+        .start()
+        .await;
+
+    // Slowloris: never finishes its header.
+    let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let trickle = async {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(900), trickle).await;
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer)).await;
+    assert_eq!(status_of(&answer), "408", "{answer}");
+    assert!(answer.contains("client_header_timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.count(), 0);
+    tg.expect_metric(
+        "tollgate_client_connections_refused_total",
+        &[("reason", "client_header_timeout")],
+        1.0,
+    )
+    .await;
+
+    // Slow but complete inside the deadline: served. Then idle longer than the deadline between
+    // two requests on the same connection: the idle time is keep-alive's, not the header's.
+    let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    for part in [&b"GET /slow HTTP/1.1\r\n"[..], b"Host: a\r\n", b"\r\n"] {
+        s.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), "200");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(b"GET /again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer)).await;
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    assert_eq!(app.count(), 2);
+}
+
+/// `max_client_connections` and `max_connections_per_ip`: past either, a new connection gets
+/// 503 with `Retry-After` at once and is closed; the open ones are still served, and a closed
+/// one frees its place.
+#[tokio::test]
+async fn connection_caps_refuse_new_connections_and_serve_the_open_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start().await;
+    for (key, reason) in [
+        ("max_client_connections", "max_client_connections"),
+        ("max_connections_per_ip", "max_connections_per_ip"),
+    ] {
+        let tg = Config::new()
+            .upstream(Group::new("app", [app.addr()]))
+            .route(Route::prefix("/").name("all").to("app"))
+            .server(key, 3)
+            .start()
+            .await;
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(tokio::net::TcpStream::connect(tg.addr).await.unwrap());
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                tg.metric("tollgate_client_connections", &[]).await == Some(3.0)
+            })
+            .await,
+            "{key}: three connections not counted"
+        );
+        let mut extra = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+        let mut answer = String::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), extra.read_to_string(&mut answer)).await;
+        assert_eq!(status_of(&answer), "503", "{key}: {answer}");
+        assert!(answer.contains("Retry-After: 1"), "{answer}");
+        assert!(answer.contains(reason), "{answer}");
+        tg.expect_metric(
+            "tollgate_client_connections_refused_total",
+            &[("reason", reason)],
+            1.0,
+        )
+        .await;
+        // The open ones are served.
+        let mut first = open.remove(0);
+        first
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), first.read_to_string(&mut answer)).await;
+        assert_eq!(status_of(&answer), "200", "{key}: {answer}");
+        // That one closed: a new connection gets its place.
+        drop(first);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                tg.metric("tollgate_client_connections", &[]).await == Some(2.0)
+            })
+            .await
+        );
+        tg.get("/after").await.assert_status(200);
+    }
+}
+
 /// An origin that answers while `answer` is set (keeping connections alive, so tollgate pools
 /// them) and otherwise reads a request, counts it and closes the connection unanswered.
 async fn closing_origin() -> (

@@ -18,7 +18,7 @@ pub mod validate;
 pub use compile::{Route, RuntimeConfig};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;
-pub use startup::{ClientLimits, Startup};
+pub use startup::{ClientLimits, ConnectionLimits, Startup};
 
 /// The largest `request_buffering`: Pingora keeps at most this much of a request body to send
 /// (its retry buffer), and a body read before the upstream is contacted is sent from there.

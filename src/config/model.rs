@@ -296,6 +296,14 @@ pub struct ServerConfig {
     /// zeroed, so resident) for every connection, idle or not; reads larger than the buffer
     /// bypass it, so a small one costs little.
     pub client_read_buffer: ByteSize,
+    /// Longest time from the first byte of a request to the end of its header; past it the
+    /// client gets `408` and the connection is closed (nginx's `client_header_timeout`).
+    pub client_header_timeout: ConfigDuration,
+    /// Most client connections open at once on the proxy listeners; past it a new connection
+    /// gets `503` at once and is closed, and the open ones carry on.
+    pub max_client_connections: usize,
+    /// Most client connections open at once from one IP address (the TCP peer); absent: no cap.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -315,6 +323,9 @@ impl Default for ServerConfig {
             max_header_size: ByteSize(32 * 1024),
             max_headers: 100,
             client_read_buffer: ByteSize(DEFAULT_CLIENT_READ_BUFFER),
+            client_header_timeout: ConfigDuration::from_secs(30),
+            max_client_connections: 10_000,
+            max_connections_per_ip: None,
         }
     }
 }

@@ -58,6 +58,19 @@ pub struct Server {
     pub client: ClientLimits,
     /// Read buffer of each client connection, in bytes.
     pub client_read_buffer: usize,
+    /// Caps and deadlines on client connections, before any request.
+    pub connections: ConnectionLimits,
+}
+
+/// `server:`'s limits on client connections, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a request's first byte to the end of its header.
+    pub header_timeout: Duration,
+    /// Open client connections, all listeners.
+    pub max: usize,
+    /// Open client connections from one IP.
+    pub max_per_ip: Option<usize>,
 }
 
 /// `server:`'s client limits, compiled.
@@ -113,6 +126,11 @@ impl Startup {
                     max_headers: s.max_headers,
                 },
                 client_read_buffer: s.client_read_buffer.0 as usize,
+                connections: ConnectionLimits {
+                    header_timeout: s.client_header_timeout.get(),
+                    max: s.max_client_connections,
+                    max_per_ip: s.max_connections_per_ip,
+                },
             },
             cache: crate::cache::StoreSettings::new(&c.cache),
             latency_buckets: c.observability.latency_buckets.clone(),

@@ -315,6 +315,15 @@ fn validate_server(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
         ("max_header_size", server.max_header_size.0 == 0),
         ("max_headers", server.max_headers == 0),
         ("client_read_buffer", server.client_read_buffer.0 == 0),
+        (
+            "client_header_timeout",
+            server.client_header_timeout.0.is_zero(),
+        ),
+        ("max_client_connections", server.max_client_connections == 0),
+        (
+            "max_connections_per_ip",
+            server.max_connections_per_ip == Some(0),
+        ),
     ];
     if server.client_read_buffer.0 > 1024 * 1024 {
         errors.push(ConfigError::at(

@@ -273,6 +273,28 @@ pub static REQUESTS_REFUSED_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// `tollgate_client_connections`: client connections open on the proxy listeners.
+pub static CLIENT_CONNECTIONS: Lazy<IntGauge> = Lazy::new(|| {
+    let g = IntGauge::new(
+        "tollgate_client_connections",
+        "Client connections open on the proxy listeners.",
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(g.clone())).expect("register");
+    g
+});
+
+/// `tollgate_client_connections_refused_total{reason}`: client connections tollgate closed
+/// itself before a request: `max_client_connections`, `max_connections_per_ip` (503 at once),
+/// `client_header_timeout` (408: a request header not complete in time).
+pub static CLIENT_CONNECTIONS_REFUSED_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_client_connections_refused_total",
+        "Client connections closed by tollgate before a request could be served, by reason.",
+        &["reason"],
+    )
+});
+
 /// `tollgate_requests_shed_total{route}`: requests answered 503 because their route had
 /// `max_in_flight` requests in flight.
 pub static REQUESTS_SHED_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -471,6 +493,8 @@ pub fn init(buckets: &[f64], status_label: bool) {
     Lazy::force(&RATELIMIT_STORE_DECISIONS_TOTAL);
     Lazy::force(&REQUESTS_SHED_TOTAL);
     Lazy::force(&REQUESTS_REFUSED_TOTAL);
+    Lazy::force(&CLIENT_CONNECTIONS);
+    Lazy::force(&CLIENT_CONNECTIONS_REFUSED_TOTAL);
     Lazy::force(&ACCESS_LOG_WRITTEN);
     Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&ACCESS_LOG_SAMPLED_OUT);
