@@ -110,7 +110,11 @@ pub fn parse_accept_encoding(value: &str) -> Vec<(String, f32)> {
             for p in parts {
                 if let Some((k, v)) = p.split_once('=') {
                     if k.trim().eq_ignore_ascii_case("q") {
-                        q = v.trim().parse::<f32>().unwrap_or(0.0).clamp(0.0, 1.0);
+                        // Not a number is 0 (`nan` parses as an f32, and NaN survives `clamp`).
+                        q = match v.trim().parse::<f32>() {
+                            Ok(q) if !q.is_nan() => q.clamp(0.0, 1.0),
+                            _ => 0.0,
+                        };
                     }
                 }
             }

@@ -15,6 +15,8 @@ pub mod demo;
 pub mod drain;
 pub mod explain;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inject;
 pub mod keys_command;
 pub mod memory;
