@@ -97,25 +97,7 @@ fn endpoints_resolve_offline(text: &str) -> bool {
 
 /// [`crate::config::load_str`] up to and with validation, without the compile step.
 fn validate_only(text: &str) {
-    use crate::config::{interpolate, locate, parse, validate};
-    let (text, mut errors, env_lines) = interpolate::interpolate(text, |_| None);
-    let parsed = parse::parse(&text, &mut errors);
-    let index = locate::LocationIndex::build(&text);
-    if let Some(p) = &parsed {
-        let from_env = |path: &str, value: &str| {
-            index.line_of(path).is_some_and(|l| {
-                env_lines
-                    .iter()
-                    .any(|(line, v)| *line == l && v.trim() == value.trim())
-            })
-        };
-        validate::validate(p, &from_env, &mut errors);
-    }
-    for e in &errors {
-        if !e.path.is_empty() {
-            let _ = index.line_of(&e.path);
-        }
-    }
+    let _ = crate::config::validate_str(text, "fuzz.yaml", |_| None);
 }
 
 // ----- identity ---------------------------------------------------------------------------

@@ -69,36 +69,77 @@ pub fn load_str_replacing(
     env: impl Fn(&str) -> Option<String>,
     running: Option<&RuntimeConfig>,
 ) -> Result<RuntimeConfig, ConfigErrors> {
-    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+    let checked = Checked::new(text, env);
+    match checked.parsed {
+        Some(p) if checked.errors.is_empty() => compile::compile(p.config, running)
+            .map_err(|errors| located(errors, &checked.index, origin)),
+        _ => Err(located(checked.errors, &checked.index, origin)),
+    }
+}
+
+/// Interpolation, YAML and validation only: every problem [`load_str`] would report before
+/// compiling (which resolves host names and builds TLS connectors). The fuzzer's way in for
+/// files whose compile step would reach the network.
+pub fn validate_str(
+    text: &str,
+    origin: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigErrors> {
+    let checked = Checked::new(text, env);
+    if checked.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(located(checked.errors, &checked.index, origin))
+    }
+}
+
+/// A file's text interpolated, parsed and validated, with where each YAML path is.
+struct Checked {
+    parsed: Option<parse::Parsed>,
+    errors: Vec<ConfigError>,
+    index: locate::LocationIndex,
+}
+
+impl Checked {
+    fn new(text: &str, env: impl Fn(&str) -> Option<String>) -> Checked {
+        let (text, mut errors, env_lines) = interpolate::interpolate(text, env);
+        let parsed = parse::parse(&text, &mut errors);
+        let index = locate::LocationIndex::build(&text);
+        if let Some(p) = &parsed {
+            // A value came from the environment when it is exactly a value substituted on its
+            // line.
+            let from_env = |path: &str, value: &str| {
+                index.line_of(path).is_some_and(|l| {
+                    env_lines
+                        .iter()
+                        .any(|(line, v)| *line == l && v.trim() == value.trim())
+                })
+            };
+            validate::validate(p, &from_env, &mut errors);
+        }
+        Checked {
+            parsed,
+            errors,
+            index,
+        }
+    }
+}
+
+/// Errors with their line (found from their YAML path), in file order.
+fn located(
+    mut errors: Vec<ConfigError>,
+    index: &locate::LocationIndex,
+    origin: &str,
+) -> ConfigErrors {
+    for e in &mut errors {
+        if e.line.is_none() && !e.path.is_empty() {
+            e.line = index.line_of(&e.path);
+        }
+    }
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    ConfigErrors {
         origin: origin.to_string(),
         errors,
-    };
-    let (text, mut errors, env_lines) = interpolate::interpolate(text, env);
-    let parsed = parse::parse(&text, &mut errors);
-    let index = locate::LocationIndex::build(&text);
-    if let Some(p) = &parsed {
-        // A value came from the environment when it is exactly a value substituted on its line.
-        let from_env = |path: &str, value: &str| {
-            index.line_of(path).is_some_and(|l| {
-                env_lines
-                    .iter()
-                    .any(|(line, v)| *line == l && v.trim() == value.trim())
-            })
-        };
-        validate::validate(p, &from_env, &mut errors);
-    }
-    let locate = |mut errors: Vec<ConfigError>| {
-        for e in &mut errors {
-            if e.line.is_none() && !e.path.is_empty() {
-                e.line = index.line_of(&e.path);
-            }
-        }
-        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-        fail(errors)
-    };
-    match parsed {
-        Some(p) if errors.is_empty() => compile::compile(p.config, running).map_err(locate),
-        _ => Err(locate(errors)),
     }
 }
 
