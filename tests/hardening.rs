@@ -779,3 +779,94 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_at_once() {
         "exited {took:?} after SIGTERM, not as soon as drained"
     );
 }
+
+/// On SIGTERM, a kept-alive connection with nothing in flight is closed at once, and one whose
+/// request is in flight gets its answer with `Connection: close` and is then closed (not kept
+/// for another request), while the process waits for it.
+#[tokio::test]
+async fn sigterm_closes_idle_connections_at_once_and_busy_ones_after_their_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fast = Upstream::named("fast").await;
+    let slow = Upstream::named("slow").await;
+    slow.set_reply(Reply::ok("done").delay(Duration::from_secs(2)));
+    let mut tg = Config::new()
+        .upstream(Group::new("fast", [fast.addr()]))
+        .upstream(Group::new("slow", [slow.addr()]))
+        .route(Route::prefix("/slow").name("slow").to("slow"))
+        .route(Route::prefix("/").name("fast").to("fast"))
+        .server("grace_period", "5s")
+        .server("shutdown_timeout", "5s")
+        .start()
+        .await;
+    // Reads one answer (headers and a Content-Length body) and returns its head.
+    async fn answer(s: &mut tokio::net::TcpStream) -> String {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the answer: {}",
+                String::from_utf8_lossy(&raw)
+            );
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return head.to_string();
+                }
+            }
+        }
+    }
+    let mut idle = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    idle.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = answer(&mut idle).await;
+    assert!(
+        head.to_ascii_lowercase().contains("connection: keep-alive"),
+        "{head}"
+    );
+    let mut busy = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { slow.count() == 1 }).await);
+
+    tg.signal(libc::SIGTERM);
+    let sent = std::time::Instant::now();
+    // The idle one: closed (EOF), well before the slow answer is due.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut buf))
+        .await
+        .expect("the idle connection was not closed within 1s of SIGTERM")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    // The busy one: its answer, marked as the last, then EOF.
+    let head = answer(&mut busy).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let n = tokio::time::timeout(Duration::from_secs(2), busy.read(&mut buf))
+        .await
+        .expect("the busy connection stayed open after its answer")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let status = tg.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+}

@@ -242,6 +242,10 @@ impl ProxyHttp for Tollgate {
     ) -> Result<()> {
         compression::response(session, upstream_response, ctx)?;
         headers::strip_response_hop_by_hop(upstream_response);
+        if session.is_process_shutting_down() {
+            // Draining: this answer is the connection's last, and says so (`Connection: close`).
+            session.set_keepalive(None);
+        }
         caching::add_status_headers(session, upstream_response, ctx)?;
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         ctx.add_timing_headers(upstream_response)?;
