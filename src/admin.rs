@@ -54,7 +54,21 @@ impl AdminApp {
     }
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+/// A Prometheus text exposition answer (`GET /metrics`).
+pub(crate) fn prometheus_text(body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("response")
+}
+
+/// A JSON answer of an admin listener (tollgate's, and the injector's).
+pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
     let body = serde_json::to_vec(&body).expect("json");
     Response::builder()
         .status(status)
@@ -211,18 +225,7 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
-            "/metrics" => {
-                let body = metrics::render();
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header(
-                        http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )
-                    .header(http::header::CONTENT_LENGTH, body.len())
-                    .body(body)
-                    .expect("response")
-            }
+            "/metrics" => prometheus_text(metrics::render()),
             _ => json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /readyz, /metrics, /ratelimit/state?tenant=ID, POST /cache/purge)")}),

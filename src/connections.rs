@@ -137,6 +137,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
                 return None;
             }
         };
+        // Connections are served on the worker threads: the first one on each starts that
+        // thread's allocator purge timer (once per connection, not on every request).
+        crate::memory::collect_on_this_thread();
         let stream: Stream = Box::new(HeaderDeadline::new(stream, self.limits.header_timeout));
         self.inner.process_new(stream, shutdown).await
     }

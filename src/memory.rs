@@ -15,8 +15,9 @@ thread_local! {
     static COLLECTING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Called on the request path: the first call on each runtime thread starts that thread's
-/// collector task (one timer per thread; nothing after the first call but a thread-local read).
+/// Called for each client connection, on the thread that serves it: the first call on each
+/// runtime thread starts that thread's collector task (one timer per thread; nothing after the
+/// first call but a thread-local read).
 pub fn collect_on_this_thread() {
     if COLLECTING.with(|c| c.replace(true)) {
         return;

@@ -176,14 +176,11 @@ pub fn review(body: &[u8], settings: &Settings) -> Answer {
     }
 }
 
-fn json_response(status: u16, body: &Value) -> Response<Vec<u8>> {
-    let body = serde_json::to_vec(body).expect("json");
-    Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(body)
-        .expect("response")
+fn json_response(status: u16, body: Value) -> Response<Vec<u8>> {
+    crate::admin::json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
 }
 
 /// The HTTPS app: `POST /mutate`, `GET /healthz`.
@@ -201,7 +198,7 @@ impl ServeHttp for WebhookApp {
             (req.method.clone(), req.uri.path().to_string())
         };
         match (method.as_str(), path.as_str()) {
-            ("GET", "/healthz") => json_response(200, &json!({"status": "ok"})),
+            ("GET", "/healthz") => json_response(200, json!({"status": "ok"})),
             ("POST", "/mutate") => {
                 let mut body = Vec::new();
                 loop {
@@ -212,7 +209,7 @@ impl ServeHttp for WebhookApp {
                                 METRICS.reviews.with_label_values(&["invalid"]).inc();
                                 return json_response(
                                     413,
-                                    &json!({"error": "too_large", "message": format!("an AdmissionReview over {MAX_REVIEW_BYTES} bytes")}),
+                                    json!({"error": "too_large", "message": format!("an AdmissionReview over {MAX_REVIEW_BYTES} bytes")}),
                                 );
                             }
                         }
@@ -221,7 +218,7 @@ impl ServeHttp for WebhookApp {
                             METRICS.reviews.with_label_values(&["invalid"]).inc();
                             return json_response(
                                 400,
-                                &json!({"error": "bad_request", "message": format!("reading the body: {e}")}),
+                                json!({"error": "bad_request", "message": format!("reading the body: {e}")}),
                             );
                         }
                     }
@@ -240,11 +237,11 @@ impl ServeHttp for WebhookApp {
                             .unwrap_or("")
                     );
                 }
-                json_response(answer.status, &answer.body)
+                json_response(answer.status, answer.body)
             }
             _ => json_response(
                 404,
-                &json!({"error": "not_found", "message": format!("no {method} {path} here (POST /mutate, GET /healthz)")}),
+                json!({"error": "not_found", "message": format!("no {method} {path} here (POST /mutate, GET /healthz)")}),
             ),
         }
     }
@@ -257,26 +254,18 @@ pub struct InjectorAdminApp;
 impl ServeHttp for InjectorAdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/healthz" => json_response(200, &json!({"status": "ok"})),
+            "/healthz" => json_response(200, json!({"status": "ok"})),
             "/metrics" => {
                 let mut buf = Vec::new();
                 use prometheus::Encoder as _;
                 prometheus::TextEncoder::new()
                     .encode(&METRICS.registry.gather(), &mut buf)
                     .expect("text encoding cannot fail");
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header(
-                        http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )
-                    .header(http::header::CONTENT_LENGTH, buf.len())
-                    .body(buf)
-                    .expect("response")
+                crate::admin::prometheus_text(buf)
             }
             path => json_response(
                 404,
-                &json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /metrics)")}),
+                json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /metrics)")}),
             ),
         }
     }

@@ -21,6 +21,14 @@ pub fn apply_timeouts(session: &mut Session, ctx: &RequestCtx) {
     session.set_read_timeout(Some(limits.body_timeout));
 }
 
+/// The request's declared body length (`Content-Length`), when it has a valid one.
+fn declared_length(req: &pingora_http::RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// `request_filter`: refuse an over-long target (414), too many or too large header fields
 /// (431), a declared body over the route's limit (413). `Ok(true)`: answered.
 pub async fn refuse_oversized(
@@ -35,11 +43,7 @@ pub async fn refuse_oversized(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    let declared = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(req);
     let max_body = ctx.route.as_ref().and_then(|r| r.max_request_body);
     let (err, msg) = if target > limits.max_uri_length {
         let msg = format!(
@@ -91,11 +95,7 @@ pub async fn buffer_body(session: &mut Session, ctx: &mut RequestCtx) -> pingora
     if req.headers.contains_key(http::header::EXPECT) {
         return Ok(());
     }
-    let declared = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(req);
     match declared {
         Some(len) if len > 0 && len <= max => {}
         _ => return Ok(()),

@@ -97,7 +97,6 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.background = session.subrequest_ctx.is_some();
-        crate::memory::collect_on_this_thread();
         ctx.request_id = request_id::accept_or_generate(
             session
                 .req_header()
