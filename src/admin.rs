@@ -174,14 +174,23 @@ impl AdminApp {
             }
         };
         let Some(cache) = crate::cache::get() else {
-            return json(StatusCode::OK, serde_json::json!({"purged": 0}));
+            return json(
+                StatusCode::OK,
+                serde_json::json!({"purged": 0, "fleet": "off"}),
+            );
         };
-        let purged = selector.apply(cache.storage);
+        let (purged, fleet) = cache.purge(&crate::cache::purge::PurgeOp::Select(selector.clone()));
         metrics::CACHE_PURGED_ENTRIES_TOTAL
             .with_label_values(&["admin"])
             .inc_by(purged as u64);
-        tracing::info!("cache purge {selector:?}: {purged} entries removed");
-        json(StatusCode::OK, serde_json::json!({"purged": purged}))
+        tracing::info!(
+            "cache purge {selector:?}: {purged} entries removed here; fleet: {}",
+            fleet.label()
+        );
+        json(
+            StatusCode::OK,
+            serde_json::json!({"purged": purged, "fleet": fleet.label()}),
+        )
     }
 }
 

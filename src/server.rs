@@ -111,7 +111,6 @@ pub fn check_listeners(config: &RuntimeConfig) -> Result<(), String> {
 pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::Result<Server> {
     let start = &config.startup;
     crate::observe::metrics::init(&start.latency_buckets, start.status_code_label);
-    crate::cache::init(&start.cache);
     let access_log = start
         .access_log
         .as_ref()
@@ -153,6 +152,7 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
         .redis
         .clone()
         .map(|settings| Arc::new(crate::fleet::Link::new(settings)));
+    let cache = crate::cache::init(&start.cache, link.clone());
     let limiter = Arc::new(Limiter::new(local.clone(), link.clone()));
     let shared = Arc::new(ArcSwap::from_pointee(config));
 
@@ -214,6 +214,15 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
     );
     sweeper.threads = Some(1);
     server.add_service(sweeper);
+    if let Some(bus) = cache.bus {
+        // Reads the fleet's purges on a connection of its own; its runtime drives it.
+        let mut purges = background_service(
+            "tollgate purge bus",
+            crate::cache::bus::PurgeBusService(bus),
+        );
+        purges.threads = Some(1);
+        server.add_service(purges);
+    }
     if let Some(link) = link {
         // Its runtime also drives the Redis connections' I/O.
         let mut heartbeat = background_service(

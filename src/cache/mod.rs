@@ -7,19 +7,24 @@
 //! - [`status`]: the `Cache-Status` (RFC 9211) and `X-Cache-Status` answers.
 //! - [`purge`]: admin purges, and invalidation by non-error answers to unsafe (or unknown)
 //!   methods.
+//! - [`bus`]: the fleet's purge stream in Redis: every replica applies every replica's purges.
+//! - [`shared`]: the fleet's second tier in Redis and its fill lock, behind the local store.
 //!
 //! The store and the cache lock are process-wide (`&'static`, as Pingora requires): they are
 //! created once by [`init`] and survive config reloads, so a reload never empties the cache.
 
+pub mod bus;
 pub mod key;
 pub mod policy;
 pub mod purge;
+pub mod shared;
 pub mod status;
 pub mod storage;
 
 pub use key::{QueryKey, Scope};
 
-use crate::config::model::{self, CacheConfig, RouteCacheConfig};
+use crate::config::model::{self, CacheConfig, RouteCacheConfig, SharedTier};
+use crate::fleet::Link;
 use once_cell::sync::OnceCell;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
@@ -29,8 +34,12 @@ use storage::MemoryStorage;
 
 /// The process-wide cache: store, lock and the limits they were built with.
 pub struct Cache {
-    /// Where responses live.
+    /// Where responses live, on this replica.
     pub storage: &'static MemoryStorage,
+    /// What the proxy's cache uses: `storage`, and the fleet's shared tier when configured.
+    pub tiered: &'static shared::TieredStorage,
+    /// The fleet's purge stream, when `redis:` is set (and `cache.purge_bus`).
+    pub bus: Option<&'static bus::PurgeBus>,
     /// Coalesces concurrent misses (and revalidations) of one key into one upstream request.
     pub lock: &'static CacheKeyLockImpl,
     /// Remembers keys whose last response could not be stored, so their requests skip the
@@ -53,6 +62,18 @@ pub struct StoreSettings {
     pub max_object_size: usize,
     /// How long a request waits on another's fetch of the same key.
     pub lock_timeout: Duration,
+    /// The fleet's second tier (`cache.shared: redis`).
+    pub shared: bool,
+    /// Largest body copied to the shared tier.
+    pub shared_max_object_size: usize,
+    /// One origin fetch per key fleet-wide.
+    pub shared_fill_lock: bool,
+    /// The fleet fill lock's life (and the longest wait on it).
+    pub shared_lock_timeout: Duration,
+    /// Purges travel to the other replicas (with `redis:`).
+    pub purge_bus: bool,
+    /// Purges the stream keeps.
+    pub purge_stream_length: usize,
 }
 
 impl StoreSettings {
@@ -62,22 +83,91 @@ impl StoreSettings {
             max_size: c.max_size.bytes() as usize,
             max_object_size: c.max_object_size.bytes() as usize,
             lock_timeout: c.lock_timeout.get(),
+            shared: c.shared == SharedTier::Redis,
+            shared_max_object_size: c.shared_max_object_size.bytes() as usize,
+            shared_fill_lock: c.shared_fill_lock,
+            shared_lock_timeout: c.shared_lock_timeout.get(),
+            purge_bus: c.purge_bus,
+            purge_stream_length: c.purge_stream_length as usize,
         }
     }
 }
 
-/// Create the process-wide cache. Later calls keep the first one: the store's size is fixed
+/// Create the process-wide cache; with `link` (the fleet's Redis), its purge bus and, if
+/// configured, its shared tier. Later calls keep the first one: the store's size is fixed
 /// for the life of the process (a reload warns about changes).
-pub fn init(settings: &StoreSettings) -> &'static Cache {
-    CACHE.get_or_init(|| Cache {
-        storage: Box::leak(Box::new(MemoryStorage::new(settings.max_size))),
-        // A writer holding the lock longer than this lets readers compete again.
-        lock: Box::leak(CacheLock::new_boxed(settings.lock_timeout)),
-        // 16 x 4096 keys remembered as uncacheable (LRU: old ones are forgotten).
-        predictor: Box::leak(Box::new(Predictor::<16>::new(4096, None))),
-        max_object_size: settings.max_object_size,
-        lock_timeout: settings.lock_timeout,
+pub fn init(settings: &StoreSettings, link: Option<Arc<Link>>) -> &'static Cache {
+    CACHE.get_or_init(|| {
+        let storage: &'static MemoryStorage =
+            Box::leak(Box::new(MemoryStorage::new(settings.max_size)));
+        let bus: Option<&'static bus::PurgeBus> =
+            link.clone().filter(|_| settings.purge_bus).map(|link| {
+                &*Box::leak(Box::new(bus::PurgeBus::new(
+                    link,
+                    storage,
+                    settings.purge_stream_length,
+                )))
+            });
+        let shared = match (link, bus) {
+            (Some(link), Some(bus)) if settings.shared => {
+                Some(&*Box::leak(Box::new(shared::SharedTier::new(
+                    link,
+                    bus,
+                    settings.shared_max_object_size,
+                    settings.shared_fill_lock,
+                    settings.shared_lock_timeout,
+                ))))
+            }
+            _ => None,
+        };
+        Cache {
+            storage,
+            tiered: Box::leak(Box::new(shared::TieredStorage::new(storage, shared))),
+            bus,
+            // A writer holding the lock longer than this lets readers compete again.
+            lock: Box::leak(CacheLock::new_boxed(settings.lock_timeout)),
+            // 16 x 4096 keys remembered as uncacheable (LRU: old ones are forgotten).
+            predictor: Box::leak(Box::new(Predictor::<16>::new(4096, None))),
+            max_object_size: settings.max_object_size,
+            lock_timeout: settings.lock_timeout,
+        }
     })
+}
+
+/// Where a purge went besides this replica's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetReach {
+    /// Written to the fleet's purge stream (or about to be: Redis answers).
+    Published,
+    /// Queued: Redis is away; it goes out when Redis returns.
+    Queued,
+    /// No fleet (no `redis:`, or `cache.purge_bus: false`).
+    Off,
+}
+
+impl FleetReach {
+    /// As the admin answer says it.
+    pub fn label(self) -> &'static str {
+        match self {
+            FleetReach::Published => "published",
+            FleetReach::Queued => "queued",
+            FleetReach::Off => "off",
+        }
+    }
+}
+
+impl Cache {
+    /// Apply a purge to this replica's store now, and send it to the rest of the fleet.
+    /// Returns how many local entries went, and where the purge is going.
+    pub fn purge(&self, op: &purge::PurgeOp) -> (usize, FleetReach) {
+        let removed = op.apply(self.storage);
+        let reach = match self.bus {
+            Some(bus) if bus.publish(op) => FleetReach::Published,
+            Some(_) => FleetReach::Queued,
+            None => FleetReach::Off,
+        };
+        (removed, reach)
+    }
 }
 
 /// The process-wide cache, if [`init`] ran.

@@ -14,7 +14,7 @@
 use super::key::{normalize_query, tenant_scope, QueryKey, SHARED};
 use super::storage::{EntryTag, MemoryStorage};
 use super::RoutePolicy;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A parsed admin purge request.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -37,7 +37,7 @@ pub struct PurgeRequest {
 }
 
 /// A purge request checked and normalized into a filter over entry tags.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Selector {
     path: Option<String>,
     query: Option<String>,
@@ -168,27 +168,99 @@ pub fn invalidates(method: &http::Method, status: http::StatusCode) -> bool {
     (status.is_success() || status.is_redirection()) && !SAFE_METHODS.contains(&method.as_str())
 }
 
-/// After a successful mutation of `path`: remove the path's entries (and the route's related
-/// prefixes) in the caller's scope and the shared scope. Returns how many entries went.
-pub fn after_mutation(
-    storage: &MemoryStorage,
-    policy: &RoutePolicy,
-    scope: &str,
-    host: &str,
-    path: &str,
-) -> usize {
-    let mut scopes = vec![SHARED];
-    if scope != SHARED {
-        scopes.push(scope);
-    }
-    let mut n = 0;
-    for s in scopes {
-        n += storage.purge_path(s, host, path);
-        for prefix in &policy.invalidate_prefixes {
-            n += storage.purge_prefix(s, host, prefix);
+/// One invalidation, as it is applied here and sent to the other replicas of a fleet (see
+/// [`super::bus`]): an admin purge's selector, or what a successful mutation removes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeOp {
+    /// An admin purge.
+    Select(Selector),
+    /// After a successful mutation of `path`: the path's entries (every query, every variant)
+    /// and those under the route's related prefixes, in these scopes, on this host.
+    Mutation {
+        /// The caller's scope and the shared one.
+        scopes: Vec<String>,
+        /// Host as keyed.
+        host: String,
+        /// The mutated path.
+        path: String,
+        /// The route's `invalidate_prefixes`.
+        prefixes: Vec<String>,
+    },
+}
+
+impl PurgeOp {
+    /// What a successful mutation of `path` by a caller in `scope` removes on a route with
+    /// `policy`: the path's entries (and the route's related prefixes) in the caller's scope
+    /// and the shared scope.
+    pub fn mutation(policy: &RoutePolicy, scope: &str, host: &str, path: &str) -> PurgeOp {
+        let mut scopes = vec![SHARED.to_string()];
+        if scope != SHARED {
+            scopes.push(scope.to_string());
+        }
+        PurgeOp::Mutation {
+            scopes,
+            host: host.to_string(),
+            path: path.to_string(),
+            prefixes: policy
+                .invalidate_prefixes
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
         }
     }
-    n
+
+    /// Everything (a purge whose content cannot be read is taken as this).
+    pub fn everything() -> PurgeOp {
+        PurgeOp::Select(Selector {
+            path: None,
+            query: None,
+            prefix: None,
+            scope: None,
+            host: None,
+        })
+    }
+
+    /// Whether an entry with this tag is removed.
+    pub fn matches(&self, tag: &EntryTag) -> bool {
+        match self {
+            PurgeOp::Select(s) => s.matches(tag),
+            PurgeOp::Mutation {
+                scopes,
+                host,
+                path,
+                prefixes,
+            } => {
+                scopes.iter().any(|s| **s == *tag.scope)
+                    && **host == *tag.host
+                    && (**path == *tag.path
+                        || prefixes.iter().any(|p| tag.path.starts_with(p.as_str())))
+            }
+        }
+    }
+
+    /// Remove the entries it names from `storage`; returns how many. Mutations use the
+    /// store's index (range scans); admin selectors scan.
+    pub fn apply(&self, storage: &MemoryStorage) -> usize {
+        match self {
+            PurgeOp::Select(s) => s.apply(storage),
+            PurgeOp::Mutation {
+                scopes,
+                host,
+                path,
+                prefixes,
+            } => {
+                let mut n = 0;
+                for s in scopes {
+                    n += storage.purge_path(s, host, path);
+                    for prefix in prefixes {
+                        n += storage.purge_prefix(s, host, prefix);
+                    }
+                }
+                n
+            }
+        }
+    }
 }
 
 #[cfg(test)]

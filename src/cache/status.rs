@@ -53,6 +53,12 @@ impl Outcome {
     }
 }
 
+/// The metrics and access-log label of a hit served from the fleet's shared tier.
+pub const SHARED_HIT: &str = "shared_hit";
+
+/// The `Cache-Status` detail of a hit served from the fleet's shared tier.
+pub const SHARED_DETAIL: &str = "redis";
+
 /// Map Pingora's cache phase at response time to an outcome, with the reason when the
 /// response was not stored. `enabled`: the cache was switched on for this request (a lookup
 /// happened), so a disabled phase means "fetched, not stored" rather than "bypassed".

@@ -489,6 +489,73 @@ impl MemoryStorage {
     }
 }
 
+/// One stored entry, as the shared tier copies it to Redis: its serialized meta, body and tag
+/// (shared with the store, not copied).
+pub struct StoredEntry(Arc<Object>);
+
+impl StoredEntry {
+    /// The serialized meta (`CacheMeta::serialize`'s two parts, concatenated) and where the
+    /// second part starts.
+    pub fn meta(&self) -> (&[u8], usize) {
+        (&self.0.meta.bytes, self.0.meta.split)
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Arc<[u8]> {
+        &self.0.body
+    }
+
+    /// What the entry is about.
+    pub fn tag(&self) -> &EntryTag {
+        &self.0.tag
+    }
+}
+
+impl MemoryStorage {
+    /// The entry stored for this full hash, if any (no LRU promotion: this is not a hit).
+    pub fn entry(&self, hash: &HashBinary) -> Option<StoredEntry> {
+        self.get(hash).map(StoredEntry)
+    }
+
+    /// Store an entry read from elsewhere (the shared tier): serialized meta (`split` as in
+    /// [`StoredEntry::meta`]), body and tag. Returns false when it alone outweighs the budget
+    /// (it is not stored).
+    pub fn insert_parts(
+        &self,
+        hash: HashBinary,
+        meta: Box<[u8]>,
+        split: usize,
+        body: Arc<[u8]>,
+        tag: EntryTag,
+    ) -> bool {
+        let obj = Object::new(hash, StoredMeta { bytes: meta, split }, body, tag);
+        if obj.weight > self.max_bytes {
+            return false;
+        }
+        self.insert(obj);
+        true
+    }
+
+    /// A hit over parts that are not stored here (an entry of the shared tier too heavy for
+    /// this store's budget).
+    pub fn detached_hit(
+        meta: Box<[u8]>,
+        split: usize,
+        body: Arc<[u8]>,
+    ) -> Result<(CacheMeta, HitHandler)> {
+        let meta = StoredMeta { bytes: meta, split }.deserialize()?;
+        let len = body.len();
+        let hit = Hit {
+            body: Bytes::from_owner(body),
+            weight: 0,
+            done: false,
+            range_start: 0,
+            range_end: len,
+        };
+        Ok((meta, Box::new(hit)))
+    }
+}
+
 /// What [`MemoryStorage::replace_meta`] did.
 #[derive(Debug, PartialEq, Eq)]
 enum MetaSwap {

@@ -52,6 +52,33 @@ pub struct CacheConfig {
     /// How long a request waits for another request already fetching the same key (request
     /// coalescing) before going to the upstream itself.
     pub lock_timeout: ConfigDuration,
+    /// A second tier every replica shares: `redis` (needs `redis:`) or `none`. A local miss
+    /// looks there before the origin; a fill is written there off the response path.
+    pub shared: SharedTier,
+    /// Responses larger than this stay in the local store only (large objects do not belong
+    /// in Redis).
+    pub shared_max_object_size: ByteSize,
+    /// One origin fetch per key for the whole fleet: a replica that misses a key another
+    /// replica is fetching waits for that replica's entry (at most `shared_lock_timeout`).
+    pub shared_fill_lock: bool,
+    /// The fleet-wide fill lock's life, and how long another replica waits on it.
+    pub shared_lock_timeout: ConfigDuration,
+    /// Send every purge and mutation invalidation to the other replicas through a Redis
+    /// Stream, and apply theirs (only with `redis:`).
+    pub purge_bus: bool,
+    /// Purges the stream keeps; a replica away for more than this many drops its local store.
+    pub purge_stream_length: u32,
+}
+
+/// `cache.shared`: where the fleet's second tier lives.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedTier {
+    /// No second tier: every replica has its own store only.
+    #[default]
+    None,
+    /// The fleet's Redis (`redis:`).
+    Redis,
 }
 
 impl Default for CacheConfig {
@@ -60,6 +87,12 @@ impl Default for CacheConfig {
             max_size: ByteSize::mib(256),
             max_object_size: ByteSize::mib(8),
             lock_timeout: ConfigDuration::from_secs(5),
+            shared: SharedTier::None,
+            shared_max_object_size: ByteSize::kib(256),
+            shared_fill_lock: false,
+            shared_lock_timeout: ConfigDuration::from_secs(5),
+            purge_bus: true,
+            purge_stream_length: 10_000,
         }
     }
 }

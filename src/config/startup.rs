@@ -159,7 +159,7 @@ impl Startup {
         check(new.server != self.server, "server");
         check(
             new.cache != self.cache,
-            "cache (max_size, max_object_size, lock_timeout)",
+            "cache (max_size, max_object_size, lock_timeout, shared*, purge_*)",
         );
         check(
             new.latency_buckets != self.latency_buckets,

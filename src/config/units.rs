@@ -90,6 +90,10 @@ impl fmt::Display for ConfigDuration {
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// Build from kibibytes.
+    pub const fn kib(n: u64) -> Self {
+        ByteSize(n * 1024)
+    }
     /// Build from mebibytes.
     pub const fn mib(n: u64) -> Self {
         ByteSize(n * 1024 * 1024)

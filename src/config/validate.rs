@@ -60,6 +60,7 @@ pub fn validate(
     // checked with their route (`validate_rate_limit`).
     validate_observability(&config.observability, &config.tenants, errors);
     validate_cache_store(&config.cache, errors);
+    validate_shared_cache(&config.cache, config.redis.is_some(), errors);
     validate_redis(config.redis.as_ref(), &config.rate_limit, errors);
     if config.identity.key_store == KeyStoreKind::Redis && config.redis.is_none() {
         errors.push(ConfigError::at(
@@ -1154,6 +1155,58 @@ fn validate_cache_store(c: &CacheConfig, errors: &mut Vec<ConfigError>) {
         errors.push(ConfigError::at(
             "cache.lock_timeout",
             "must be more than 0 (requests for a key being fetched wait at most this long)",
+        ));
+    }
+}
+
+/// The fleet's cache settings: the shared tier needs `redis:`, and its limits must make sense.
+fn validate_shared_cache(c: &CacheConfig, has_redis: bool, errors: &mut Vec<ConfigError>) {
+    use crate::config::model::SharedTier;
+    if c.shared == SharedTier::Redis && !has_redis {
+        errors.push(ConfigError::at(
+            "cache.shared",
+            "`redis` keeps the second tier in the fleet's Redis: add a top-level `redis:` section (or write `shared: none`)",
+        ));
+    }
+    if c.shared == SharedTier::Redis && !c.purge_bus {
+        errors.push(ConfigError::at(
+            "cache.purge_bus",
+            "the shared tier needs the purge bus: it is how a replica knows a shared entry was purged (set `purge_bus: true`, or `shared: none`)",
+        ));
+    }
+    if c.shared_fill_lock && c.shared != SharedTier::Redis {
+        errors.push(ConfigError::at(
+            "cache.shared_fill_lock",
+            "the fleet-wide fill lock waits for another replica's entry in the shared tier: set `shared: redis` too",
+        ));
+    }
+    if c.shared_max_object_size.bytes() == 0 {
+        errors.push(ConfigError::at(
+            "cache.shared_max_object_size",
+            "must be more than 0 bytes (use `shared: none` to keep everything local)",
+        ));
+    } else if c.shared_max_object_size.bytes() > 512 * 1024 * 1024 {
+        errors.push(ConfigError::at(
+            "cache.shared_max_object_size",
+            format!(
+                "{} is more than a Redis string can hold (512MiB); keep shared objects small (the default is 256KiB)",
+                c.shared_max_object_size
+            ),
+        ));
+    }
+    if c.shared_lock_timeout.get().is_zero() {
+        errors.push(ConfigError::at(
+            "cache.shared_lock_timeout",
+            "must be more than 0 (replicas wait at most this long for another's fetch)",
+        ));
+    }
+    if c.purge_stream_length < 10 {
+        errors.push(ConfigError::at(
+            "cache.purge_stream_length",
+            format!(
+                "{} purges is too short a history: a replica away for a moment would drop its store; give at least 10",
+                c.purge_stream_length
+            ),
         ));
     }
 }

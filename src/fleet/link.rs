@@ -259,6 +259,68 @@ impl Link {
         Ok(())
     }
 
+    /// Open a connection of its own, for a blocking read (`XREAD BLOCK`) that would hold up
+    /// every call multiplexed behind it on the shared connections. Its calls wait up to
+    /// `response_timeout`; its failures do not count towards the link's backoff (the reader
+    /// owning it retries on its own schedule).
+    pub async fn dedicated(&self, response_timeout: Duration) -> Result<Dedicated, StoreError> {
+        let s = &self.settings;
+        let redis_err = |e: redis::RedisError| StoreError::from_redis(&e);
+        let open = async {
+            match &s.target {
+                Target::Single(url) => {
+                    let client = self.single_client(url)?;
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(s.connect_timeout))
+                        .set_response_timeout(Some(response_timeout));
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(DedicatedConn::Single)
+                        .map_err(redis_err)
+                }
+                Target::Cluster(seeds) => redis::cluster::ClusterClient::builder(seeds.clone())
+                    .connection_timeout(s.connect_timeout)
+                    .response_timeout(response_timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(redis_err)?
+                    .get_async_connection()
+                    .await
+                    .map(DedicatedConn::Cluster)
+                    .map_err(redis_err),
+            }
+        };
+        let conn = match tokio::time::timeout(s.connect_timeout + s.command_timeout, open).await {
+            Ok(r) => r?,
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        Ok(Dedicated {
+            conn,
+            timeout: response_timeout,
+        })
+    }
+
+    /// A client for one Redis, trusting `tls_ca_file` when set (read at each call, so a
+    /// rotated file is picked up).
+    fn single_client(&self, url: &str) -> Result<redis::Client, StoreError> {
+        let s = &self.settings;
+        let certs = match s.tls_ca_file.as_ref() {
+            Some(path) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| {
+                    StoreError::Other(format!("cannot read tls_ca_file `{}`: {e}", path.display()))
+                })?),
+            }),
+            None => None,
+        };
+        match certs {
+            Some(certs) => redis::Client::build_with_tls(url, certs),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| StoreError::from_redis(&e))
+    }
+
     async fn open(&self) -> Result<Vec<Conn>, StoreError> {
         let s = &self.settings;
         let redis_err = |e: redis::RedisError| StoreError::from_redis(&e);
@@ -398,7 +460,7 @@ impl Link {
         if !self.up.swap(true, Ordering::Relaxed) {
             metrics::REDIS_UP.set(1);
             tracing::info!(
-                "redis {} answers: rate limits are shared by the fleet",
+                "redis {} answers: the fleet shares its limits (and cache) through it",
                 self.settings.describe()
             );
         }
@@ -441,6 +503,35 @@ impl Link {
                 "redis {} failed ({e}): deciding without it (rate_limit.on_store_error) until it answers again",
                 self.settings.describe()
             );
+        }
+    }
+}
+
+/// A connection of its own (see [`Link::dedicated`]).
+enum DedicatedConn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+/// A connection of its own for blocking reads, from [`Link::dedicated`].
+pub struct Dedicated {
+    conn: DedicatedConn,
+    timeout: Duration,
+}
+
+impl Dedicated {
+    /// Run one command, bounded by the connection's response timeout.
+    pub async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let call = async {
+            match &mut self.conn {
+                DedicatedConn::Single(c) => cmd.query_async(c).await,
+                DedicatedConn::Cluster(c) => cmd.query_async(c).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::from_redis(&e)),
+            Err(_) => Err(StoreError::Timeout),
         }
     }
 }

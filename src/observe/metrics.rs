@@ -6,8 +6,8 @@
 
 use once_cell::sync::{Lazy, OnceCell};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The registry every tollgate metric is registered in.
@@ -15,6 +15,12 @@ pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
 
 /// Default latency buckets, in seconds (defined beside the config key they default).
 pub use crate::config::model::DEFAULT_LATENCY_BUCKETS as DEFAULT_BUCKETS;
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric");
+    REGISTRY.register(Box::new(c.clone())).expect("register");
+    c
+}
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
@@ -393,6 +399,99 @@ pub static CACHE_PURGED_ENTRIES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "tollgate_cache_purged_entries_total",
         "Cache entries removed by admin purges and by mutations.",
+        &["reason"],
+    )
+});
+
+/// `tollgate_cache_shared_lookups_total{result}`: lookups in the fleet's shared tier after a
+/// local miss: `hit`, `miss`, `error` (Redis did not answer in time), `rejected` (an entry a
+/// later purge matches, older than the purge history held, or undecodable).
+pub static CACHE_SHARED_LOOKUPS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_cache_shared_lookups_total",
+        "Lookups in the shared (Redis) cache tier after a local miss, by result.",
+        &["result"],
+    )
+});
+
+/// `tollgate_cache_shared_writes_total{result}`: fills written to the shared tier: `stored`,
+/// `too_large` (over `cache.shared_max_object_size`), `expired` (no life left to share),
+/// `unsynced` (the purge bus has not read the stream yet), `error`.
+pub static CACHE_SHARED_WRITES_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_cache_shared_writes_total",
+        "Responses written to the shared (Redis) cache tier, by result.",
+        &["result"],
+    )
+});
+
+/// `tollgate_cache_shared_fill_lock_total{result}`: the fleet-wide fill lock: `acquired` (this
+/// replica fetches), `waited_hit` (another replica's entry arrived), `waited_released` (its
+/// fetch stored nothing), `waited_timeout`, `error`.
+pub static CACHE_SHARED_FILL_LOCK_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_cache_shared_fill_lock_total",
+        "Fleet-wide fill lock outcomes on shared-tier misses.",
+        &["result"],
+    )
+});
+
+/// `tollgate_cache_purge_bus_published_total`: this replica's purges written to the stream.
+pub static PURGE_BUS_PUBLISHED_TOTAL: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "tollgate_cache_purge_bus_published_total",
+        "Purges and invalidations this replica published to the fleet's purge stream.",
+    )
+});
+
+/// `tollgate_cache_purge_bus_applied_total`: other replicas' purges applied here.
+pub static PURGE_BUS_APPLIED_TOTAL: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "tollgate_cache_purge_bus_applied_total",
+        "Purges and invalidations of other replicas applied to this replica's store.",
+    )
+});
+
+/// `tollgate_cache_purge_bus_pending`: own purges waiting for Redis to be published.
+pub static PURGE_BUS_PENDING: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "tollgate_cache_purge_bus_pending",
+        "Purges made here while Redis was away, waiting to be published.",
+    )
+});
+
+/// `tollgate_cache_purge_bus_connected`: 1 while the purge stream is being read.
+pub static PURGE_BUS_CONNECTED: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "tollgate_cache_purge_bus_connected",
+        "1 while this replica reads the fleet's purge stream, else 0.",
+    )
+});
+
+/// `tollgate_cache_purge_bus_lag_seconds`: from a purge's entry in the stream (its id's time,
+/// Redis' clock) to its application here.
+pub static PURGE_BUS_LAG_SECONDS: Lazy<Histogram> = Lazy::new(|| {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(
+            "tollgate_cache_purge_bus_lag_seconds",
+            "Time from a purge entering the fleet's stream to its application on this replica.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+        ]),
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(h.clone())).expect("register");
+    h
+});
+
+/// `tollgate_cache_purge_bus_resyncs_total{reason}`: times this replica dropped its local store
+/// because it could not prove what it missed: `trimmed` (the stream no longer holds them),
+/// `stream_lost` (Redis lost the stream), `undecodable` (an entry it cannot read).
+pub static PURGE_BUS_RESYNCS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_cache_purge_bus_resyncs_total",
+        "Local cache stores dropped because missed purges could not be proven, by reason.",
         &["reason"],
     )
 });

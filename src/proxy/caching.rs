@@ -5,6 +5,7 @@
 
 use super::ctx::RequestCtx;
 use super::routing::request_host;
+use crate::cache::shared::Note;
 use crate::cache::status::{self, Outcome, Report};
 use crate::cache::storage::EntryTag;
 use crate::cache::{key, policy};
@@ -77,7 +78,7 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(cache.lock_timeout);
     session.cache.enable(
-        cache.storage,
+        cache.tiered,
         None,
         Some(cache.predictor),
         Some(cache.lock),
@@ -86,15 +87,35 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
     session.cache.set_max_file_size_bytes(cache.max_object_size);
 }
 
-/// `cache_key_callback`.
-pub fn cache_key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
+/// `cache_key_callback`. The key carries the request's lookup note, so the store can say
+/// which tier answered and whether this request took the fleet fill lock.
+pub fn cache_key(session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
     let tag = ctx.cache_tag.clone().ok_or_else(|| {
         Error::explain(
             ErrorType::InternalError,
             "cache enabled without an entry tag",
         )
     })?;
-    Ok(key::build(&session.req_header().method, tag))
+    let mut key = key::build(&session.req_header().method, tag);
+    if crate::cache::get().is_some_and(|c| c.tiered.shared().is_some()) {
+        let note = ctx.cache_note.get_or_insert_with(Default::default).clone();
+        key.extensions.insert(Note(note));
+    }
+    Ok(key)
+}
+
+/// `logging`: a fleet fill lock this request took and did not hand to a stored fill (its
+/// answer was not stored) is released, so other replicas stop waiting at once.
+pub fn release_fill_lock(session: &Session, ctx: &RequestCtx) {
+    if ctx.cache_note.is_none() {
+        return;
+    }
+    let Some(shared) = crate::cache::get().and_then(|c| c.tiered.shared()) else {
+        return;
+    };
+    if let Some(key) = session.cache.maybe_cache_key() {
+        shared.release(key);
+    }
 }
 
 /// `cache_vary_filter`: the variant this request wants. On a route that compresses, the
@@ -219,14 +240,21 @@ pub fn add_status_headers(
         }
         _ => None,
     };
+    // A hit the fleet's shared tier answered says so (and is labelled `shared_hit`).
+    ctx.cache_shared_hit =
+        outcome == Outcome::Hit && ctx.cache_note.as_ref().is_some_and(|n| n.from_shared());
     let report = Report {
         ttl,
         fwd_status,
         stored: ctx.cache_stored && matches!(outcome, Outcome::Miss | Outcome::Expired),
-        detail: why.or(ctx.cache_detail).filter(|_| {
-            // A stored miss needs no explanation.
-            !(ctx.cache_stored && matches!(outcome, Outcome::Miss | Outcome::Expired))
-        }),
+        detail: if ctx.cache_shared_hit {
+            Some(status::SHARED_DETAIL)
+        } else {
+            why.or(ctx.cache_detail).filter(|_| {
+                // A stored miss needs no explanation.
+                !(ctx.cache_stored && matches!(outcome, Outcome::Miss | Outcome::Expired))
+            })
+        },
     };
     // RFC 9211: each cache adds its member after those of caches nearer the origin.
     let ours = status::cache_status(outcome, &report);
@@ -277,8 +305,8 @@ fn invalidate_after_unsafe_method(
     };
     let scope = key::scope_for(policy.scope, tenant(ctx));
     let host = key::normalize_host(request_host(req));
-    let n =
-        crate::cache::purge::after_mutation(cache.storage, policy, &scope, &host, req.uri.path());
+    let op = crate::cache::purge::PurgeOp::mutation(policy, &scope, &host, req.uri.path());
+    let (n, _fleet) = cache.purge(&op);
     if n > 0 {
         metrics::CACHE_PURGED_ENTRIES_TOTAL
             .with_label_values(&["mutation"])

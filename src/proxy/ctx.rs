@@ -70,6 +70,11 @@ pub struct RequestCtx {
     pub cache_stale_error: Option<u16>,
     /// What the cache did, once the response started.
     pub cache_outcome: Option<crate::cache::status::Outcome>,
+    /// Which tier the cache lookups found the entry in, and whether this request holds the
+    /// fleet fill lock (shared with the cache key).
+    pub cache_note: Option<std::sync::Arc<crate::cache::shared::LookupNote>>,
+    /// The response came from the fleet's shared tier (a `shared_hit`).
+    pub cache_shared_hit: bool,
     /// Status of the last upstream response headers.
     pub upstream_status: Option<u16>,
     /// Counts this request in `tollgate_http_requests_in_flight` until dropped.
@@ -105,6 +110,8 @@ impl RequestCtx {
             cache_detail: None,
             cache_stale_error: None,
             cache_outcome: None,
+            cache_note: None,
+            cache_shared_hit: false,
             upstream_status: None,
             _in_flight: InFlight::start(),
         }
@@ -139,7 +146,13 @@ impl RequestCtx {
             bytes: session.body_bytes_sent(),
             tenant: caller.and_then(|c| c.tenant.as_ref()),
             tier: caller.and_then(|c| c.tier.as_ref()).map(|t| &t.name),
-            cache: ctx.cache_outcome.map(|o| o.label()),
+            cache: ctx.cache_outcome.map(|o| {
+                if ctx.cache_shared_hit {
+                    crate::cache::status::SHARED_HIT
+                } else {
+                    o.label()
+                }
+            }),
             ratelimit: match &ctx.limit {
                 None => "none",
                 Some(a) if a.decision.allowed => "allowed",

@@ -278,6 +278,7 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        caching::release_fill_lock(session, ctx);
         if ctx.background {
             caching::log_background(session, ctx);
             return;
