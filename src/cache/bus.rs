@@ -394,12 +394,18 @@ impl PurgeBus {
     async fn reader(&self) {
         let settings = self.link.settings();
         let timeout = BLOCK + settings.command_timeout.max(Duration::from_millis(100));
+        // Said once per outage, not once per attempt.
         let mut told = false;
         loop {
+            let mut connected = false;
             let result = async {
                 let mut conn = self.link.dedicated(timeout).await?;
                 self.sync_epoch(&mut conn).await?;
+                connected = true;
                 metrics::PURGE_BUS_CONNECTED.set(1);
+                if std::mem::take(&mut told) {
+                    tracing::info!("purge bus: reading {} again", self.stream);
+                }
                 // Own purges queued while away go out now.
                 self.wake.notify_one();
                 self.read(&mut conn).await
@@ -407,7 +413,7 @@ impl PurgeBus {
             .await;
             metrics::PURGE_BUS_CONNECTED.set(0);
             if let Err(e) = result {
-                if !told {
+                if !told || connected {
                     tracing::warn!(
                         "purge bus: cannot read {} ({e}); purges stay local until Redis answers",
                         self.stream
@@ -485,6 +491,136 @@ fn new_epoch() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::purge::PurgeRequest;
+    use sha2::Digest;
+
+    fn bus(max_len: usize) -> (&'static PurgeBus, &'static MemoryStorage) {
+        let settings = crate::fleet::Settings::new(&crate::config::model::RedisConfig {
+            url: Some("redis://127.0.0.1:1".into()),
+            ..Default::default()
+        });
+        let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20)));
+        let link = Arc::new(Link::new(settings));
+        let bus: &'static PurgeBus = Box::leak(Box::new(PurgeBus::new(link, storage, max_len)));
+        bus.reader.lock().epoch = Some(7);
+        (bus, storage)
+    }
+
+    fn prefix(p: &str) -> PurgeOp {
+        let req: PurgeRequest = serde_json::from_str(&format!(r#"{{"prefix": "{p}"}}"#)).unwrap();
+        PurgeOp::Select(req.into_selector().unwrap())
+    }
+
+    fn entry(n: u64, op: PurgeOp) -> Entry {
+        Entry {
+            epoch: 7,
+            n,
+            from: "another-replica".into(),
+            op: Some(op),
+        }
+    }
+
+    fn store(storage: &MemoryStorage, path: &str) {
+        let header = pingora_http::ResponseHeader::build(200, None).unwrap();
+        let now = SystemTime::now();
+        let meta = pingora_cache::CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let (internal, header) = meta.serialize().unwrap();
+        let mut bytes = internal.clone();
+        bytes.extend_from_slice(&header);
+        // Distinct in the low 64 bits, which the store keys its maps by.
+        let mut hash = [0u8; 16];
+        let digest = sha2::Sha256::digest(path.as_bytes());
+        hash.copy_from_slice(&digest[..16]);
+        let tag = EntryTag::new("shared", "h", path, "");
+        assert!(storage.insert_parts(
+            hash,
+            bytes.into(),
+            internal.len(),
+            Arc::from(&b"x"[..]),
+            tag
+        ));
+    }
+
+    #[test]
+    fn purges_of_other_replicas_apply_in_order_and_ban_older_shared_entries() {
+        let (bus, storage) = bus(100);
+        store(storage, "/a/1");
+        store(storage, "/b/1");
+        bus.apply("1-0".into(), entry(1, prefix("/a/")));
+        assert_eq!(storage.stats().entries, 1, "/a/1 purged, /b/1 kept");
+        let tag_a = EntryTag::new("shared", "h", "/a/2", "");
+        let tag_b = EntryTag::new("shared", "h", "/b/2", "");
+        let before = Position { epoch: 7, n: 0 };
+        let after = Position { epoch: 7, n: 1 };
+        assert_eq!(bus.verdict(before, &tag_a), Verdict::Purged);
+        assert_eq!(bus.verdict(before, &tag_b), Verdict::Fresh);
+        assert_eq!(bus.verdict(after, &tag_a), Verdict::Fresh);
+        assert_eq!(
+            bus.verdict(Position { epoch: 8, n: 1 }, &tag_b),
+            Verdict::Unprovable
+        );
+        assert_eq!(bus.position(), Some(after));
+        // A repeated entry (a read overlapping the sync) is not applied twice.
+        store(storage, "/a/3");
+        bus.apply("1-0".into(), entry(1, prefix("/a/")));
+        assert_eq!(storage.stats().entries, 2);
+    }
+
+    #[test]
+    fn a_hole_in_the_stream_drops_the_store_and_raises_the_floor() {
+        let (bus, storage) = bus(100);
+        store(storage, "/a/1");
+        store(storage, "/b/1");
+        bus.apply("1-0".into(), entry(1, prefix("/z/")));
+        bus.apply("9-0".into(), entry(5, prefix("/z/")));
+        assert_eq!(storage.stats().entries, 0, "purges 2..4 were missed");
+        let tag = EntryTag::new("shared", "h", "/b/1", "");
+        assert_eq!(
+            bus.verdict(Position { epoch: 7, n: 3 }, &tag),
+            Verdict::Unprovable
+        );
+        assert_eq!(
+            bus.verdict(Position { epoch: 7, n: 4 }, &tag),
+            Verdict::Fresh
+        );
+    }
+
+    #[test]
+    fn the_ban_list_is_capped_and_what_falls_off_is_unprovable() {
+        let (bus, _) = bus(3);
+        for n in 1..=5 {
+            bus.apply(format!("{n}-0"), entry(n, prefix("/z/")));
+        }
+        let tag = EntryTag::new("shared", "h", "/b", "");
+        assert_eq!(bus.reader.lock().bans.len(), 3);
+        assert_eq!(
+            bus.verdict(Position { epoch: 7, n: 1 }, &tag),
+            Verdict::Unprovable
+        );
+        assert_eq!(
+            bus.verdict(Position { epoch: 7, n: 2 }, &tag),
+            Verdict::Fresh
+        );
+    }
+
+    #[test]
+    fn own_purges_are_not_applied_twice_but_are_banned() {
+        let (bus, storage) = bus(100);
+        store(storage, "/a/1");
+        let mut own = entry(1, prefix("/a/"));
+        own.from = bus.link.replica().to_string();
+        bus.apply("1-0".into(), own);
+        assert_eq!(
+            storage.stats().entries,
+            1,
+            "applied when it was made, not again"
+        );
+        let tag = EntryTag::new("shared", "h", "/a/1", "");
+        assert_eq!(
+            bus.verdict(Position { epoch: 7, n: 0 }, &tag),
+            Verdict::Purged
+        );
+    }
 
     #[test]
     fn stream_ids_give_their_time() {

@@ -161,6 +161,9 @@ impl Cache {
     /// Returns how many local entries went, and where the purge is going.
     pub fn purge(&self, op: &purge::PurgeOp) -> (usize, FleetReach) {
         let removed = op.apply(self.storage);
+        if let Some(shared) = self.tiered.shared() {
+            shared.delete_matching(op);
+        }
         let reach = match self.bus {
             Some(bus) if bus.publish(op) => FleetReach::Published,
             Some(_) => FleetReach::Queued,

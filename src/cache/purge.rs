@@ -221,6 +221,22 @@ impl PurgeOp {
         })
     }
 
+    /// When this purge removes whole scopes: `Some(Some(scope))` for every entry of one
+    /// scope (a tenant's, or the shared ones), `Some(None)` for everything; `None` when it
+    /// names paths or hosts.
+    pub fn whole_scope(&self) -> Option<Option<&str>> {
+        match self {
+            PurgeOp::Select(Selector {
+                path: None,
+                query: None,
+                prefix: None,
+                host: None,
+                scope,
+            }) => Some(scope.as_deref()),
+            _ => None,
+        }
+    }
+
     /// Whether an entry with this tag is removed.
     pub fn matches(&self, tag: &EntryTag) -> bool {
         match self {

@@ -192,6 +192,86 @@ impl SharedTier {
         None
     }
 
+    /// Look `key` up in Redis for a fresh copy only (the local one is stale): no fill lock,
+    /// and a stale shared copy is left alone.
+    async fn lookup_fresh(&self, key: &CacheKey, local: &'static MemoryStorage) -> Option<Found> {
+        if !self.link.available() {
+            return None;
+        }
+        let entry_key = self.entry_key(key);
+        let got: Result<Option<Vec<u8>>, StoreError> = self
+            .link
+            .query("cache_get", redis::cmd("GET").arg(&entry_key))
+            .await;
+        let blob = got.ok()??;
+        let fresh = Blob::decode(&blob)
+            .is_some_and(|b| StoredMetaView::fresh(&b.meta, b.split).unwrap_or(false));
+        if !fresh {
+            return None;
+        }
+        let found = self.accept(key, &entry_key, blob, local);
+        let label = if found.is_some() { "hit" } else { "rejected" };
+        metrics::CACHE_SHARED_LOOKUPS_TOTAL
+            .with_label_values(&[label])
+            .inc();
+        found
+    }
+
+    /// Remove from Redis, in a task, the shared entries an admin purge names when its keys
+    /// say which they are: one scope (`tenant`, `shared`) or everything. Other purges reach
+    /// Redis through the purge bus: a replica that reads a purged entry unlinks it, and the
+    /// rest expire with their TTL. One Redis only: a Cluster's keys are spread over nodes that
+    /// `SCAN` does not cross (the bus covers them the same way).
+    pub fn delete_matching(&'static self, op: &super::purge::PurgeOp) {
+        let Some(scope) = op.whole_scope() else {
+            return;
+        };
+        if !matches!(
+            self.link.settings().target,
+            crate::fleet::settings::Target::Single(_)
+        ) {
+            return;
+        }
+        let hash = "[0-9a-f]".repeat(8);
+        let pattern = match scope {
+            Some(scope) => format!(
+                "{}:cache:{}:{{*",
+                glob_escape(&self.prefix),
+                hex::encode(&sha2::Sha256::digest(scope.as_bytes())[..4])
+            ),
+            None => format!("{}:cache:{hash}:{{*", glob_escape(&self.prefix)),
+        };
+        tokio::spawn(async move {
+            let mut cursor: u64 = 0;
+            let mut removed = 0usize;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let Ok((next, keys)): Result<(u64, Vec<String>), _> =
+                    self.link.query("cache_scan", &cmd).await
+                else {
+                    break;
+                };
+                if !keys.is_empty() {
+                    removed += keys.len();
+                    let _: Result<i64, _> = self
+                        .link
+                        .query("cache_unlink", redis::cmd("UNLINK").arg(&keys))
+                        .await;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            tracing::info!("cache purge: {removed} shared entries removed from Redis");
+        });
+    }
+
     /// Check a blob read for `key`; an accepted one is stored locally.
     fn accept(
         &self,
@@ -208,12 +288,15 @@ impl SharedTier {
                     v => Err(v),
                 }
             }
-            _ => Err(Verdict::Unprovable),
+            // Not ours to read (another version, or corrupt): nobody can use it.
+            _ => Err(Verdict::Purged),
         };
         match verdict {
             Ok(b) => Some(b.into_found(local)),
+            // Another replica, with a longer purge history, may still vouch for it.
+            Err(Verdict::Unprovable) => None,
             Err(_) => {
-                // Purged (or unprovable) for every replica alike: remove it for all.
+                // Purged for every replica alike: remove it for all.
                 let link = self.link.clone();
                 let entry_key = entry_key.to_string();
                 tokio::spawn(async move {
@@ -528,6 +611,29 @@ impl Blob {
     }
 }
 
+/// `text` with Redis glob characters escaped, for a `SCAN MATCH` pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Freshness of a serialized meta without keeping it.
+struct StoredMetaView;
+
+impl StoredMetaView {
+    fn fresh(meta: &[u8], split: usize) -> Option<bool> {
+        let (internal, header) = meta.split_at(split);
+        let meta = CacheMeta::deserialize(internal, header).ok()?;
+        Some(meta.is_fresh(SystemTime::now()))
+    }
+}
+
 /// Reads a blob front to back.
 struct Cursor<'a>(&'a [u8]);
 
@@ -583,11 +689,40 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let n = note(key);
-        if let Some(hit) = self.local.lookup(key, trace).await? {
+        let local_hit = self.local.lookup(key, trace).await?;
+        let stale = match &local_hit {
+            Some((meta, _)) if meta.is_fresh(SystemTime::now()) || self.shared.is_none() => {
+                if let Some(n) = n {
+                    n.set_tier(TIER_LOCAL);
+                }
+                return Ok(local_hit);
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if stale {
+            // Another replica may have refreshed it already: a fresh shared copy saves the
+            // origin a request; otherwise the stale local one goes on (to revalidation,
+            // stale-while-revalidate or stale-if-error, as before).
+            let shared = self.shared.expect("checked above");
+            if let Some(found) = shared.lookup_fresh(key, self.local).await {
+                let hit = match found {
+                    Found::Local => self.local.lookup(key, trace).await?,
+                    Found::Detached(meta, split, body) => {
+                        Some(MemoryStorage::detached_hit(meta, split, body)?)
+                    }
+                };
+                if hit.is_some() {
+                    if let Some(n) = n {
+                        n.set_tier(TIER_SHARED);
+                    }
+                    return Ok(hit);
+                }
+            }
             if let Some(n) = n {
                 n.set_tier(TIER_LOCAL);
             }
-            return Ok(Some(hit));
+            return Ok(local_hit);
         }
         if let Some(n) = n {
             n.set_tier(TIER_NONE);
