@@ -163,6 +163,13 @@ impl RuntimeConfig {
             (Some(r), true) => format!(", rate limits shared in redis {}", r.describe()),
             (None, true) => ", rate limits in redis (not connected: restart to connect)".into(),
             (_, false) => String::new(),
+        } + match (&self.startup.redis, &self.startup.cache) {
+            (Some(_), c) if c.shared && c.shared_fill_lock => {
+                ", cache shared in redis (fill lock on), purges fleet-wide"
+            }
+            (Some(_), c) if c.shared => ", cache shared in redis, purges fleet-wide",
+            (Some(_), c) if c.purge_bus => ", cache purges fleet-wide",
+            _ => "",
         }
     }
 }
