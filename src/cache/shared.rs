@@ -691,7 +691,7 @@ impl Storage for TieredStorage {
         let n = note(key);
         let local_hit = self.local.lookup(key, trace).await?;
         let stale = match &local_hit {
-            Some((meta, _)) if meta.is_fresh(SystemTime::now()) || self.shared.is_none() => {
+            Some((meta, _)) if self.shared.is_none() || meta.is_fresh(SystemTime::now()) => {
                 if let Some(n) = n {
                     n.set_tier(TIER_LOCAL);
                 }
