@@ -253,9 +253,16 @@ impl PurgeBus {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(EPOCH).arg(1).arg(&self.meta).arg(new_epoch());
         let (epoch, last_n): (u64, u64) = conn.query(&cmd).await?;
-        let known = self.reader.lock().epoch;
+        let (known, applied) = {
+            let r = self.reader.lock();
+            (r.epoch, r.n)
+        };
         match known {
-            Some(e) if e == epoch => return Ok(()),
+            // The same stream, as far as this replica read it or further.
+            Some(e) if e == epoch && last_n >= applied => return Ok(()),
+            // Another stream, or this one rewound (a failover that lost recent writes, a
+            // restart from an older save): purges this replica applied are gone from it, and
+            // new ones will reuse their numbers.
             Some(_) => self.resync(Resync::StreamLost, None, 0, 0),
             None => {}
         }
@@ -332,9 +339,18 @@ impl PurgeBus {
             let (epoch, floor) = (Some(entry.epoch), entry.n.saturating_sub(1));
             self.resync(Resync::Trimmed, epoch, entry.n, floor);
         } else if entry.n < expected.1 {
-            // Already applied (a read that overlapped the sync).
-            self.reader.lock().id = id;
-            return;
+            let mut r = self.reader.lock();
+            if stream_id_after(&id, &r.id) {
+                // A newer entry with an old number: the stream rewound under the same epoch
+                // (purges applied here are gone from it).
+                drop(r);
+                let (epoch, floor) = (Some(entry.epoch), entry.n.saturating_sub(1));
+                self.resync(Resync::StreamLost, epoch, entry.n, floor);
+            } else {
+                // Already applied (a read that overlapped the sync).
+                r.id = id;
+                return;
+            }
         }
         let op = match entry.op {
             Some(op) => op,
@@ -367,8 +383,14 @@ impl PurgeBus {
         }
     }
 
-    /// Read the stream until the connection fails.
-    async fn read(&self, conn: &mut Dedicated) -> Result<(), StoreError> {
+    /// Read the stream until the connection fails. `connected` is set at the first answer
+    /// (and `told`, an outage said in the log, is then cleared with a line saying it ended).
+    async fn read(
+        &self,
+        conn: &mut Dedicated,
+        connected: &mut bool,
+        told: &mut bool,
+    ) -> Result<(), StoreError> {
         loop {
             let from = self.reader.lock().id.clone();
             let mut cmd = redis::cmd("XREAD");
@@ -380,7 +402,13 @@ impl PurgeBus {
                 .arg(&self.stream)
                 .arg(&from);
             let reply: Option<redis::streams::StreamReadReply> = conn.query(&cmd).await?;
-            metrics::PURGE_BUS_CONNECTED.set(1);
+            if !*connected {
+                *connected = true;
+                metrics::PURGE_BUS_CONNECTED.set(1);
+                if std::mem::take(told) {
+                    tracing::info!("purge bus: reading {} again", self.stream);
+                }
+            }
             for key in reply.map(|r| r.keys).unwrap_or_default() {
                 for sid in key.ids {
                     let entry = Entry::parse(&sid);
@@ -401,14 +429,9 @@ impl PurgeBus {
             let result = async {
                 let mut conn = self.link.dedicated(timeout).await?;
                 self.sync_epoch(&mut conn).await?;
-                connected = true;
-                metrics::PURGE_BUS_CONNECTED.set(1);
-                if std::mem::take(&mut told) {
-                    tracing::info!("purge bus: reading {} again", self.stream);
-                }
                 // Own purges queued while away go out now.
                 self.wake.notify_one();
-                self.read(&mut conn).await
+                self.read(&mut conn, &mut connected, &mut told).await
             }
             .await;
             metrics::PURGE_BUS_CONNECTED.set(0);
@@ -476,6 +499,15 @@ impl Entry {
             op,
         }
     }
+}
+
+/// Whether stream id `a` comes after `b` (`ms-seq`, compared as numbers; `0-0` is first).
+fn stream_id_after(a: &str, b: &str) -> bool {
+    let parse = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    parse(a) > parse(b)
 }
 
 /// The milliseconds part of a stream id (`1700000000000-0`).
@@ -626,5 +658,21 @@ mod tests {
     fn stream_ids_give_their_time() {
         assert_eq!(id_millis("1700000000123-4"), Some(1_700_000_000_123));
         assert_eq!(id_millis("x"), None);
+        assert!(stream_id_after("10-1", "10-0"));
+        assert!(stream_id_after("11-0", "9-5"));
+        assert!(!stream_id_after("9-5", "11-0"));
+        assert!(stream_id_after("1-0", "0-0"));
+    }
+
+    #[test]
+    fn a_stream_that_rewinds_under_the_same_epoch_drops_the_store() {
+        let (bus, storage) = bus(100);
+        bus.apply("100-0".into(), entry(1, prefix("/z/")));
+        bus.apply("101-0".into(), entry(2, prefix("/z/")));
+        store(storage, "/a/1");
+        // Redis lost entry 2 and the next purge is numbered 2 again, with a newer id.
+        bus.apply("200-0".into(), entry(2, prefix("/q/")));
+        assert_eq!(storage.stats().entries, 0);
+        assert_eq!(bus.position(), Some(Position { epoch: 7, n: 2 }));
     }
 }

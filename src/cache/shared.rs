@@ -319,15 +319,16 @@ impl SharedTier {
     ) -> Option<Found> {
         let lock_key = self.lock_key(key);
         let replica = self.link.replica();
+        // `{1, holder}` when this call took the lock, `{0, holder}` when someone holds it.
         let take = redis::Script::new(
-            "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end \
-             return redis.call('GET', KEYS[1]) or ''",
+            "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, ARGV[1]} end \
+             return {0, redis.call('GET', KEYS[1]) or ''}",
         );
         let mut inv = take.prepare_invoke();
         inv.key(&lock_key)
             .arg(replica)
             .arg(self.lock_ttl.as_millis() as u64);
-        let holder: String = match self.link.eval("cache_lock", &inv).await {
+        let (taken, holder): (u8, String) = match self.link.eval("cache_lock", &inv).await {
             Ok(h) => h,
             Err(_) => {
                 metrics::CACHE_SHARED_FILL_LOCK_TOTAL
@@ -336,19 +337,19 @@ impl SharedTier {
                 return None;
             }
         };
-        if holder == replica {
-            // Ours: this request fetches (or another request of this replica does, and the
-            // local cache lock queues this one behind it).
+        if taken == 1 {
+            // This request fetches; the lock goes with its fill, or when it ends.
             if let Some(n) = note(key) {
-                if n.lock
-                    .compare_exchange(LOCK_NONE, LOCK_HELD, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    metrics::CACHE_SHARED_FILL_LOCK_TOTAL
-                        .with_label_values(&["acquired"])
-                        .inc();
-                }
+                n.lock.store(LOCK_HELD, Ordering::Relaxed);
             }
+            metrics::CACHE_SHARED_FILL_LOCK_TOTAL
+                .with_label_values(&["acquired"])
+                .inc();
+            return None;
+        }
+        if holder == replica {
+            // Another request of this replica fetches it: the local cache lock queues this
+            // one behind it (and only that request releases the fleet lock).
             return None;
         }
         if holder.is_empty() {
