@@ -394,13 +394,12 @@ impl PurgeBus {
         loop {
             let from = self.reader.lock().id.clone();
             let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&self.stream)
-                .arg(&from);
+            cmd.arg("COUNT").arg(READ_COUNT);
+            if *connected {
+                cmd.arg("BLOCK").arg(BLOCK.as_millis() as u64);
+            }
+            // (The first read does not block, so a working connection is known at once.)
+            cmd.arg("STREAMS").arg(&self.stream).arg(&from);
             let reply: Option<redis::streams::StreamReadReply> = conn.query(&cmd).await?;
             if !*connected {
                 *connected = true;
