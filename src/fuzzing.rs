@@ -205,6 +205,7 @@ fn route_policies() -> &'static [RoutePolicy; 2] {
             invalidate_prefixes: Vec::new(),
             targeted_field: Some(http::HeaderName::from_static("tollgate-cache-control")),
             store_authorized: false,
+            key_headers: Vec::new(),
         };
         let second = RoutePolicy {
             ttl: Some(Duration::from_secs(60)),

@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod fuzzing;
 pub mod inject;
 pub mod keys_command;
+pub mod llm;
 pub mod memory;
 pub mod observe;
 pub mod proxy;

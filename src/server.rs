@@ -38,6 +38,7 @@ impl BackgroundService for LimiterSweeper {
                     local.sweep(crate::ratelimit::unix_nanos_now());
                     metrics::RATELIMIT_TRACKED_KEYS.set(local.len() as i64);
                     self.limiter.sweep_leases();
+                    self.limiter.tokens().sweep();
                 }
             }
         }

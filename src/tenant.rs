@@ -6,6 +6,7 @@
 
 use crate::config::model::{self, IdentityConfig, TenantConfig, TierConfig, UnknownKey};
 use crate::fleet::keys::{KeyCacheSettings, KeyRecord};
+use crate::ratelimit::tokens::TokenLimits;
 use crate::ratelimit::Limits;
 use http::header::HeaderName;
 use indexmap::IndexMap;
@@ -25,6 +26,8 @@ pub struct Tier {
     pub limits: Limits,
     /// Never refuse, only count and add headers.
     pub shadow: bool,
+    /// Its LLM token budgets.
+    pub tokens: TokenLimits,
 }
 
 /// A compiled tenant: its tier with its own overrides applied.
@@ -40,6 +43,8 @@ pub struct Tenant {
     pub limits: Limits,
     /// Effective shadow mode.
     pub shadow: bool,
+    /// Effective token budgets (tier + overrides).
+    pub tokens: TokenLimits,
 }
 
 /// The identified caller of one request.
@@ -55,6 +60,8 @@ pub struct Caller {
     pub limits: Option<Limits>,
     /// Shadow mode for this caller.
     pub shadow: bool,
+    /// Token budgets of this caller (none when no tier applies).
+    pub tokens: TokenLimits,
 }
 
 /// The caller presented an API key that no tenant owns, and config says to reject it.
@@ -129,6 +136,10 @@ pub fn compile(
                     daily: t.daily.get(),
                 },
                 shadow: t.shadow,
+                tokens: TokenLimits {
+                    per_minute: t.tokens_per_minute,
+                    per_day: t.tokens_per_day,
+                },
             };
             (name.clone(), Arc::new(tier))
         })
@@ -147,6 +158,10 @@ pub fn compile(
                 subject: format!("t:{id}").into(),
                 limits: tier.limits.overridden(&over),
                 shadow: t.shadow.unwrap_or(tier.shadow),
+                tokens: TokenLimits {
+                    per_minute: t.tokens_per_minute.or(tier.tokens.per_minute),
+                    per_day: t.tokens_per_day.or(tier.tokens.per_day),
+                },
                 tier,
             });
             let keys = t
@@ -272,6 +287,7 @@ impl Identity {
             tier: tier.clone(),
             limits,
             shadow: r.shadow.unwrap_or(tier.shadow),
+            tokens: tier.tokens,
         }))
     }
 
@@ -322,6 +338,7 @@ impl Identity {
             tier: Some(t.tier.clone()),
             limits: Some(t.limits),
             shadow: t.shadow,
+            tokens: t.tokens,
         }
     }
 
@@ -379,6 +396,7 @@ impl Identity {
                         tenant: Some(id.into()),
                         limits: tier.as_ref().map(|t| t.limits),
                         shadow: tier.as_ref().is_some_and(|t| t.shadow),
+                        tokens: tier.as_ref().map(|t| t.tokens).unwrap_or_default(),
                         tier,
                     });
                 }
@@ -394,6 +412,7 @@ impl Identity {
             tenant: None,
             limits: tier.as_ref().map(|t| t.limits),
             shadow: tier.as_ref().is_some_and(|t| t.shadow),
+            tokens: tier.as_ref().map(|t| t.tokens).unwrap_or_default(),
             tier,
         })
     }

@@ -71,6 +71,16 @@ pub fn normalize_host(host: Option<&str>) -> String {
 
 /// Build the key for a request. `method` is the request's (HEAD is keyed as GET).
 pub fn build(method: &http::Method, tag: EntryTag) -> CacheKey {
+    build_with(method, tag, std::iter::empty())
+}
+
+/// [`build`], with the values of a route's `key_headers` (`None`: the header is absent, which
+/// is keyed apart from an empty value).
+pub fn build_with<'a>(
+    method: &http::Method,
+    tag: EntryTag,
+    extra: impl Iterator<Item = Option<&'a [u8]>>,
+) -> CacheKey {
     let method = if *method == http::Method::HEAD {
         "GET"
     } else {
@@ -82,6 +92,16 @@ pub fn build(method: &http::Method, tag: EntryTag) -> CacheKey {
     for part in [method, &*tag.scope, &*tag.host, &*tag.path, &*tag.query] {
         primary.extend_from_slice(&(part.len() as u32).to_be_bytes());
         primary.extend_from_slice(part.as_bytes());
+    }
+    for value in extra {
+        match value {
+            Some(v) => {
+                primary.push(1);
+                primary.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                primary.extend_from_slice(v);
+            }
+            None => primary.push(0),
+        }
     }
     let mut key = CacheKey::new(primary, tag.scope.to_string());
     key.extensions.insert(tag);
@@ -123,6 +143,27 @@ mod tests {
 
     fn tag(scope: &str, path: &str, query: &str) -> EntryTag {
         EntryTag::new(scope, "api.example", path, query)
+    }
+
+    #[test]
+    fn key_headers_split_entries_by_value_and_by_absence() {
+        let key = |v: Option<&[u8]>| {
+            build_with(
+                &http::Method::GET,
+                tag("shared", "/a", ""),
+                std::iter::once(v),
+            )
+            .combined()
+        };
+        let (alice, bob) = (key(Some(b"alice")), key(Some(b"bob")));
+        assert_ne!(alice, bob);
+        assert_eq!(alice, key(Some(b"alice")));
+        assert_ne!(key(None), key(Some(b"")), "absent is not empty");
+        assert_ne!(
+            key(None),
+            build(&http::Method::GET, tag("shared", "/a", "")).combined(),
+            "a route with key_headers never shares a key with one without"
+        );
     }
 
     #[test]

@@ -208,6 +208,8 @@ pub struct RoutePolicy {
     /// Requests with `Authorization` in the shared scope use the cache, and their responses are
     /// stored when the response allows it (RFC 9111 §3.5).
     pub store_authorized: bool,
+    /// Request headers whose values are part of the key.
+    pub key_headers: Vec<http::HeaderName>,
 }
 
 fn secs_u32(d: Duration) -> u32 {
@@ -246,6 +248,12 @@ impl RoutePolicy {
                 .as_deref()
                 .and_then(|f| http::HeaderName::from_bytes(f.as_bytes()).ok()),
             store_authorized: c.store_authorized,
+            // Validated as header names.
+            key_headers: c
+                .key_headers
+                .iter()
+                .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
         }
     }
 

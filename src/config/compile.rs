@@ -24,6 +24,8 @@ pub struct Route {
     pub name: Arc<str>,
     /// Groups in failover order (one for `upstream:`).
     pub upstreams: Vec<Arc<UpstreamGroup>>,
+    /// `group_balance: round_robin`: each request's group order; `None`: `upstreams` as is.
+    pub spread: Option<crate::upstream::spread::Spread>,
     /// Retry POST/PATCH on statuses and resets too.
     pub retry_non_idempotent: bool,
     /// Rate limiting on this route; `None`: not limited (no tiers, or `enabled: false`).
@@ -32,6 +34,8 @@ pub struct Route {
     pub compression: Option<crate::compress::Policy>,
     /// Response caching; `None`: off on this route.
     pub cache: Option<crate::cache::RoutePolicy>,
+    /// LLM token accounting (`tokens:`); `None`: off on this route.
+    pub tokens: Option<crate::proxy::tokens::TokenRoute>,
     /// A group of this route balances by the caller's tenant (`consistent_hash` on `tenant`).
     pub hashes_tenant: bool,
     /// Most requests in flight on this route (`max_in_flight`); `None`: no cap.
@@ -108,13 +112,24 @@ pub fn compile(
                 r.upstreams.iter().map(|u| upstreams[u].clone()).collect()
             };
             let hashes_tenant = groups.iter().any(|g| g.hashes_by_tenant());
+            let spread = (r.group_balance == crate::config::model::GroupBalance::RoundRobin
+                && groups.len() > 1)
+                .then(|| {
+                    let weights: Vec<u32> = groups
+                        .iter()
+                        .map(|g| r.group_weights.get(&g.name).copied().unwrap_or(1))
+                        .collect();
+                    crate::upstream::spread::Spread::new(&groups, &weights)
+                });
             let route = Arc::new(Route {
                 name: name.into(),
                 upstreams: groups,
+                spread,
                 retry_non_idempotent: r.retry_non_idempotent,
                 limit,
                 compression: r.compression.as_ref().map(crate::compress::Policy::new),
                 cache: r.cache.as_ref().map(crate::cache::RoutePolicy::new),
+                tokens: r.tokens.as_ref().map(crate::proxy::tokens::TokenRoute::new),
                 hashes_tenant,
                 max_in_flight: r.max_in_flight,
                 max_request_body: r.max_request_body.map(|b| b.0),

@@ -70,6 +70,28 @@ pub struct CacheConfig {
     pub purge_stream_length: u32,
 }
 
+/// A route's `group_balance`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBalance {
+    /// The groups are a failover chain.
+    #[default]
+    Failover,
+    /// Each request starts at the next group (weighted), then fails over to the others.
+    RoundRobin,
+}
+
+/// `tokens:` of a route: where an answer's token usage is.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteTokensConfig {
+    /// Dot-separated JSON path of the input token count (e.g. `usage.in`). Absent (with
+    /// `output`): the OpenAI and Anthropic shapes are recognised.
+    pub input: Option<String>,
+    /// Dot-separated JSON path of the output token count.
+    pub output: Option<String>,
+}
+
 /// `cache.shared`: where the fleet's second tier lives.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -137,6 +159,9 @@ pub struct RouteCacheConfig {
     /// responses stored when the response allows it (`public`, `s-maxage` or `must-revalidate`,
     /// RFC 9111 §3.5). `false`: such requests bypass the cache entirely.
     pub store_authorized: bool,
+    /// Request headers whose values are part of the key (e.g. `x-user-id`, for a per-user
+    /// cache in front of an app that sends no `Vary`). A missing header is its own value.
+    pub key_headers: Vec<String>,
 }
 
 impl Default for RouteCacheConfig {
@@ -156,6 +181,7 @@ impl Default for RouteCacheConfig {
             invalidate_prefixes: Vec::new(),
             targeted_field: None,
             store_authorized: false,
+            key_headers: Vec::new(),
         }
     }
 }
@@ -666,6 +692,14 @@ pub struct RouteConfig {
     /// (all failed, open-circuited or unhealthy) or ran out of attempts.
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// How requests are shared between `upstreams`: `failover` (the first serves while it
+    /// can) or `round_robin` (each request starts at the next group, weighted by
+    /// `group_weights`, and fails over to the others).
+    #[serde(default)]
+    pub group_balance: GroupBalance,
+    /// Weights of `upstreams` under `round_robin` (default 1 each).
+    #[serde(default)]
+    pub group_weights: IndexMap<String, u32>,
     /// Rate limiting on this route. Absent: the caller's tier limits apply (when tiers exist).
     #[serde(default)]
     pub rate_limit: Option<RouteRateLimitConfig>,
@@ -679,6 +713,11 @@ pub struct RouteConfig {
     /// Response caching on this route. Absent: nothing is cached.
     #[serde(default)]
     pub cache: Option<RouteCacheConfig>,
+    /// LLM token accounting on this route: the usage each answer reports is read as it
+    /// streams past, counted in metrics and debited from the caller's token budget
+    /// (`tokens_per_minute`, `tokens_per_day`). Absent: none.
+    #[serde(default)]
+    pub tokens: Option<RouteTokensConfig>,
     /// Most requests of this route in flight at once in this process; past it, new ones get
     /// `503` with `Retry-After: 1` (load shedding). Absent: no cap.
     #[serde(default)]
@@ -881,6 +920,13 @@ pub struct TierConfig {
     /// Decide, count and add headers, but never refuse.
     #[serde(default)]
     pub shadow: bool,
+    /// LLM tokens (input + output) per minute, on routes with `tokens:`: a bucket of this
+    /// size refilled over a minute, debited after each answer by the usage it reports.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// LLM tokens per UTC day, on routes with `tokens:`.
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
 }
 
 /// Fields that override a tier's limits (tenant overrides, route policies).
@@ -919,6 +965,12 @@ pub struct TenantConfig {
     /// Override the tier's shadow mode.
     #[serde(default)]
     pub shadow: Option<bool>,
+    /// Override the tier's `tokens_per_minute`.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Override the tier's `tokens_per_day`.
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
 }
 
 /// A daily quota: a number of requests, or `unlimited`.

@@ -338,10 +338,13 @@ fn placeholder_route() -> RouteConfig {
         rate_limit: None,
         compression: None,
         cache: None,
+        tokens: None,
         max_in_flight: None,
         max_request_body: None,
         request_buffering: None,
         upstreams: Vec::new(),
+        group_balance: Default::default(),
+        group_weights: Default::default(),
         retry_non_idempotent: false,
     }
 }

@@ -642,6 +642,9 @@ fn validate_route<'a>(
     if let Some(c) = &r.cache {
         validate_route_cache(c, &format!("{base}.cache"), errors);
     }
+    if let Some(t) = &r.tokens {
+        validate_route_tokens(t, &format!("{base}.tokens"), errors);
+    }
     let name = route_name(r.name.as_deref(), i);
     if let Err(e) = check_name(&name) {
         errors.push(ConfigError::at(
@@ -687,6 +690,39 @@ fn validate_route_upstreams(
             base,
             "a route needs `upstream: <group>` (or `upstreams: [primary, backup]`)",
         )),
+    }
+    validate_group_balance(r, base, errors);
+}
+
+/// `group_balance` spreads over two or more `upstreams`; `group_weights` name them, 1 to 100.
+fn validate_group_balance(r: &RouteConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    use crate::config::model::GroupBalance;
+    if r.group_balance == GroupBalance::RoundRobin && r.upstreams.len() < 2 {
+        errors.push(ConfigError::at(
+            format!("{base}.group_balance"),
+            "`round_robin` spreads requests over the groups of `upstreams`: list two or more",
+        ));
+    }
+    if !r.group_weights.is_empty() && r.group_balance != GroupBalance::RoundRobin {
+        errors.push(ConfigError::at(
+            format!("{base}.group_weights"),
+            "weights apply with `group_balance: round_robin` (the failover order ignores them)",
+        ));
+    }
+    for (name, w) in &r.group_weights {
+        let path = format!("{base}.group_weights.{name}");
+        if !r.upstreams.contains(name) {
+            errors.push(ConfigError::at(
+                &path,
+                format!(
+                    "`{name}` is not one of this route's `upstreams` ({})",
+                    r.upstreams.join(", ")
+                ),
+            ));
+        }
+        if !(1..=100).contains(w) {
+            errors.push(ConfigError::at(&path, "a weight is 1 to 100"));
+        }
     }
 }
 
@@ -827,6 +863,35 @@ fn is_content_type_pattern(t: &str) -> bool {
 }
 
 /// Methods, statuses, durations and prefixes of a route's `cache:`.
+/// A route's `tokens:`: both JSON paths or neither, each made of non-empty keys.
+fn validate_route_tokens(
+    t: &crate::config::model::RouteTokensConfig,
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    match (&t.input, &t.output) {
+        (Some(_), None) => errors.push(ConfigError::at(
+            format!("{base}.output"),
+            "give `output` too (or neither, for the OpenAI and Anthropic shapes)",
+        )),
+        (None, Some(_)) => errors.push(ConfigError::at(
+            format!("{base}.input"),
+            "give `input` too (or neither, for the OpenAI and Anthropic shapes)",
+        )),
+        _ => {}
+    }
+    for (key, path) in [("input", &t.input), ("output", &t.output)] {
+        if let Some(p) = path {
+            if p.is_empty() || p.split('.').any(str::is_empty) {
+                errors.push(ConfigError::at(
+                    format!("{base}.{key}"),
+                    format!("`{p}` is not a JSON path: write keys joined by dots, like `usage.prompt_tokens`"),
+                ));
+            }
+        }
+    }
+}
+
 fn validate_route_cache(c: &RouteCacheConfig, base: &str, errors: &mut Vec<ConfigError>) {
     if c.ttl.is_some_and(|t| t.get().is_zero()) {
         errors.push(ConfigError::at(
@@ -861,6 +926,19 @@ fn validate_route_cache(c: &RouteCacheConfig, base: &str, errors: &mut Vec<Confi
             errors.push(ConfigError::at(
                 format!("{base}.targeted_field"),
                 format!("`{field}` {why}"),
+            ));
+        }
+    }
+    for (i, h) in c.key_headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errors.push(ConfigError::at(
+                format!("{base}.key_headers[{i}]"),
+                format!("`{h}` is not a valid header name"),
+            ));
+        } else if c.key_headers[..i].iter().any(|o| o.eq_ignore_ascii_case(h)) {
+            errors.push(ConfigError::at(
+                format!("{base}.key_headers[{i}]"),
+                format!("`{h}` is listed twice"),
             ));
         }
     }

@@ -496,6 +496,40 @@ pub static PURGE_BUS_RESYNCS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// `tollgate_llm_tokens_total{route,tenant,group,model,type}`: LLM tokens the answers of
+/// routes with `tokens:` reported (`type`: `input` or `output`; `tenant` as allowlisted;
+/// `model` from the request body, capped at [`MODEL_LABELS`] names, then `other`).
+pub static LLM_TOKENS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_llm_tokens_total",
+        "LLM tokens reported by answers on routes with `tokens:`, by type (input, output).",
+        &["route", "tenant", "group", "model", "type"],
+    )
+});
+
+/// Distinct `model` label values before the rest count as `other`.
+pub const MODEL_LABELS: usize = 50;
+
+/// The `model` label of a model name: itself for the first [`MODEL_LABELS`] names seen,
+/// `other` for the rest (a client choosing model names cannot grow the series without bound),
+/// `none` when the request named none.
+pub fn model_label(model: Option<&str>) -> &str {
+    static SEEN: Lazy<parking_lot::Mutex<std::collections::HashSet<String>>> =
+        Lazy::new(Default::default);
+    let Some(model) = model else {
+        return "none";
+    };
+    let mut seen = SEEN.lock();
+    if seen.contains(model) {
+        return model;
+    }
+    if seen.len() < MODEL_LABELS {
+        seen.insert(model.to_string());
+        return model;
+    }
+    "other"
+}
+
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
     REGISTRY.register(Box::new(g.clone())).expect("register");

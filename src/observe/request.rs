@@ -49,7 +49,7 @@ impl Settings {
     }
 
     /// The `tenant` label value of a tenant id: itself when allowlisted, else `other`.
-    fn tenant_label<'a>(&self, tenant: Option<&'a str>) -> &'a str {
+    pub fn tenant_label<'a>(&self, tenant: Option<&'a str>) -> &'a str {
         match tenant {
             None => "none",
             Some(t) if self.tenant_label_allowlist.contains(t) => t,

@@ -96,7 +96,19 @@ pub fn cache_key(session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
             "cache enabled without an entry tag",
         )
     })?;
-    let mut key = key::build(&session.req_header().method, tag);
+    let req = session.req_header();
+    let key_headers = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.cache.as_ref())
+        .map_or(&[][..], |c| &c.key_headers[..]);
+    let mut key = key::build_with(
+        &req.method,
+        tag,
+        key_headers
+            .iter()
+            .map(|h| req.headers.get(h).map(|v| v.as_bytes())),
+    );
     if crate::cache::get().is_some_and(|c| c.tiered.shared().is_some()) {
         let note = ctx.cache_note.get_or_insert_with(Default::default).clone();
         key.extensions.insert(Note(note));

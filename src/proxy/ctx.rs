@@ -75,6 +75,12 @@ pub struct RequestCtx {
     pub cache_note: Option<std::sync::Arc<crate::cache::shared::LookupNote>>,
     /// The response came from the fleet's shared tier (a `shared_hit`).
     pub cache_shared_hit: bool,
+    /// This request's order of the route's groups (`group_balance: round_robin`); `None`: the
+    /// route's order.
+    pub groups: Option<std::sync::Arc<[std::sync::Arc<crate::upstream::UpstreamGroup>]>>,
+    /// LLM token accounting (routes with `tokens:` only: boxed, so other requests do not
+    /// carry its size).
+    pub tokens: Option<Box<super::tokens::TokenCtx>>,
     /// Status of the last upstream response headers.
     pub upstream_status: Option<u16>,
     /// Counts this request in `tollgate_http_requests_in_flight` until dropped.
@@ -112,6 +118,8 @@ impl RequestCtx {
             cache_outcome: None,
             cache_note: None,
             cache_shared_hit: false,
+            tokens: None,
+            groups: None,
             upstream_status: None,
             _in_flight: InFlight::start(),
         }

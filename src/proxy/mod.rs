@@ -7,6 +7,7 @@
 //! | [`routing`] | route match; 400 for dot segments, 404 for no route |
 //! | [`caller`] | who is calling (when a route needs it) |
 //! | [`limit`] | 401 for unknown keys, 429 over limits, RateLimit headers |
+//! | [`tokens`] | LLM token budgets (429 `policy: tokens`), usage read from answers, token metrics |
 //! | [`caching`] | cache on/off, key, variance, store or not, stale, Cache-Status, invalidation |
 //! | [`upstream`] | endpoint per attempt, retries and failover, provider adapter |
 //! | [`headers`] | forwarding headers and hop-by-hop rules |
@@ -31,6 +32,7 @@ pub mod headers;
 pub mod limit;
 pub mod routing;
 pub mod shed;
+pub mod tokens;
 pub mod upstream;
 
 use crate::config::RuntimeConfig;
@@ -115,6 +117,7 @@ impl ProxyHttp for Tollgate {
         let answered = client_limits::refuse_oversized(session, ctx).await?
             || routing::refuse_unroutable(session, ctx).await?
             || limit::enforce(session, ctx, self.limiter.as_ref()).await?
+            || tokens::enforce(session, ctx, self.limiter.as_ref()).await?
             || shed::admit(session, ctx).await?;
         if !answered {
             client_limits::buffer_body(session, ctx).await?;
@@ -129,6 +132,7 @@ impl ProxyHttp for Tollgate {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        tokens::request_body(ctx, body.as_ref());
         client_limits::count_body(ctx, body.as_ref())
     }
 
@@ -219,7 +223,19 @@ impl ProxyHttp for Tollgate {
         upstream::response(session, upstream_response, ctx)?;
         compression::upstream_response(upstream_response, ctx)?;
         caching::invalidate_after_mutation(session, upstream_response, ctx);
+        tokens::upstream_response(upstream_response, ctx);
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        tokens::upstream_body(ctx, body.as_ref(), end_of_stream);
+        Ok(None)
     }
 
     async fn adjust_upstream_modules(
@@ -248,7 +264,8 @@ impl ProxyHttp for Tollgate {
         caching::add_status_headers(session, upstream_response, ctx)?;
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         ctx.add_timing_headers(upstream_response)?;
-        limit::response_headers(upstream_response, ctx)
+        limit::response_headers(upstream_response, ctx)?;
+        tokens::response_headers(upstream_response, ctx)
     }
 
     fn response_body_filter(
@@ -284,6 +301,7 @@ impl ProxyHttp for Tollgate {
             return;
         }
         upstream::ended(ctx, e);
+        tokens::settle(ctx, self.limiter.as_ref()).await;
         request::record(self.access_log.as_ref(), ctx.finished(session, e));
     }
 }

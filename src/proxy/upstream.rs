@@ -13,6 +13,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use std::sync::Arc;
 
 /// `upstream_peer`: the endpoint of the next attempt (the first, or a retry elsewhere).
 pub fn peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -20,24 +21,37 @@ pub fn peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         .route
         .clone()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+    if ctx.groups.is_none() {
+        // A spreading route picks this request's first group once, at its first attempt.
+        ctx.groups = route.spread.as_ref().map(|s| s.order());
+    }
+    let order = ctx.groups.clone();
+    let groups: &[Arc<UpstreamGroup>] = order.as_deref().unwrap_or(&route.upstreams);
     let key = |g: &UpstreamGroup| balance_key(session, ctx.caller.as_ref(), &ctx.config, g);
     let now = clock::mono_nanos();
-    if let Some(wait) = fail_fast(&route.upstreams, now) {
+    if let Some(wait) = fail_fast(groups, now) {
         ctx.circuit_retry_after = Some(wait.div_ceil(1_000_000_000));
         return Err(Error::explain(
             ErrorType::Custom(super::errors::CIRCUIT_OPEN),
             "circuit_breaker.fail_fast",
         ));
     }
-    let (group, i) = ctx
-        .upstream
-        .start_next(&route.upstreams, key, clock::mono_nanos());
+    let (group, i) = ctx.upstream.start_next(groups, key, clock::mono_nanos());
     Ok(group.endpoints[i].peer())
+}
+
+/// This request's groups in order: its own (a spreading route), else the route's.
+fn request_groups(ctx: &RequestCtx) -> Arc<[Arc<UpstreamGroup>]> {
+    match (&ctx.groups, &ctx.route) {
+        (Some(order), _) => order.clone(),
+        (None, Some(route)) => route.upstreams.as_slice().into(),
+        (None, None) => Arc::from([]),
+    }
 }
 
 /// With `circuit_breaker.fail_fast` on the route's last group: when no group has an endpoint
 /// whose circuit would take a request, the time (ns) until the first one lets a probe through.
-fn fail_fast(groups: &[std::sync::Arc<UpstreamGroup>], now: u64) -> Option<u64> {
+fn fail_fast(groups: &[Arc<UpstreamGroup>], now: u64) -> Option<u64> {
     let last = groups.last()?;
     if !last.fail_fast {
         return None;
@@ -73,10 +87,12 @@ pub fn after_error(
     let Some(route) = ctx.route.clone() else {
         return e;
     };
+    let order = ctx.groups.clone();
+    let groups: &[Arc<UpstreamGroup>] = order.as_deref().unwrap_or(&route.upstreams);
     let key = |g: &UpstreamGroup| balance_key(session, ctx.caller.as_ref(), &ctx.config, g);
     match ctx
         .upstream
-        .retry_after_error(&route.upstreams, key, error, clock::mono_nanos())
+        .retry_after_error(groups, key, error, clock::mono_nanos())
     {
         Some(retry) => e.set_retry(retry),
         None => {
@@ -85,11 +101,7 @@ pub fn after_error(
             // bounds it (an origin closing every pooled connection would otherwise see one
             // request up to Pingora's max_retries times).
             e.retry.decide_reuse(client_reused);
-            if e.retry()
-                && !ctx
-                    .upstream
-                    .attempts_left(&route.upstreams, clock::mono_nanos())
-            {
+            if e.retry() && !ctx.upstream.attempts_left(groups, clock::mono_nanos()) {
                 e.set_retry(false);
             }
         }
@@ -100,7 +112,8 @@ pub fn after_error(
 /// `fail_to_connect`: count the failure against the endpoint; retry elsewhere if allowed.
 pub fn connect_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     let timed_out = matches!(e.etype(), ErrorType::ConnectTimedout);
-    let groups = ctx.route.as_ref().map_or(&[][..], |r| &r.upstreams[..]);
+    let order = request_groups(ctx);
+    let groups: &[Arc<UpstreamGroup>] = &order;
     let retry = ctx
         .upstream
         .connect_failed(groups, timed_out, clock::mono_nanos());
@@ -137,7 +150,8 @@ pub fn response(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) 
     );
     let now = clock::mono_nanos();
     let repeatable = may_repeat(session, ctx);
-    let groups = ctx.route.as_ref().map_or(&[][..], |r| &r.upstreams[..]);
+    let order = request_groups(ctx);
+    let groups: &[Arc<UpstreamGroup>] = &order;
     if ctx
         .upstream
         .retry_on_status(groups, status, retry_after, repeatable, now)

@@ -47,6 +47,48 @@ pub fn ratelimit_header(d: &Decision) -> String {
     v
 }
 
+/// The token budgets' items of `RateLimit-Policy`: `"tokens";q=<per minute>;w=60` and
+/// `"tokens-daily";q=<per day>;w=86400`, each when it applies ("" when none does).
+pub fn token_policy_items(limits: &super::tokens::TokenLimits) -> String {
+    let mut v = String::with_capacity(64);
+    if let Some(q) = limits.per_minute {
+        v.push_str("\"tokens\";q=");
+        push_u64(&mut v, q);
+        v.push_str(";w=60");
+    }
+    if let Some(q) = limits.per_day {
+        if !v.is_empty() {
+            v.push_str(", ");
+        }
+        v.push_str("\"tokens-daily\";q=");
+        push_u64(&mut v, q);
+        v.push_str(";w=86400");
+    }
+    v
+}
+
+/// The token budgets' items of `RateLimit`: `"tokens";r=<left>;t=<secs to full>` and
+/// `"tokens-daily";r=<left today>;t=<secs to midnight>`.
+pub fn token_items(d: &super::tokens::TokenDecision) -> String {
+    let mut v = String::with_capacity(64);
+    if let Some(r) = d.minute_remaining {
+        v.push_str("\"tokens\";r=");
+        push_u64(&mut v, r);
+        v.push_str(";t=");
+        push_u64(&mut v, d.minute_reset_secs);
+    }
+    if let Some(r) = d.day_remaining {
+        if !v.is_empty() {
+            v.push_str(", ");
+        }
+        v.push_str("\"tokens-daily\";r=");
+        push_u64(&mut v, r);
+        v.push_str(";t=");
+        push_u64(&mut v, d.day_reset_secs);
+    }
+    v
+}
+
 /// `Retry-After` in seconds, for a refusal only.
 pub fn retry_after(d: &Decision) -> Option<String> {
     (!d.allowed).then(|| decimal(d.retry_after_secs))

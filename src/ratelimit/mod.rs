@@ -15,6 +15,7 @@ pub mod lease;
 pub mod local;
 pub mod redis;
 pub mod store;
+pub mod tokens;
 
 pub use local::LocalLimiter;
 pub use store::{Limiter, Store, StorePolicy};

@@ -108,6 +108,7 @@ pub struct Limiter {
     local: Arc<LocalLimiter>,
     redis: Option<Arc<RedisLimiter>>,
     leases: Arc<Leases>,
+    tokens: super::tokens::TokenBudgets,
 }
 
 impl Limiter {
@@ -118,9 +119,15 @@ impl Limiter {
         once_cell::sync::Lazy::force(&DECISIONS);
         Limiter {
             local,
+            tokens: super::tokens::TokenBudgets::new(link.clone()),
             redis: link.map(|l| Arc::new(RedisLimiter::new(l))),
             leases: Arc::default(),
         }
+    }
+
+    /// The LLM token budgets (kept where the request limits are: locally, or in Redis).
+    pub fn tokens(&self) -> &super::tokens::TokenBudgets {
+        &self.tokens
     }
 
     /// The in-process store.

@@ -15,6 +15,7 @@ pub mod attempts;
 pub mod breaker;
 pub mod budget;
 pub mod compile;
+pub mod spread;
 
 use crate::config::model;
 use arc_swap::ArcSwap;

@@ -1,0 +1,1383 @@
+//! The tokens an upstream answer used, read from its body as the chunks pass to the client: the
+//! `usage` object of a JSON answer, or the usage events of an SSE stream. Nothing is held back
+//! and the whole body is never kept: a [`UsageReader`] holds at most `window` bytes.
+//!
+//! - A JSON answer carries its `usage` near the end (OpenAI, Anthropic), so the reader keeps the
+//!   last `window` bytes. At the end it scans them backward from the closing brace, tracking
+//!   strings and depth, to the last top-level `"usage"` key, and parses only that key's value:
+//!   the cost is that of the bytes after the key, whatever the size of the answer, and a
+//!   `"usage"` nested in a message or a tool schema is never taken for it. (Parsing a 2 KB answer
+//!   whole with serde_json, even skipping what it does not keep, cost about 3 µs; this, well
+//!   under 1 µs.)
+//! - An SSE stream is read line by line: only `data:` lines that mention the usage key with a
+//!   value other than `null` are parsed, so the chunks of an OpenAI stream with
+//!   `include_usage` (`"usage":null` in every chunk) cost a scan each, not a parse. Counts are
+//!   cumulative: the latest value of each count wins.
+//!
+//! Counts are whatever the upstream says; this module only finds them.
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+use std::fmt;
+use std::sync::Arc;
+
+use super::{find_byte, skip_ws, value_end};
+
+/// Tokens one answer used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens read by the model: the prompt, cached parts included.
+    pub input: u64,
+    /// Tokens written by the model.
+    pub output: u64,
+}
+
+impl Usage {
+    /// Input and output together (saturating: counts come from the upstream).
+    pub fn total(&self) -> u64 {
+        self.input.saturating_add(self.output)
+    }
+}
+
+/// Where the counts are in an answer.
+///
+/// A count that is absent while the other is present reads as 0 (an embeddings answer has no
+/// output); an answer where neither is present has no usage at all ([`UsageReader::finish`] is
+/// `None`). Counts may be JSON integers, floats (`12.0`, truncated) or strings of digits;
+/// anything else (negative, `null`, an object) is absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageShape {
+    /// The well-known shapes, in a JSON answer or an SSE stream:
+    /// - OpenAI Chat Completions: `usage.prompt_tokens` / `usage.completion_tokens`; streamed,
+    ///   the last chunk before `[DONE]` when the request set `stream_options.include_usage`.
+    /// - OpenAI Responses: `usage.input_tokens` / `usage.output_tokens`; streamed, the
+    ///   `response.completed` event's `response.usage`.
+    /// - Anthropic Messages: `usage.input_tokens` / `usage.output_tokens`, plus
+    ///   `cache_creation_input_tokens` and `cache_read_input_tokens` into input (Anthropic counts
+    ///   them apart, OpenAI inside `prompt_tokens`); streamed, `message_start`'s
+    ///   `message.usage` and then `message_delta`'s `usage`, whose counts are cumulative.
+    ///
+    /// A usage object with only `total_tokens` counts it as input.
+    Auto,
+    /// Dot-separated JSON paths from the top of the answer (or of each SSE event) to each count,
+    /// e.g. `usage.in` and `meta.billing.tokens_out`. There is no `total` path: a provider that
+    /// reports only a total can name it as `input` (with an `output` path it never sends).
+    /// Keys are matched literally (no escapes); see [`UsageShape::path_problem`].
+    /// `Arc<str>` so that a shape compiled once from the config is cloned per answer for free.
+    Paths {
+        /// The path to the input count.
+        input: Arc<str>,
+        /// The path to the output count.
+        output: Arc<str>,
+    },
+}
+
+impl UsageShape {
+    /// Why `path` cannot be a [`UsageShape::Paths`] path, for config validation: it must be one
+    /// or more non-empty keys joined by `.`, without `"` or `\`.
+    pub fn path_problem(path: &str) -> Option<&'static str> {
+        if path.split('.').any(str::is_empty) {
+            Some("must be dot-separated keys, none of them empty (e.g. `usage.input_tokens`)")
+        } else if path.contains(['"', '\\']) {
+            Some("may not contain `\"` or `\\`")
+        } else {
+            None
+        }
+    }
+}
+
+/// How an answer's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// One JSON document.
+    Json,
+    /// A `text/event-stream` of events.
+    Sse,
+}
+
+/// The framing of a response from its `Content-Type`: `text/event-stream` is [`BodyKind::Sse`],
+/// `application/json` or any `+json` type is [`BodyKind::Json`], anything else (or no header) is
+/// `None`: no usage is read from it. Parameters (`; charset=utf-8`) and case do not matter.
+pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
+    let essence = content_type?.split(';').next()?.trim();
+    if essence.eq_ignore_ascii_case("text/event-stream") {
+        return Some(BodyKind::Sse);
+    }
+    let (kind, subtype) = essence.split_once('/')?;
+    let json = subtype.eq_ignore_ascii_case("json")
+        || (subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"));
+    (json && !kind.is_empty()).then_some(BodyKind::Json)
+}
+
+/// Where [`UsageShape::Auto`] looks in an SSE event: the usage object at the top (OpenAI
+/// chunks, Anthropic `message_delta`), in `message_start`'s message, and in a Responses API
+/// event's response.
+const AUTO_PATHS: [&str; 3] = ["usage", "message.usage", "response.usage"];
+
+/// The key of the usage object: at the top of a JSON answer, and the mention that makes an SSE
+/// line worth parsing, under [`UsageShape::Auto`].
+const AUTO_KEY: &str = "usage";
+
+/// Reads usage from a response body fed chunk by chunk.
+///
+/// Holds at most `window` bytes: a JSON answer's tail, or the current line of an SSE stream
+/// (a longer line is skipped, not kept). Feeding never fails, never holds a chunk back (it only
+/// reads it) and allocates only to grow that window; parsing happens once at the end for JSON,
+/// and only on lines that carry a usage for SSE. Chunk boundaries may fall anywhere (inside a
+/// key, a number or a UTF-8 sequence): the answer is the same as for the body in one piece.
+#[derive(Debug)]
+pub struct UsageReader {
+    kind: BodyKind,
+    shape: UsageShape,
+    window: usize,
+    /// JSON: the last bytes fed, a ring once `window` long. SSE: the start of the current line.
+    buf: Vec<u8>,
+    /// JSON: once `buf` is full, the index of its oldest byte.
+    head: usize,
+    /// SSE: the current line is over `window` bytes and is being skipped.
+    skipping: bool,
+    /// SSE: the latest counts seen.
+    found: Found,
+}
+
+impl UsageReader {
+    /// A reader for one body. `window` bounds what it holds (16 KiB suits every known provider:
+    /// it is the size of a JSON tail that surely holds `usage`, and of the longest SSE line
+    /// that may carry it).
+    pub fn new(kind: BodyKind, shape: UsageShape, window: usize) -> UsageReader {
+        UsageReader {
+            kind,
+            shape,
+            window,
+            buf: Vec::new(),
+            head: 0,
+            skipping: false,
+            found: Found::default(),
+        }
+    }
+
+    /// Reads the next chunk of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match self.kind {
+            BodyKind::Json => self.feed_json(chunk),
+            BodyKind::Sse => self.feed_sse(chunk),
+        }
+    }
+
+    /// At the end of the body: the usage found, if any. Call it once.
+    ///
+    /// A JSON answer must end with its object's closing brace (whitespace may follow): an answer
+    /// cut short, or with text after it, has no usage. An SSE stream's last line counts even
+    /// without its line end: a stream cut short still reports the usage events it carried.
+    pub fn finish(&mut self) -> Option<Usage> {
+        match self.kind {
+            BodyKind::Json => {
+                if self.head != 0 {
+                    self.buf.rotate_left(self.head);
+                    self.head = 0;
+                }
+                json_counts(&self.shape, &self.buf).usage()
+            }
+            BodyKind::Sse => {
+                if !self.skipping && !self.buf.is_empty() {
+                    sse_line(&self.shape, &mut self.found, &self.buf);
+                }
+                self.buf.clear();
+                self.skipping = false;
+                self.found.usage()
+            }
+        }
+    }
+
+    fn feed_json(&mut self, mut chunk: &[u8]) {
+        let cap = self.window;
+        if chunk.len() >= cap {
+            self.buf.clear();
+            self.buf.extend_from_slice(&chunk[chunk.len() - cap..]);
+            self.head = 0;
+            return;
+        }
+        if self.buf.len() < cap {
+            let n = chunk.len().min(cap - self.buf.len());
+            push_within(&mut self.buf, &chunk[..n], cap);
+            chunk = &chunk[n..];
+            self.head = 0;
+        }
+        // Full: overwrite the oldest bytes, at most twice around the end of the ring.
+        while !chunk.is_empty() {
+            let n = chunk.len().min(cap - self.head);
+            self.buf[self.head..self.head + n].copy_from_slice(&chunk[..n]);
+            self.head = (self.head + n) % cap;
+            chunk = &chunk[n..];
+        }
+    }
+
+    fn feed_sse(&mut self, mut chunk: &[u8]) {
+        while let Some(nl) = find_byte(chunk, b'\n') {
+            let part = &chunk[..nl];
+            chunk = &chunk[nl + 1..];
+            if self.skipping {
+                self.skipping = false;
+            } else if self.buf.is_empty() {
+                // The whole line is in this chunk: read it in place.
+                if part.len() <= self.window {
+                    sse_line(&self.shape, &mut self.found, part);
+                }
+            } else {
+                if self.buf.len() + part.len() <= self.window {
+                    push_within(&mut self.buf, part, self.window);
+                    sse_line(&self.shape, &mut self.found, &self.buf);
+                }
+                self.buf.clear();
+            }
+        }
+        if chunk.is_empty() || self.skipping {
+            return;
+        }
+        if self.buf.len() + chunk.len() <= self.window {
+            push_within(&mut self.buf, chunk, self.window);
+        } else {
+            self.buf.clear();
+            self.skipping = true;
+        }
+    }
+}
+
+/// Appends `bytes` to `buf`, whose length stays within `cap`: its capacity doubles as a `Vec`'s
+/// would (a few allocations per body, not one per chunk) but never grows past `cap`.
+fn push_within(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
+    let need = buf.len() + bytes.len();
+    if need > buf.capacity() {
+        let target = need.max(2 * buf.capacity()).min(cap);
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(bytes);
+}
+
+/// Counts found so far; `None` is "not seen", which differs from 0 only until the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Found {
+    input: Option<u64>,
+    output: Option<u64>,
+}
+
+impl Found {
+    /// Takes the counts `newer` has (the latest value wins), keeps the others.
+    fn update(&mut self, newer: Found) {
+        self.input = newer.input.or(self.input);
+        self.output = newer.output.or(self.output);
+    }
+
+    /// A usage if at least one count was seen; the missing one is 0.
+    fn usage(self) -> Option<Usage> {
+        (self.input.is_some() || self.output.is_some()).then(|| Usage {
+            input: self.input.unwrap_or(0),
+            output: self.output.unwrap_or(0),
+        })
+    }
+}
+
+/// A count: a non-negative integer, a float (truncated) or a string of digits.
+fn count(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The counts of a JSON answer (or the tail of one): the value of its top-level usage key(s).
+fn json_counts(shape: &UsageShape, body: &[u8]) -> Found {
+    match shape {
+        UsageShape::Auto => top_level_value(body, AUTO_KEY)
+            .and_then(|usage| read_document(usage, &[""], true))
+            .unwrap_or_default(),
+        UsageShape::Paths { input, output } => {
+            let at = |path: &str| {
+                let value = top_level_value(body, first_key(path))?;
+                read_document(value, &[rest(path, 1)], false)?.input
+            };
+            Found {
+                input: at(input),
+                output: at(output),
+            }
+        }
+    }
+}
+
+/// The counts in one whole JSON document (an SSE event's data, or a usage value cut from an
+/// answer): under `auto`, the usage objects at `paths`; otherwise the counts at `paths[0]`
+/// (input) and `paths[1]` (output). `None` if it does not parse.
+fn read_document(json: &[u8], paths: &[&str], auto: bool) -> Option<Found> {
+    let mut found = Found::default();
+    let mut de = serde_json::Deserializer::from_slice(json);
+    Seek {
+        paths,
+        auto,
+        depth: 0,
+        active: (1u32 << paths.len()) - 1,
+        found: &mut found,
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    Some(found)
+}
+
+/// The value of the last `"key"` at the top level of the JSON object that ends `s` (only
+/// whitespace may follow its closing brace); keys nested deeper do not count.
+///
+/// It scans backward from the end, so it reads only the bytes after that key (a usage object
+/// and a few fields, whatever the size of the answer), and `s` may be the tail of a body whose
+/// start was cut. Backward works because every unescaped quote opens or closes a string, read
+/// in either direction, and a quote is escaped when an odd run of backslashes comes before it.
+fn top_level_value<'s>(s: &'s [u8], key: &str) -> Option<&'s [u8]> {
+    let k = key.as_bytes();
+    let mut i = s.len();
+    while i > 0 && matches!(s[i - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        i -= 1;
+    }
+    if i == 0 || s[i - 1] != b'}' {
+        return None;
+    }
+    let mut depth = 0usize;
+    // Inside a string: the index of its closing quote.
+    let mut closing: Option<usize> = None;
+    while i > 0 {
+        i -= 1;
+        let c = s[i];
+        if let Some(close) = closing {
+            if c != b'"' || escaped(s, i) {
+                continue;
+            }
+            closing = None;
+            if depth == 1 && &s[i + 1..close] == k {
+                let colon = skip_ws(s, close + 1);
+                if s.get(colon) == Some(&b':') {
+                    let start = skip_ws(s, colon + 1);
+                    return value_end(s, start).map(|end| &s[start..end]);
+                }
+            }
+            continue;
+        }
+        match c {
+            b'"' => closing = Some(i),
+            b'}' | b']' => depth += 1,
+            b'{' | b'[' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    // The start of the object: the key is not there.
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether the quote at `i` is escaped: an odd run of backslashes before it.
+fn escaped(s: &[u8], i: usize) -> bool {
+    s[..i].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
+/// The first key of a dotted path.
+fn first_key(path: &str) -> &str {
+    path.split('.').next().unwrap_or(path)
+}
+
+/// What is left of a dotted path after its first `depth` keys (`""` when nothing is).
+fn rest(path: &str, depth: usize) -> &str {
+    let mut rest = path;
+    for _ in 0..depth {
+        rest = rest.split_once('.').map_or("", |(_, tail)| tail);
+    }
+    rest
+}
+
+/// The `depth`-th key of a dotted path (`None` past its end; `""` has no keys).
+fn segment(path: &str, depth: usize) -> Option<&str> {
+    if path.is_empty() {
+        return None;
+    }
+    path.split('.').nth(depth)
+}
+
+/// The value at the dotted `path` below `v` (`v` itself for an empty path).
+fn walk<'v>(mut v: &'v Value, path: &str) -> Option<&'v Value> {
+    if !path.is_empty() {
+        for key in path.split('.') {
+            v = v.get(key)?;
+        }
+    }
+    Some(v)
+}
+
+/// Reads one SSE line (without its `\n`): a `data:` line that mentions a usage key with a value
+/// other than `null` is parsed, and its counts update `found`.
+fn sse_line(shape: &UsageShape, found: &mut Found, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    let data = data.strip_prefix(b" ").unwrap_or(data);
+    let newer = match shape {
+        UsageShape::Auto if mentions(data, AUTO_KEY) => read_document(data, &AUTO_PATHS, true),
+        UsageShape::Paths { input, output } => {
+            let (a, b) = (first_key(input), first_key(output));
+            if mentions(data, a) || (b != a && mentions(data, b)) {
+                read_document(data, &[input, output], false)
+            } else {
+                None
+            }
+        }
+        UsageShape::Auto => None,
+    };
+    if let Some(newer) = newer {
+        found.update(newer);
+    }
+}
+
+/// Whether `json` has a `"key":`, at any depth, whose value is not `null`: a scan, much cheaper
+/// than the parse it saves.
+fn mentions(json: &[u8], key: &str) -> bool {
+    let mut from = 0;
+    while let Some((quote, start)) = next_key_value(json, key, from) {
+        if !json[start..].starts_with(b"null") {
+            return true;
+        }
+        from = quote + 1;
+    }
+    false
+}
+
+/// The first `"key"` whose opening quote is at or after `from` and that is an object key
+/// (unescaped opening quote, then a colon): the index of its opening quote and of its value.
+fn next_key_value(s: &[u8], key: &str, mut from: usize) -> Option<(usize, usize)> {
+    let k = key.as_bytes();
+    let first = *k.first()?;
+    while from + k.len() + 2 <= s.len() {
+        let i = from + 1 + find_byte(&s[from + 1..], first)?;
+        let quote = i - 1;
+        let close = i + k.len();
+        if s[quote] == b'"'
+            && s.get(close) == Some(&b'"')
+            && &s[i..close] == k
+            && !escaped(s, quote)
+        {
+            let colon = skip_ws(s, close + 1);
+            if s.get(colon) == Some(&b':') {
+                return Some((quote, skip_ws(s, colon + 1)));
+            }
+        }
+        from = i;
+    }
+    None
+}
+
+/// A serde seed that walks one JSON document once, builds nothing but what lies at the given
+/// dotted paths and skips the rest. Under `auto` each path leads to a usage object in one of the
+/// [`UsageShape::Auto`] shapes; otherwise `paths[0]` leads to the input count and `paths[1]` to
+/// the output count. With duplicate keys the last wins. Up to 31 paths.
+struct Seek<'p, 'f> {
+    paths: &'p [&'p str],
+    auto: bool,
+    /// How many keys of each path have been matched on the way here.
+    depth: usize,
+    /// Bit i: `paths[i]` matched every key so far.
+    active: u32,
+    found: &'f mut Found,
+}
+
+/// The indices of the set bits of `mask`.
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let i = mask.trailing_zeros();
+        mask &= mask.wrapping_sub(1);
+        (i < 32).then_some(i as usize)
+    })
+}
+
+impl<'de> DeserializeSeed<'de> for Seek<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let ends_here = bits(self.active).any(|i| segment(self.paths[i], self.depth).is_none());
+        if !ends_here {
+            return d.deserialize_any(self);
+        }
+        if self.auto {
+            let counts = d.deserialize_any(AutoCounts)?;
+            self.found.update(counts);
+            return Ok(());
+        }
+        // A count, or a value on the way to a longer path's count.
+        let v = Value::deserialize(d)?;
+        for i in bits(self.active) {
+            if let Some(n) = walk(&v, rest(self.paths[i], self.depth)).and_then(count) {
+                match i {
+                    0 => self.found.input = Some(n),
+                    _ => self.found.output = Some(n),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Seek<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Seek {
+            paths,
+            auto,
+            depth,
+            active,
+            found,
+        } = self;
+        let key = |key: &str| {
+            bits(active)
+                .filter(|&i| segment(paths[i], depth) == Some(key))
+                .fold(0u32, |m, i| m | (1 << i))
+        };
+        while let Some(matched) = map.next_key_seed(KeySeed(key))? {
+            if matched == 0 {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                map.next_value_seed(Seek {
+                    paths,
+                    auto,
+                    depth: depth + 1,
+                    active: matched,
+                    found: &mut *found,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        skip_seq(seq)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// The fields of a usage object that [`UsageShape::Auto`] reads.
+const AUTO_FIELDS: [&str; 7] = [
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "total_tokens",
+];
+
+/// A usage object in one of the [`UsageShape::Auto`] shapes, read into counts without building
+/// the object (its `*_details` members are skipped); anything but an object has no counts.
+struct AutoCounts;
+
+impl<'de> Visitor<'de> for AutoCounts {
+    type Value = Found;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a usage object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+        let mut n = [None; AUTO_FIELDS.len()];
+        let field = |key: &str| AUTO_FIELDS.iter().position(|f| *f == key);
+        while let Some(index) = map.next_key_seed(KeySeed(field))? {
+            match index {
+                Some(i) => n[i] = count(&map.next_value::<Value>()?),
+                None => drop(map.next_value::<IgnoredAny>()?),
+            }
+        }
+        let [prompt, completion, input, output, cache_creation, cache_read, total] = n;
+        // Anthropic counts cached prompt tokens apart from input_tokens; OpenAI inside them.
+        let mut input = prompt.or_else(|| {
+            input.map(|i| {
+                i.saturating_add(cache_creation.unwrap_or(0))
+                    .saturating_add(cache_read.unwrap_or(0))
+            })
+        });
+        let output = completion.or(output);
+        if input.is_none() && output.is_none() {
+            input = total;
+        }
+        Ok(Found { input, output })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Found, A::Error> {
+        skip_seq(seq).map(|()| Found::default())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+}
+
+/// A map key, answered by the function it holds without being copied.
+struct KeySeed<F>(F);
+
+impl<'de, T, F: FnOnce(&str) -> T> DeserializeSeed<'de> for KeySeed<F> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, T, F: FnOnce(&str) -> T> Visitor<'de> for KeySeed<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<T, E> {
+        Ok((self.0)(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: usize = 16 * 1024;
+
+    fn paths(input: &str, output: &str) -> UsageShape {
+        UsageShape::Paths {
+            input: input.into(),
+            output: output.into(),
+        }
+    }
+
+    fn usage(input: u64, output: u64) -> Option<Usage> {
+        Some(Usage { input, output })
+    }
+
+    /// The answer for `body` fed in the given pieces.
+    fn read_chunks(
+        kind: BodyKind,
+        shape: &UsageShape,
+        window: usize,
+        chunks: &[&[u8]],
+    ) -> Option<Usage> {
+        let mut r = UsageReader::new(kind, shape.clone(), window);
+        for c in chunks {
+            r.feed(c);
+            assert!(r.buf.len() <= window && r.buf.capacity() <= window.max(1) * 2);
+        }
+        r.finish()
+    }
+
+    fn read(kind: BodyKind, shape: &UsageShape, window: usize, body: &str) -> Option<Usage> {
+        read_chunks(kind, shape, window, &[body.as_bytes()])
+    }
+
+    /// The answer for `body` in one piece, checked to be the same for every split in two, in
+    /// three at random, and byte by byte.
+    fn read_any_split(
+        kind: BodyKind,
+        shape: &UsageShape,
+        window: usize,
+        body: &str,
+    ) -> Option<Usage> {
+        let b = body.as_bytes();
+        let want = read_chunks(kind, shape, window, &[b]);
+        for i in 0..=b.len() {
+            let got = read_chunks(kind, shape, window, &[&b[..i], &b[i..]]);
+            assert_eq!(got, want, "split at {i}");
+        }
+        let mut rng = fastrand::Rng::with_seed(b.len() as u64);
+        for _ in 0..200 {
+            let (mut x, mut y) = (rng.usize(0..=b.len()), rng.usize(0..=b.len()));
+            if x > y {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let got = read_chunks(kind, shape, window, &[&b[..x], &b[x..y], &b[y..]]);
+            assert_eq!(got, want, "splits at {x} and {y}");
+        }
+        let bytes: Vec<&[u8]> = b.chunks(1).collect();
+        assert_eq!(
+            read_chunks(kind, shape, window, &bytes),
+            want,
+            "byte by byte"
+        );
+        want
+    }
+
+    const OPENAI_JSON: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_ee1d74bde0"}"#;
+
+    const ANTHROPIC_JSON: &str = r#"{
+  "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF",
+  "type": "message",
+  "role": "assistant",
+  "model": "claude-sonnet-4-5-20250929",
+  "content": [{"type": "text", "text": "Hi! My name is Claude."}],
+  "stop_reason": "end_turn",
+  "stop_sequence": null,
+  "usage": {
+    "input_tokens": 2095,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "output_tokens": 503
+  }
+}
+"#;
+
+    /// An OpenAI answer of about `size` bytes whose message is padding, with text that looks like
+    /// usage (escaped, as any text is) before the real one.
+    fn big_openai(size: usize) -> String {
+        let decoy = r#"He wrote \"usage\": {\"prompt_tokens\": 999, \"completion_tokens\": 999} and \\\"usage\\\": 7 "#;
+        let mut pad = String::new();
+        while pad.len() < size {
+            pad.push_str(decoy);
+            pad.push_str("lorem ipsum dolor sit amet, ünïcödé… ");
+        }
+        OPENAI_JSON.replace("Hello! How can I assist you today?", &pad)
+    }
+
+    #[test]
+    fn openai_json_answer() {
+        let shape = UsageShape::Auto;
+        assert_eq!(
+            read_any_split(BodyKind::Json, &shape, WINDOW, OPENAI_JSON),
+            usage(19, 10)
+        );
+        assert_eq!(usage(19, 10).unwrap().total(), 29);
+    }
+
+    #[test]
+    fn openai_json_answer_larger_than_the_window() {
+        let body = big_openai(200_000);
+        assert!(body.len() > 10 * WINDOW);
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, WINDOW, &body),
+            usage(19, 10)
+        );
+        // In pieces the size a network gives.
+        let chunks: Vec<&[u8]> = body.as_bytes().chunks(1460).collect();
+        assert_eq!(
+            read_chunks(BodyKind::Json, &UsageShape::Auto, WINDOW, &chunks),
+            usage(19, 10)
+        );
+        // Every split of a body a few windows long, byte by byte included.
+        let small = big_openai(3000);
+        assert_eq!(
+            read_any_split(BodyKind::Json, &UsageShape::Auto, 1024, &small),
+            usage(19, 10)
+        );
+    }
+
+    #[test]
+    fn a_window_that_cuts_the_usage_object_finds_nothing() {
+        let body = big_openai(5000);
+        let from_usage = body.len() - body.find(r#""usage""#).unwrap();
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, from_usage, &body),
+            usage(19, 10)
+        );
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, from_usage - 1, &body),
+            None
+        );
+    }
+
+    #[test]
+    fn anthropic_json_answer() {
+        let shape = UsageShape::Auto;
+        assert_eq!(
+            read_any_split(BodyKind::Json, &shape, WINDOW, ANTHROPIC_JSON),
+            usage(2095, 503)
+        );
+        // Larger than the window: read from the tail.
+        assert_eq!(
+            read(BodyKind::Json, &shape, 200, ANTHROPIC_JSON),
+            usage(2095, 503)
+        );
+        // Cached prompt tokens count as input, as OpenAI's prompt_tokens include them.
+        let cached = ANTHROPIC_JSON
+            .replace(
+                r#""cache_creation_input_tokens": 0"#,
+                r#""cache_creation_input_tokens": 100"#,
+            )
+            .replace(
+                r#""cache_read_input_tokens": 0"#,
+                r#""cache_read_input_tokens": 4000"#,
+            );
+        assert_eq!(
+            read(BodyKind::Json, &shape, WINDOW, &cached),
+            usage(6195, 503)
+        );
+        assert_eq!(read(BodyKind::Json, &shape, 200, &cached), usage(6195, 503));
+    }
+
+    #[test]
+    fn openai_responses_json_answer() {
+        let body = r#"{"id":"resp_1","object":"response","status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":"Hi"}]}],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123},"user":null,"metadata":{}}"#;
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, WINDOW, body),
+            usage(36, 87)
+        );
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, 200, body),
+            usage(36, 87)
+        );
+    }
+
+    #[test]
+    fn counts_as_floats_strings_or_missing() {
+        let auto = UsageShape::Auto;
+        for (body, want) in [
+            (
+                r#"{"usage":{"prompt_tokens":12.0,"completion_tokens":3.9}}"#,
+                usage(12, 3),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":"12","completion_tokens":" 4 "}}"#,
+                usage(12, 4),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+                usage(8, 0),
+            ),
+            (r#"{"usage":{"output_tokens":5}}"#, usage(0, 5)),
+            (r#"{"usage":{"total_tokens":42}}"#, usage(42, 0)),
+            (
+                r#"{"usage":{"prompt_tokens":-1,"completion_tokens":2}}"#,
+                usage(0, 2),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":1e30,"completion_tokens":1}}"#,
+                usage(u64::MAX, 1),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":null,"completion_tokens":true}}"#,
+                None,
+            ),
+            (r#"{"usage":null}"#, None),
+            (r#"{"usage":{}}"#, None),
+            (r#"{"usage":[1,2]}"#, None),
+            (r#"{"usage":"19"}"#, None),
+            (r#"{"id":"x","choices":[]}"#, None),
+            (
+                r#"{"choices":[{"message":{"usage":{"prompt_tokens":5}}}]}"#,
+                None,
+            ),
+            ("[]", None),
+            ("", None),
+        ] {
+            assert_eq!(read(BodyKind::Json, &auto, WINDOW, body), want, "{body}");
+        }
+        assert_eq!(
+            Usage {
+                input: u64::MAX,
+                output: 1
+            }
+            .total(),
+            u64::MAX,
+            "total saturates"
+        );
+    }
+
+    #[test]
+    fn a_body_without_usage_is_none() {
+        let body = OPENAI_JSON.replace(r#""usage":{"#, r#""usag":{"#);
+        assert_eq!(
+            read_any_split(BodyKind::Json, &UsageShape::Auto, WINDOW, &body),
+            None
+        );
+        assert_eq!(read(BodyKind::Json, &UsageShape::Auto, 100, &body), None);
+        let null = r#"{"id":"x","choices":[],"usage": null}"#;
+        assert_eq!(read(BodyKind::Json, &UsageShape::Auto, WINDOW, null), None);
+        assert_eq!(read(BodyKind::Json, &UsageShape::Auto, 20, null), None);
+        let mut r = UsageReader::new(BodyKind::Json, UsageShape::Auto, WINDOW);
+        assert_eq!(r.finish(), None, "no body at all");
+    }
+
+    #[test]
+    fn an_answer_cut_short_or_followed_by_text_has_no_usage() {
+        let cut = &OPENAI_JSON[..OPENAI_JSON.len() - 40];
+        assert_eq!(read(BodyKind::Json, &UsageShape::Auto, WINDOW, cut), None);
+        let trailing = format!("{OPENAI_JSON} trailing text");
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, WINDOW, &trailing),
+            None
+        );
+        let whitespace = format!("{OPENAI_JSON}\r\n\n  ");
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, WINDOW, &whitespace),
+            usage(19, 10)
+        );
+    }
+
+    #[test]
+    fn only_the_top_level_usage_counts() {
+        let body = r#"{"usage":{"prompt_tokens":1},"choices":[{"message":{"usage":{"prompt_tokens":99}}}],"tools":[{"parameters":{"properties":{"usage":{"type":"string"}}}}],"metadata":{"usage":"7"}}"#;
+        assert_eq!(
+            read_any_split(BodyKind::Json, &UsageShape::Auto, WINDOW, body),
+            usage(1, 0)
+        );
+        // A tail that holds the nested ones but not the top-level one finds nothing.
+        let window = body.len() - body.find(r#","choices""#).unwrap();
+        assert_eq!(read(BodyKind::Json, &UsageShape::Auto, window, body), None);
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, window + 30, body),
+            usage(1, 0)
+        );
+        // With duplicate top-level keys the last wins, as in serde_json.
+        let dup = r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#;
+        assert_eq!(
+            read(BodyKind::Json, &UsageShape::Auto, WINDOW, dup),
+            usage(2, 0)
+        );
+    }
+
+    #[test]
+    fn a_tail_full_of_nested_keys_is_one_linear_scan() {
+        let body = format!(
+            "{{\"x\":[{}0],\"y\":\"\\\\\"}}",
+            "{\"usage\":{\"prompt_tokens\":1}},".repeat(50_000)
+        );
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert_eq!(
+                read(BodyKind::Json, &UsageShape::Auto, 1 << 20, &body),
+                None
+            );
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn custom_paths_in_json() {
+        let shape = paths("meta.billing.tokens_in", "meta.billing.tokens_out");
+        let body =
+            r#"{"result":"ok","meta":{"billing":{"tokens_in":7,"tokens_out":3.0},"region":"eu"}}"#;
+        assert_eq!(
+            read_any_split(BodyKind::Json, &shape, WINDOW, body),
+            usage(7, 3)
+        );
+        // The smallest window that holds `"meta":` and what follows.
+        assert_eq!(read(BodyKind::Json, &shape, 66, body), usage(7, 3));
+        assert_eq!(read(BodyKind::Json, &shape, 65, body), None);
+        // Counts under different first keys; one of them absent.
+        let shape = paths("in", "stats.out");
+        let body = r#"{"in":11,"text":"\"stats\": {\"out\": 5}","stats":{"out":4}}"#;
+        assert_eq!(
+            read_any_split(BodyKind::Json, &shape, WINDOW, body),
+            usage(11, 4)
+        );
+        assert_eq!(read(BodyKind::Json, &shape, 30, body), usage(0, 4));
+        let shape = paths("usage.in", "usage.out");
+        assert_eq!(
+            read(BodyKind::Json, &shape, WINDOW, r#"{"usage":{"in":9}}"#),
+            usage(9, 0)
+        );
+        assert_eq!(
+            read(BodyKind::Json, &shape, WINDOW, r#"{"usage":{"x":9}}"#),
+            None
+        );
+        // A path to a non-count is absent.
+        let shape = paths("usage", "usage.out");
+        assert_eq!(
+            read(BodyKind::Json, &shape, WINDOW, r#"{"usage":{"out":2}}"#),
+            usage(0, 2)
+        );
+    }
+
+    fn sse(events: &[&str], line_end: &str) -> String {
+        let mut s = String::new();
+        for e in events {
+            for line in e.lines() {
+                s.push_str(line);
+                s.push_str(line_end);
+            }
+            s.push_str(line_end);
+        }
+        s
+    }
+
+    fn openai_stream() -> Vec<&'static str> {
+        vec![
+            r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#,
+            r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"The \"usage\": {\"prompt_tokens\": 5} is"},"finish_reason":null}],"usage":null}"#,
+            r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+            r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#,
+            "data: [DONE]",
+        ]
+    }
+
+    #[test]
+    fn openai_sse_with_include_usage() {
+        for end in ["\n", "\r\n"] {
+            let body = sse(&openai_stream(), end);
+            assert_eq!(
+                read_any_split(BodyKind::Sse, &UsageShape::Auto, WINDOW, &body),
+                usage(9, 12)
+            );
+        }
+        // `data:` without the space, and no blank line or line end at the very end.
+        let body = sse(&openai_stream()[..3], "\n")
+            + r#"data:{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12}}"#;
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, WINDOW, &body),
+            usage(9, 12)
+        );
+        // Without include_usage there is nothing to read.
+        let body = sse(&openai_stream()[..3], "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, WINDOW, &body),
+            None
+        );
+    }
+
+    fn anthropic_stream() -> Vec<&'static str> {
+        vec![
+            "event: message_start\n\
+             data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}",
+            "event: content_block_start\n\
+             data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}",
+            "event: ping\ndata: {\"type\": \"ping\"}",
+            "event: content_block_delta\n\
+             data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}",
+            "event: message_delta\n\
+             data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":null},\"usage\":{\"output_tokens\":7}}",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}",
+            "event: message_delta\n\
+             data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}",
+        ]
+    }
+
+    #[test]
+    fn anthropic_sse() {
+        let body = sse(&anthropic_stream(), "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, WINDOW, &body),
+            usage(25, 15)
+        );
+        // Cut after message_start: its counts are what there is.
+        let cut = sse(&anthropic_stream()[..4], "\r\n");
+        assert_eq!(
+            read(BodyKind::Sse, &UsageShape::Auto, WINDOW, &cut),
+            usage(25, 1)
+        );
+        // A message_delta that restates the input (newer API versions) wins too.
+        let mut events = anthropic_stream();
+        events[6] = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"cache_read_input_tokens\":10,\"output_tokens\":16}}";
+        assert_eq!(
+            read(
+                BodyKind::Sse,
+                &UsageShape::Auto,
+                WINDOW,
+                &sse(&events, "\n")
+            ),
+            usage(40, 16)
+        );
+    }
+
+    #[test]
+    fn openai_responses_sse() {
+        let events = [
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\",\"usage\":null}}",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":37,\"output_tokens\":11,\"total_tokens\":48}}}",
+        ];
+        let body = sse(&events, "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, WINDOW, &body),
+            usage(37, 11)
+        );
+    }
+
+    #[test]
+    fn custom_paths_in_sse() {
+        let shape = paths("usage.in", "meta.billing.tokens_out");
+        let events = [
+            r#"data: {"usage":{"in":3},"text":"a"}"#,
+            r#"data: {"text":"b","meta":{"billing":{"tokens_out":1}}}"#,
+            r#"data: {"text":"c","meta":{"billing":{"tokens_out":2}},"usage":null}"#,
+            r#"data: {"usage":{"in":4}}"#,
+            "data: [DONE]",
+        ];
+        let body = sse(&events, "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &shape, WINDOW, &body),
+            usage(4, 2)
+        );
+        let none = sse(&[r#"data: {"usage":{"prompt_tokens":3}}"#], "\n");
+        assert_eq!(read(BodyKind::Sse, &shape, WINDOW, &none), None);
+    }
+
+    #[test]
+    fn a_data_line_over_the_window_is_skipped_and_later_events_still_read() {
+        let window = 256;
+        let long = format!(
+            r#"data: {{"usage":{{"prompt_tokens":1000,"completion_tokens":1000}},"pad":"{}"}}"#,
+            "x".repeat(400)
+        );
+        let events = [
+            r#"data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            long.as_str(),
+            r#"data: {"choices":[],"usage":null}"#,
+        ];
+        let body = sse(&events, "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, window, &body),
+            usage(1, 2)
+        );
+        let events = [
+            long.as_str(),
+            r#"data: {"usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
+        ];
+        let body = sse(&events, "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, window, &body),
+            usage(5, 6)
+        );
+        // The long line is never held: the buffer stays within the window.
+        let mut r = UsageReader::new(BodyKind::Sse, UsageShape::Auto, window);
+        for c in body.as_bytes().chunks(7) {
+            r.feed(c);
+            assert!(r.buf.len() <= window);
+        }
+        assert_eq!(r.finish(), usage(5, 6));
+        // A long last line without its line end is skipped as well.
+        assert_eq!(read(BodyKind::Sse, &UsageShape::Auto, window, &long), None);
+        assert_eq!(
+            read(BodyKind::Sse, &UsageShape::Auto, long.len(), &long),
+            usage(1000, 1000)
+        );
+    }
+
+    #[test]
+    fn other_lines_and_fields_are_ignored() {
+        let body = ": a comment with \"usage\":{\"prompt_tokens\":1}\n\
+                    event: usage\n\
+                    id: 7\n\
+                    retry: 100\n\
+                    data : {\"usage\":{\"prompt_tokens\":2}}\n\
+                    datum: {\"usage\":{\"prompt_tokens\":3}}\n\
+                    data: not json \"usage\": {\n\
+                    data: {\"usage\":{\"prompt_tokens\":4}\n\
+                    \n\n\n";
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, WINDOW, body),
+            None
+        );
+    }
+
+    #[test]
+    fn the_json_tail_never_outgrows_the_window() {
+        let body = big_openai(100_000);
+        let mut r = UsageReader::new(BodyKind::Json, UsageShape::Auto, 4096);
+        for c in body.as_bytes().chunks(1000) {
+            r.feed(c);
+            assert!(r.buf.capacity() <= 4096);
+        }
+        assert_eq!(r.finish(), usage(19, 10));
+        let mut r = UsageReader::new(BodyKind::Json, UsageShape::Auto, 0);
+        r.feed(OPENAI_JSON.as_bytes());
+        assert_eq!(r.finish(), None, "a zero window reads nothing");
+    }
+
+    #[test]
+    fn every_prefix_of_an_answer_is_read_without_panic() {
+        for (kind, body) in [
+            (BodyKind::Json, OPENAI_JSON.to_string()),
+            (BodyKind::Json, ANTHROPIC_JSON.to_string()),
+            (BodyKind::Sse, sse(&anthropic_stream(), "\n")),
+            (BodyKind::Sse, sse(&openai_stream(), "\r\n")),
+        ] {
+            for cut in 0..=body.len() {
+                for window in [16, 300, WINDOW] {
+                    let _ =
+                        read_chunks(kind, &UsageShape::Auto, window, &[&body.as_bytes()[..cut]]);
+                }
+            }
+        }
+        // A stream cut after its usage event still counts it.
+        let body = sse(&openai_stream(), "\n");
+        let done = body.find("data: [DONE]").unwrap();
+        assert_eq!(
+            read(BodyKind::Sse, &UsageShape::Auto, WINDOW, &body[..done]),
+            usage(9, 12)
+        );
+    }
+
+    #[test]
+    fn random_and_mangled_bytes_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(18);
+        let alphabet = b"{}[]\":,\\ \n\r.-0123456789usagedt:nul\xff\xc3";
+        let shapes = [UsageShape::Auto, paths("usage.a", "b.c.d")];
+        let samples = [
+            OPENAI_JSON.to_string(),
+            ANTHROPIC_JSON.to_string(),
+            sse(&anthropic_stream(), "\n"),
+            sse(&openai_stream(), "\n"),
+        ];
+        for round in 0..3000 {
+            let body: Vec<u8> = if round % 2 == 0 {
+                let len = rng.usize(0..400);
+                (0..len)
+                    .map(|_| {
+                        if rng.u8(..4) == 0 {
+                            rng.u8(..)
+                        } else {
+                            alphabet[rng.usize(0..alphabet.len())]
+                        }
+                    })
+                    .collect()
+            } else {
+                // A real answer with a few bytes changed, dropped or cut.
+                let mut b = samples[rng.usize(0..samples.len())].clone().into_bytes();
+                for _ in 0..rng.usize(1..6) {
+                    if b.is_empty() {
+                        break;
+                    }
+                    let i = rng.usize(0..b.len());
+                    match rng.u8(..3) {
+                        0 => b[i] = alphabet[rng.usize(0..alphabet.len())],
+                        1 => drop(b.remove(i)),
+                        _ => b.truncate(i.max(1)),
+                    }
+                }
+                b
+            };
+            for kind in [BodyKind::Json, BodyKind::Sse] {
+                for shape in &shapes {
+                    let window = [0, 1, 8, 64, 1024][rng.usize(0..5)];
+                    let mut r = UsageReader::new(kind, shape.clone(), window);
+                    let mut rest = &body[..];
+                    while !rest.is_empty() {
+                        let n = rng.usize(1..=rest.len().min(50));
+                        r.feed(&rest[..n]);
+                        rest = &rest[n..];
+                    }
+                    let _ = r.finish();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn body_kind_from_content_type() {
+        for (ct, want) in [
+            (Some("text/event-stream"), Some(BodyKind::Sse)),
+            (
+                Some("Text/Event-Stream; charset=utf-8"),
+                Some(BodyKind::Sse),
+            ),
+            (Some("application/json"), Some(BodyKind::Json)),
+            (
+                Some("application/json; charset=utf-8"),
+                Some(BodyKind::Json),
+            ),
+            (Some("application/problem+json"), Some(BodyKind::Json)),
+            (Some("APPLICATION/VND.API+JSON"), Some(BodyKind::Json)),
+            (Some("text/plain"), None),
+            (Some("application/x-ndjson"), None),
+            (Some("application/jsonp"), None),
+            (Some("+json"), None),
+            (Some("/json"), None),
+            (Some(""), None),
+            (None, None),
+        ] {
+            assert_eq!(body_kind(ct), want, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn path_problems() {
+        assert_eq!(UsageShape::path_problem("usage.input_tokens"), None);
+        assert_eq!(UsageShape::path_problem("tokens"), None);
+        for bad in ["", ".a", "a.", "a..b", "a.\"b\"", "a\\b"] {
+            assert!(UsageShape::path_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_scans_skip_escaped_text_and_values() {
+        let s = br#"{"a":"\"usage\": 1","usage" : {"x":1},"b":"usage","usage"}"#;
+        let (q, v) = next_key_value(s, "usage", 0).unwrap();
+        assert_eq!(&s[q..q + 7], br#""usage""#);
+        assert_eq!(s[v], b'{');
+        assert_eq!(next_key_value(s, "usage", q + 1), None);
+        assert_eq!(top_level_value(s, "usage"), Some(&br#"{"x":1}"#[..]));
+        let s = br#"{"a":"\"usage\": 1}","usage" : {"x":1} ,"b":"usage"} "#;
+        assert_eq!(top_level_value(s, "usage"), Some(&br#"{"x":1}"#[..]));
+        assert_eq!(
+            top_level_value(br#"{"usage":null}"#, "usage"),
+            Some(&b"null"[..])
+        );
+        assert_eq!(
+            top_level_value(br#"{"usage":12}"#, "usage"),
+            Some(&b"12"[..])
+        );
+        assert_eq!(top_level_value(br#"{"usage":{"a":1}"#, "usage"), None);
+        assert_eq!(
+            top_level_value(br#"usage":{"a":1}}"#, "usage"),
+            None,
+            "key cut"
+        );
+        assert_eq!(top_level_value(br#"}}}}"#, "usage"), None);
+        assert_eq!(
+            top_level_value(br#"{"a":"\\","usage":3}"#, "usage"),
+            Some(&b"3"[..])
+        );
+        // An even run of backslashes does not escape the quote.
+        let s = br#"["\\","usage":2]"#;
+        assert!(next_key_value(s, "usage", 0).is_some());
+    }
+}

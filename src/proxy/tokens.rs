@@ -1,0 +1,258 @@
+//! The LLM token step of a request on a route with `tokens:`: refuse a caller whose token
+//! budget is spent (`429`, `policy: tokens`), read the model from the request body and the
+//! usage from the answer as both stream past (a bounded window, nothing held back), then debit
+//! the usage and count it in metrics once the answer has ended.
+
+use super::ctx::RequestCtx;
+use super::errors;
+use crate::llm::model::{label_safe, model_from_prefix};
+use crate::llm::usage::{body_kind, Usage, UsageReader};
+use crate::observe::metrics;
+use crate::ratelimit::headers;
+use crate::ratelimit::tokens::{TokenDecision, TokenLimits, TokenPolicy};
+use crate::ratelimit::Limiter;
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::sync::Arc;
+
+/// Bytes of a request body kept to find its `model`.
+const MODEL_PREFIX: usize = 16 * 1024;
+
+/// Bytes of an answer the usage reader may hold (a JSON answer's tail, one SSE line).
+pub const USAGE_WINDOW: usize = 16 * 1024;
+
+/// A route's `tokens:`, compiled.
+#[derive(Debug, Clone)]
+pub struct TokenRoute {
+    /// Where the usage is in an answer.
+    pub shape: crate::llm::usage::UsageShape,
+}
+
+impl TokenRoute {
+    /// Compile a validated `tokens:` (both paths or neither).
+    pub fn new(c: &crate::config::model::RouteTokensConfig) -> TokenRoute {
+        let shape = match (&c.input, &c.output) {
+            (Some(input), Some(output)) => crate::llm::usage::UsageShape::Paths {
+                input: input.as_str().into(),
+                output: output.as_str().into(),
+            },
+            _ => crate::llm::usage::UsageShape::Auto,
+        };
+        TokenRoute { shape }
+    }
+}
+
+/// This request's token accounting, in the ctx.
+#[derive(Default)]
+pub struct TokenCtx {
+    /// The budgets' answer before the request (for the headers), when budgets apply.
+    pub decision: Option<(TokenDecision, TokenLimits)>,
+    /// Debit in the fleet's store.
+    pub shared: bool,
+    /// The start of the request body, until the model is found (or it is long enough).
+    prefix: Vec<u8>,
+    /// The request's model, once read.
+    pub model: Option<String>,
+    /// Reads the usage from the answer.
+    reader: Option<UsageReader>,
+    /// The usage the answer reported.
+    pub usage: Option<Usage>,
+}
+
+/// `request_filter`, after the request limits: refuse a caller whose token budget is spent.
+/// `Ok(true)`: answered (429).
+pub async fn enforce(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    limiter: &Limiter,
+) -> pingora_core::Result<bool> {
+    if ctx.route.as_ref().is_none_or(|r| r.tokens.is_none()) || ctx.background {
+        return Ok(false);
+    }
+    let Some(caller) = ctx.caller.as_ref().filter(|c| c.tokens.any()) else {
+        return Ok(false);
+    };
+    let shared = ctx.config.limit_store.shared;
+    let limits = caller.tokens;
+    let decision = limiter
+        .tokens()
+        .check(&caller.subject, &limits, shared)
+        .await;
+    let shadow = caller.shadow;
+    let tier = caller
+        .tier
+        .as_ref()
+        .map_or_else(|| Arc::from("none"), |t| t.name.clone());
+    let t = ctx.tokens.get_or_insert_with(Default::default);
+    t.shared = shared;
+    t.decision = Some((decision, limits));
+    let outcome = match (decision.allowed, shadow) {
+        (true, _) => "allowed",
+        (false, true) => "shadow_limited",
+        (false, false) => "limited",
+    };
+    metrics::RATELIMIT_DECISIONS_TOTAL
+        .with_label_values(&[
+            &tier,
+            if decision.allowed { "none" } else { "tokens" },
+            outcome,
+        ])
+        .inc();
+    if decision.allowed || shadow {
+        return Ok(false);
+    }
+    ctx.own_error = Some("token_budget_exhausted");
+    let mut h = ResponseHeader::build(429, Some(8))?;
+    h.insert_header(headers::RETRY_AFTER, decision.retry_after_secs.to_string())?;
+    super::limit::response_headers(&mut h, ctx)?;
+    response_headers(&mut h, ctx)?;
+    let body = serde_json::json!({
+        "error": "token_budget_exhausted",
+        "status": 429,
+        "message": match decision.refused_by {
+            Some(TokenPolicy::Day) => "the daily token budget of this tier is used up until 00:00 UTC",
+            _ => "the token budget of this tier is spent: retry after `retry_after` seconds",
+        },
+        "tier": &*tier,
+        "policy": "tokens",
+        "budget": match decision.refused_by {
+            Some(TokenPolicy::Day) => "day",
+            _ => "minute",
+        },
+        "retry_after": decision.retry_after_secs,
+        "request_id": ctx.request_id,
+    });
+    let body = serde_json::to_vec(&body).expect("json");
+    errors::respond_with(session, ctx, h, body.into()).await?;
+    Ok(true)
+}
+
+/// `response_filter` (and a token 429): the token items of the RateLimit fields, after the
+/// request limits' items.
+pub fn response_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_core::Result<()> {
+    let Some((decision, limits)) = ctx.tokens.as_ref().and_then(|t| t.decision.as_ref()) else {
+        return Ok(());
+    };
+    for (name, items) in [
+        (
+            headers::RATELIMIT_POLICY,
+            headers::token_policy_items(limits),
+        ),
+        (headers::RATELIMIT, headers::token_items(decision)),
+    ] {
+        if items.is_empty() {
+            continue;
+        }
+        let value = match resp.headers.get(name).and_then(|v| v.to_str().ok()) {
+            Some(v) if !v.is_empty() => format!("{v}, {items}"),
+            _ => items,
+        };
+        resp.insert_header(name, value)?;
+    }
+    Ok(())
+}
+
+/// `request_body_filter`: keep the start of the body until its `model` is found.
+pub fn request_body(ctx: &mut RequestCtx, chunk: Option<&Bytes>) {
+    if ctx.route.as_ref().is_none_or(|r| r.tokens.is_none()) {
+        return;
+    }
+    let t = ctx.tokens.get_or_insert_with(Default::default);
+    if t.model.is_some() {
+        return;
+    }
+    if let Some(chunk) = chunk {
+        let room = MODEL_PREFIX.saturating_sub(t.prefix.len());
+        t.prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    if let Some(model) = model_from_prefix(&t.prefix) {
+        t.model = Some(model);
+        t.prefix = Vec::new();
+    } else if t.prefix.len() >= MODEL_PREFIX {
+        t.prefix = Vec::new();
+    }
+}
+
+/// `upstream_response_filter`: start reading the usage of a JSON or SSE answer that comes
+/// uncompressed (a compressed one is not read: its tokens are not debited, and counted as
+/// `unread`).
+pub fn upstream_response(resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    let Some(route) = ctx.route.as_ref().and_then(|r| r.tokens.as_ref()) else {
+        return;
+    };
+    let coded = resp
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity") && !v.trim().is_empty());
+    let kind = body_kind(
+        resp.headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let reader = match (kind, coded) {
+        (Some(kind), false) => Some(UsageReader::new(kind, route.shape.clone(), USAGE_WINDOW)),
+        _ => None,
+    };
+    ctx.tokens.get_or_insert_with(Default::default).reader = reader;
+}
+
+/// `upstream_response_body_filter`: feed the usage reader (the chunk passes on unchanged).
+pub fn upstream_body(ctx: &mut RequestCtx, body: Option<&Bytes>, end: bool) {
+    let Some(t) = ctx.tokens.as_mut() else {
+        return;
+    };
+    let Some(reader) = t.reader.as_mut() else {
+        return;
+    };
+    if let Some(b) = body {
+        reader.feed(b);
+    }
+    if end {
+        t.usage = reader.finish();
+        t.reader = None;
+    }
+}
+
+/// `logging`: debit the usage the answer reported and count it.
+pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
+    let Some(route) = ctx.route.clone().filter(|r| r.tokens.is_some()) else {
+        return;
+    };
+    let Some(t) = ctx.tokens.as_mut() else {
+        return;
+    };
+    if let Some(reader) = t.reader.as_mut() {
+        // The answer ended without its end being seen (an error): what was read counts.
+        t.usage = reader.finish();
+        t.reader = None;
+    }
+    if t.model.is_none() && !t.prefix.is_empty() {
+        t.model = model_from_prefix(&t.prefix);
+    }
+    let Some(usage) = t.usage else {
+        return;
+    };
+    let (model, shared) = (t.model.clone(), t.shared);
+    let tenant = ctx.caller.as_ref().and_then(|c| c.tenant.as_deref());
+    let tenant = ctx.config.observe.tenant_label(tenant);
+    let group = ctx
+        .upstream
+        .group()
+        .map_or("none", |g| g.name.as_str())
+        .to_string();
+    let model = metrics::model_label(model.as_deref().and_then(label_safe));
+    for (kind, n) in [("input", usage.input), ("output", usage.output)] {
+        metrics::LLM_TOKENS_TOTAL
+            .with_label_values(&[&route.name, tenant, &group, model, kind])
+            .inc_by(n);
+    }
+    let Some(caller) = ctx.caller.as_ref().filter(|c| c.tokens.any()) else {
+        return;
+    };
+    limiter
+        .tokens()
+        .debit(&caller.subject, &caller.tokens, usage.total(), shared)
+        .await;
+}
