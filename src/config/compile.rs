@@ -71,6 +71,8 @@ pub struct RuntimeConfig {
     pub observe: ObserveSettings,
     /// Bearer token of admin actions (`POST /cache/purge`); `None`: they are refused.
     pub admin_token: Option<String>,
+    /// US dollars per million tokens by model (`llm.prices`).
+    pub llm_prices: HashMap<String, crate::config::model::ModelPrice>,
 }
 
 /// Compile a validated config. Fails only on what validation cannot know (DNS resolution).
@@ -143,6 +145,12 @@ pub fn compile(
         })
         .collect();
     Ok(RuntimeConfig {
+        llm_prices: config
+            .llm
+            .prices
+            .iter()
+            .map(|(m, p)| (m.clone(), *p))
+            .collect(),
         startup: Startup::new(&config),
         routes: RouteTable::new(routes),
         upstreams,

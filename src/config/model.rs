@@ -37,6 +37,27 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The Redis a fleet of replicas shares (`rate_limit.store: redis`). Absent: none.
     pub redis: Option<RedisConfig>,
+    /// LLM-aware settings shared by the routes with `tokens:` (the price table).
+    pub llm: LlmConfig,
+}
+
+/// `llm:` section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// US dollars per million tokens, by model name (as the request body's `model` says):
+    /// `tollgate_llm_cost_usd_total` and the cost the cache saved are counted for these.
+    pub prices: IndexMap<String, ModelPrice>,
+}
+
+/// A model's price.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// US dollars per million input tokens.
+    pub input: f64,
+    /// US dollars per million output tokens.
+    pub output: f64,
 }
 
 /// Top-level `cache:` section: the in-memory store shared by every caching route.

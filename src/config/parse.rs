@@ -32,6 +32,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "observability",
     "cache",
     "redis",
+    "llm",
 ];
 
 /// Result of the structural pass: what could be read, plus the names of upstream groups that
@@ -107,6 +108,7 @@ fn parse_section(key: &str, value: Value, parsed: &mut Parsed, errors: &mut Vec<
         "rate_limit" => replace(&mut config.rate_limit, value, "rate_limit", errors),
         "observability" => replace(&mut config.observability, value, "observability", errors),
         "cache" => replace(&mut config.cache, value, "cache", errors),
+        "llm" => replace(&mut config.llm, value, "llm", errors),
         "redis" => {
             if let Some(r) = section(value, "redis", errors) {
                 config.redis = Some(r);
@@ -217,6 +219,7 @@ fn defaults() -> Config {
         observability: Default::default(),
         cache: Default::default(),
         redis: None,
+        llm: Default::default(),
     }
 }
 

@@ -61,6 +61,16 @@ pub fn validate(
     validate_observability(&config.observability, &config.tenants, errors);
     validate_cache_store(&config.cache, errors);
     validate_shared_cache(&config.cache, config.redis.is_some(), errors);
+    for (model, price) in &config.llm.prices {
+        for (key, v) in [("input", price.input), ("output", price.output)] {
+            if !v.is_finite() || v < 0.0 {
+                errors.push(ConfigError::at(
+                    format!("llm.prices.{model}.{key}"),
+                    format!("{v} is not a price: US dollars per million tokens, 0 or more"),
+                ));
+            }
+        }
+    }
     validate_redis(config.redis.as_ref(), &config.rate_limit, errors);
     if config.identity.key_store == KeyStoreKind::Redis && config.redis.is_none() {
         errors.push(ConfigError::at(

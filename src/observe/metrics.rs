@@ -507,6 +507,96 @@ pub static LLM_TOKENS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// `tollgate_llm_cost_usd_total{route,tenant,group,model}`: what the tokens of answers cost,
+/// for models in the `llm.prices` table.
+pub static LLM_COST_USD_TOTAL: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    let c = prometheus::CounterVec::new(
+        Opts::new(
+            "tollgate_llm_cost_usd_total",
+            "Cost in US dollars of the tokens answers reported (models in llm.prices).",
+        ),
+        &["route", "tenant", "group", "model"],
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(c.clone())).expect("register");
+    c
+});
+
+/// `tollgate_llm_cached_tokens_total{route,model,type}`: tokens of answers served from the
+/// cache (no provider call: nothing debited).
+pub static LLM_CACHED_TOKENS_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "tollgate_llm_cached_tokens_total",
+        "LLM tokens of answers served from cache on routes with `tokens:` (not debited).",
+        &["route", "model", "type"],
+    )
+});
+
+/// `tollgate_llm_cost_saved_usd_total{route,model}`: what the answers served from cache would
+/// have cost (models in `llm.prices`).
+pub static LLM_COST_SAVED_USD_TOTAL: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    let c = prometheus::CounterVec::new(
+        Opts::new(
+            "tollgate_llm_cost_saved_usd_total",
+            "Cost in US dollars of the tokens of answers served from cache (models in llm.prices).",
+        ),
+        &["route", "model"],
+    )
+    .expect("metric");
+    REGISTRY.register(Box::new(c.clone())).expect("register");
+    c
+});
+
+/// LLM answer timings by provider group and model: `tollgate_llm_request_duration_seconds`
+/// (request start to the answer's end) and `tollgate_llm_time_to_first_token_seconds`
+/// (request start to the answer's first body bytes, the first token of a stream).
+pub struct LlmTimings {
+    /// Whole answers.
+    pub duration: HistogramVec,
+    /// To the first body bytes.
+    pub first_token: HistogramVec,
+}
+
+/// See [`LlmTimings`]; buckets are the request latency buckets.
+pub static LLM_TIMINGS: Lazy<LlmTimings> = Lazy::new(|| {
+    let buckets = crate::config::model::DEFAULT_LATENCY_BUCKETS;
+    LlmTimings {
+        duration: histogram(
+            "tollgate_llm_request_duration_seconds",
+            "LLM answers on routes with `tokens:`: request start to the answer's end.",
+            &["group", "model"],
+            buckets,
+        ),
+        first_token: histogram(
+            "tollgate_llm_time_to_first_token_seconds",
+            "LLM answers on routes with `tokens:`: request start to the first body bytes.",
+            &["group", "model"],
+            buckets,
+        ),
+    }
+});
+
+/// `tollgate_streams_active{kind}`: SSE streams and WebSocket connections open now.
+pub static STREAMS_ACTIVE: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge_vec(
+        "tollgate_streams_active",
+        "Server-sent event streams (kind=sse) and WebSocket connections (kind=websocket) open now.",
+        &["kind"],
+    )
+});
+
+/// `tollgate_stream_duration_seconds{kind}`: how long SSE streams and WebSockets lasted.
+pub static STREAM_DURATION_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram(
+        "tollgate_stream_duration_seconds",
+        "How long server-sent event streams and WebSocket connections stayed open.",
+        &["kind"],
+        &[
+            0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
+        ],
+    )
+});
+
 /// Distinct `model` label values before the rest count as `other`.
 pub const MODEL_LABELS: usize = 50;
 
@@ -643,6 +733,9 @@ pub fn init(buckets: &[f64], status_label: bool) {
     Lazy::force(&CACHE_EVICTIONS_TOTAL);
     for r in ["success", "failure"] {
         CONFIG_RELOADS_TOTAL.with_label_values(&[r]);
+    }
+    for kind in ["sse", "websocket"] {
+        STREAMS_ACTIVE.with_label_values(&[kind]);
     }
     register_process_collector();
 }

@@ -78,6 +78,8 @@ pub struct RequestCtx {
     /// This request's order of the route's groups (`group_balance: round_robin`); `None`: the
     /// route's order.
     pub groups: Option<std::sync::Arc<[std::sync::Arc<crate::upstream::UpstreamGroup>]>>,
+    /// An open SSE stream or WebSocket, counted until the request ends.
+    pub stream: Option<super::streams::StreamGuard>,
     /// LLM token accounting (routes with `tokens:` only: boxed, so other requests do not
     /// carry its size).
     pub tokens: Option<Box<super::tokens::TokenCtx>>,
@@ -119,6 +121,7 @@ impl RequestCtx {
             cache_note: None,
             cache_shared_hit: false,
             tokens: None,
+            stream: None,
             groups: None,
             upstream_status: None,
             _in_flight: InFlight::start(),

@@ -7,6 +7,7 @@
 //! | [`routing`] | route match; 400 for dot segments, 404 for no route |
 //! | [`caller`] | who is calling (when a route needs it) |
 //! | [`limit`] | 401 for unknown keys, 429 over limits, RateLimit headers |
+//! | [`streams`] | SSE streams and WebSockets: open count and duration |
 //! | [`tokens`] | LLM token budgets (429 `policy: tokens`), usage read from answers, token metrics |
 //! | [`caching`] | cache on/off, key, variance, store or not, stale, Cache-Status, invalidation |
 //! | [`upstream`] | endpoint per attempt, retries and failover, provider adapter |
@@ -32,6 +33,7 @@ pub mod headers;
 pub mod limit;
 pub mod routing;
 pub mod shed;
+pub mod streams;
 pub mod tokens;
 pub mod upstream;
 
@@ -262,6 +264,8 @@ impl ProxyHttp for Tollgate {
             session.set_keepalive(None);
         }
         caching::add_status_headers(session, upstream_response, ctx)?;
+        streams::on_response(upstream_response, ctx);
+        tokens::from_cache(upstream_response, ctx);
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         ctx.add_timing_headers(upstream_response)?;
         limit::response_headers(upstream_response, ctx)?;
@@ -275,6 +279,7 @@ impl ProxyHttp for Tollgate {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        tokens::cached_body(ctx, body.as_ref(), end_of_stream);
         compression::body(body, end_of_stream, ctx)?;
         Ok(None)
     }

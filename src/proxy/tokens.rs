@@ -58,6 +58,10 @@ pub struct TokenCtx {
     reader: Option<UsageReader>,
     /// The usage the answer reported.
     pub usage: Option<Usage>,
+    /// The answer came from the cache (its tokens are counted as saved, not debited).
+    pub cached: bool,
+    /// When the answer's first body bytes arrived from the upstream.
+    first_body: Option<std::time::Instant>,
 }
 
 /// `request_filter`, after the request limits: refuse a caller whose token budget is spent.
@@ -203,6 +207,9 @@ pub fn upstream_body(ctx: &mut RequestCtx, body: Option<&Bytes>, end: bool) {
     let Some(t) = ctx.tokens.as_mut() else {
         return;
     };
+    if t.first_body.is_none() && body.is_some_and(|b| !b.is_empty()) {
+        t.first_body = Some(std::time::Instant::now());
+    }
     let Some(reader) = t.reader.as_mut() else {
         return;
     };
@@ -212,6 +219,45 @@ pub fn upstream_body(ctx: &mut RequestCtx, body: Option<&Bytes>, end: bool) {
     if end {
         t.usage = reader.finish();
         t.reader = None;
+    }
+}
+
+/// `response_filter`: an answer served from the cache on a token route is read too (its
+/// tokens count as served from cache, and its cost as saved), unless it is stored encoded.
+pub fn from_cache(resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    use crate::cache::status::Outcome;
+    let Some(route) = ctx.route.as_ref().and_then(|r| r.tokens.as_ref()) else {
+        return;
+    };
+    if !matches!(
+        ctx.cache_outcome,
+        Some(Outcome::Hit | Outcome::Updating | Outcome::Stale | Outcome::Revalidated)
+    ) {
+        return;
+    }
+    let shape = route.shape.clone();
+    let t = ctx.tokens.get_or_insert_with(Default::default);
+    t.cached = true;
+    t.reader = None;
+    let coded = resp
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let kind = body_kind(
+        resp.headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    if let (Some(kind), false) = (kind, coded) {
+        t.reader = Some(UsageReader::new(kind, shape, USAGE_WINDOW));
+    }
+}
+
+/// `response_body_filter`, before compression: feed the reader of an answer from the cache.
+pub fn cached_body(ctx: &mut RequestCtx, body: Option<&Bytes>, end: bool) {
+    match ctx.tokens.as_mut() {
+        Some(t) if t.cached => upstream_body(ctx, body, end),
+        _ => {}
     }
 }
 
@@ -231,22 +277,62 @@ pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
     if t.model.is_none() && !t.prefix.is_empty() {
         t.model = model_from_prefix(&t.prefix);
     }
-    let Some(usage) = t.usage else {
-        return;
-    };
-    let (model, shared) = (t.model.clone(), t.shared);
-    let tenant = ctx.caller.as_ref().and_then(|c| c.tenant.as_deref());
-    let tenant = ctx.config.observe.tenant_label(tenant);
+    let (usage, model, shared, cached, first_body) =
+        (t.usage, t.model.clone(), t.shared, t.cached, t.first_body);
+    let price = model
+        .as_deref()
+        .and_then(|m| ctx.config.llm_prices.get(m))
+        .copied();
+    let model = metrics::model_label(model.as_deref().and_then(label_safe));
     let group = ctx
         .upstream
         .group()
         .map_or("none", |g| g.name.as_str())
         .to_string();
-    let model = metrics::model_label(model.as_deref().and_then(label_safe));
+    if !cached && ctx.upstream_status.is_some() {
+        // Every answer of a provider is timed, whether or not it reported its usage.
+        let timings = &*metrics::LLM_TIMINGS;
+        timings
+            .duration
+            .with_label_values(&[&group, model])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(first) = first_body {
+            timings
+                .first_token
+                .with_label_values(&[&group, model])
+                .observe(first.duration_since(ctx.started).as_secs_f64());
+        }
+    }
+    let Some(usage) = usage else {
+        return;
+    };
+    let cost = price
+        .map(|p| (usage.input as f64 * p.input + usage.output as f64 * p.output) / 1_000_000.0);
+    if cached {
+        for (kind, n) in [("input", usage.input), ("output", usage.output)] {
+            metrics::LLM_CACHED_TOKENS_TOTAL
+                .with_label_values(&[&route.name, model, kind])
+                .inc_by(n);
+        }
+        if let Some(cost) = cost {
+            metrics::LLM_COST_SAVED_USD_TOTAL
+                .with_label_values(&[&route.name, model])
+                .inc_by(cost);
+        }
+        // Served from cache: no provider was paid, nothing is debited.
+        return;
+    }
+    let tenant = ctx.caller.as_ref().and_then(|c| c.tenant.as_deref());
+    let tenant = ctx.config.observe.tenant_label(tenant);
     for (kind, n) in [("input", usage.input), ("output", usage.output)] {
         metrics::LLM_TOKENS_TOTAL
             .with_label_values(&[&route.name, tenant, &group, model, kind])
             .inc_by(n);
+    }
+    if let Some(cost) = cost {
+        metrics::LLM_COST_USD_TOTAL
+            .with_label_values(&[&route.name, tenant, &group, model])
+            .inc_by(cost);
     }
     let Some(caller) = ctx.caller.as_ref().filter(|c| c.tokens.any()) else {
         return;
