@@ -206,6 +206,7 @@ fn route_policies() -> &'static [RoutePolicy; 2] {
             targeted_field: Some(http::HeaderName::from_static("tollgate-cache-control")),
             store_authorized: false,
             key_headers: Vec::new(),
+            body_key: None,
         };
         let second = RoutePolicy {
             ttl: Some(Duration::from_secs(60)),

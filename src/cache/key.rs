@@ -108,6 +108,115 @@ pub fn build_with<'a>(
     key
 }
 
+/// A route's `cache.key` for POST bodies (cached completions), compiled.
+#[derive(Debug, Clone)]
+pub struct BodyKeyPolicy {
+    /// Top-level fields left out of the key.
+    pub ignore_fields: Vec<String>,
+    /// Largest body keyed.
+    pub max_body: usize,
+    /// Top-level values a request must have to use the cache (deterministic requests).
+    pub store_when: Vec<(String, serde_json::Value)>,
+}
+
+/// Why a POST body cannot key the cache (the `Cache-Status` detail of the bypass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKeyMiss {
+    /// Not read before the cache (too large, no `Content-Length`, or truncated).
+    Unread,
+    /// Not a JSON object.
+    NotJson,
+    /// A `store_when` value differs (e.g. `temperature: 0.7`).
+    Nondeterministic,
+}
+
+impl BodyKeyMiss {
+    /// The `Cache-Status` detail.
+    pub fn detail(self) -> &'static str {
+        match self {
+            BodyKeyMiss::Unread => "body-unread",
+            BodyKeyMiss::NotJson => "body-not-json",
+            BodyKeyMiss::Nondeterministic => "nondeterministic",
+        }
+    }
+}
+
+impl BodyKeyPolicy {
+    /// The SHA-256 of the body's canonical form (object keys sorted at every depth, no
+    /// whitespace, ignored fields left out), when the body may key the cache.
+    pub fn digest(&self, body: &[u8]) -> Result<[u8; 32], BodyKeyMiss> {
+        use sha2::Digest;
+        if body.len() > self.max_body {
+            return Err(BodyKeyMiss::Unread);
+        }
+        let Ok(serde_json::Value::Object(mut fields)) =
+            serde_json::from_slice::<serde_json::Value>(body)
+        else {
+            return Err(BodyKeyMiss::NotJson);
+        };
+        for (name, want) in &self.store_when {
+            if !fields.get(name).is_some_and(|v| json_equal(v, want)) {
+                return Err(BodyKeyMiss::Nondeterministic);
+            }
+        }
+        for name in &self.ignore_fields {
+            fields.remove(name);
+        }
+        let mut canonical = Vec::with_capacity(body.len());
+        write_canonical(&serde_json::Value::Object(fields), &mut canonical);
+        Ok(sha2::Sha256::digest(&canonical).into())
+    }
+}
+
+/// JSON equality with numbers compared by value (`0`, `0.0` and `-0` are equal).
+fn json_equal(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a, b) {
+        (serde_json::Value::Number(x), serde_json::Value::Number(y)) => {
+            x.as_f64().zip(y.as_f64()).is_some_and(|(x, y)| x == y)
+        }
+        _ => a == b,
+    }
+}
+
+/// `v` in canonical JSON: object keys in byte order at every depth, no whitespace, numbers
+/// and strings as serde_json writes them. Whatever order the map keeps its keys in.
+fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
+                out.push(b':');
+                write_canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        serde_json::Value::Number(n) => match n.as_f64() {
+            // One spelling per value: `0`, `0.0` and `-0` are all `0`; `1e2` is `100`.
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                out.extend_from_slice((f as i64).to_string().as_bytes())
+            }
+            _ => serde_json::to_writer(&mut *out, n).expect("writing to a Vec"),
+        },
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec"),
+    }
+}
+
 /// The variant of a stored response this request wants: the values of the request headers
 /// the response's `Vary` names. `header` looks a request header up (so the caller can
 /// substitute the client's original value of a header tollgate rewrote).
@@ -143,6 +252,63 @@ mod tests {
 
     fn tag(scope: &str, path: &str, query: &str) -> EntryTag {
         EntryTag::new(scope, "api.example", path, query)
+    }
+
+    fn body_policy() -> BodyKeyPolicy {
+        BodyKeyPolicy {
+            ignore_fields: vec!["user".into()],
+            max_body: 1024,
+            store_when: vec![("temperature".into(), serde_json::json!(0))],
+        }
+    }
+
+    #[test]
+    fn bodies_key_by_canonical_json_without_ignored_fields() {
+        let p = body_policy();
+        let a = p
+            .digest(br#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}],"user":"u1"}"#)
+            .unwrap();
+        let b = p
+            .digest(b"{ \"messages\" : [ {\"content\":\"hi\", \"role\":\"user\"} ],\n \"temperature\": 0.0, \"model\": \"m\", \"user\": \"u2\" }")
+            .unwrap();
+        assert_eq!(
+            a, b,
+            "key order, whitespace, 0 vs 0.0 and the ignored user do not matter"
+        );
+        let c = p
+            .digest(
+                br#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hello"}]}"#,
+            )
+            .unwrap();
+        assert_ne!(a, c);
+        let arrays = p
+            .digest(br#"{"model":"m","temperature":0,"messages":[{"content":"hi","role":"user"},{"content":"x","role":"user"}]}"#)
+            .unwrap();
+        let swapped = p
+            .digest(br#"{"model":"m","temperature":0,"messages":[{"content":"x","role":"user"},{"content":"hi","role":"user"}]}"#)
+            .unwrap();
+        assert_ne!(arrays, swapped, "array order matters");
+    }
+
+    #[test]
+    fn only_deterministic_small_json_objects_key() {
+        let p = body_policy();
+        assert_eq!(
+            p.digest(br#"{"model":"m","temperature":0.7}"#),
+            Err(BodyKeyMiss::Nondeterministic)
+        );
+        assert_eq!(
+            p.digest(br#"{"model":"m"}"#),
+            Err(BodyKeyMiss::Nondeterministic)
+        );
+        assert_eq!(p.digest(b"[1,2]"), Err(BodyKeyMiss::NotJson));
+        assert_eq!(p.digest(b"{\"tempera"), Err(BodyKeyMiss::NotJson));
+        assert_eq!(p.digest(&[b' '; 2000]), Err(BodyKeyMiss::Unread));
+        let any = BodyKeyPolicy {
+            store_when: Vec::new(),
+            ..body_policy()
+        };
+        assert!(any.digest(br#"{"model":"m","temperature":0.7}"#).is_ok());
     }
 
     #[test]

@@ -210,6 +210,8 @@ pub struct RoutePolicy {
     pub store_authorized: bool,
     /// Request headers whose values are part of the key.
     pub key_headers: Vec<http::HeaderName>,
+    /// POSTs keyed on their JSON body (cached completions); `None`: POSTs are not cached.
+    pub body_key: Option<key::BodyKeyPolicy>,
 }
 
 fn secs_u32(d: Duration) -> u32 {
@@ -250,10 +252,21 @@ impl RoutePolicy {
             store_authorized: c.store_authorized,
             // Validated as header names.
             key_headers: c
-                .key_headers
+                .key
+                .headers
                 .iter()
                 .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
                 .collect(),
+            body_key: c.key.body.map(|_| key::BodyKeyPolicy {
+                ignore_fields: c.key.ignore_fields.clone(),
+                max_body: c.key.max_body.bytes() as usize,
+                store_when: c
+                    .key
+                    .store_when
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }),
         }
     }
 
@@ -262,6 +275,7 @@ impl RoutePolicy {
         match *method {
             http::Method::GET => self.get,
             http::Method::HEAD => self.head,
+            http::Method::POST => self.body_key.is_some(),
             _ => false,
         }
     }

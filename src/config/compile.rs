@@ -135,7 +135,13 @@ pub fn compile(
                 hashes_tenant,
                 max_in_flight: r.max_in_flight,
                 max_request_body: r.max_request_body.map(|b| b.0),
-                request_buffering: r.request_buffering.map(|b| b.0),
+                // A cache keyed on POST bodies reads them before the cache is asked.
+                request_buffering: r.request_buffering.map(|b| b.0).or_else(|| {
+                    r.cache
+                        .as_ref()
+                        .filter(|c| c.key.body.is_some())
+                        .map(|c| c.key.max_body.0)
+                }),
             });
             (
                 HostMatch::parse(r.matcher.host.as_deref()),

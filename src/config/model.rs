@@ -180,9 +180,51 @@ pub struct RouteCacheConfig {
     /// responses stored when the response allows it (`public`, `s-maxage` or `must-revalidate`,
     /// RFC 9111 §3.5). `false`: such requests bypass the cache entirely.
     pub store_authorized: bool,
+    /// What else makes two requests share an entry: named request headers, and for POSTs
+    /// the JSON body (cached completions).
+    pub key: CacheKeyConfig,
+}
+
+/// `cache.key` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheKeyConfig {
     /// Request headers whose values are part of the key (e.g. `x-user-id`, for a per-user
     /// cache in front of an app that sends no `Vary`). A missing header is its own value.
-    pub key_headers: Vec<String>,
+    pub headers: Vec<String>,
+    /// `json`: POST requests use the cache too, keyed on their JSON body, canonicalised (key
+    /// order and whitespace do not matter). Absent: POSTs are never cached.
+    pub body: Option<BodyKey>,
+    /// Top-level body fields left out of the key (e.g. `user`).
+    pub ignore_fields: Vec<String>,
+    /// Largest body keyed; larger ones (and bodies without a `Content-Length`) bypass the
+    /// cache. At most 64KiB (the body is read before the cache is asked).
+    pub max_body: ByteSize,
+    /// Only requests whose body has these top-level values are stored and served from cache
+    /// (deterministic requests). Default `{temperature: 0}`; `{}` caches every request.
+    pub store_when: IndexMap<String, serde_json::Value>,
+}
+
+impl Default for CacheKeyConfig {
+    fn default() -> Self {
+        let mut store_when = IndexMap::new();
+        store_when.insert("temperature".to_string(), serde_json::json!(0));
+        CacheKeyConfig {
+            headers: Vec::new(),
+            body: None,
+            ignore_fields: Vec::new(),
+            max_body: ByteSize::kib(64),
+            store_when,
+        }
+    }
+}
+
+/// `cache.key.body`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyKey {
+    /// The body is JSON: keyed canonicalised.
+    Json,
 }
 
 impl Default for RouteCacheConfig {
@@ -202,7 +244,7 @@ impl Default for RouteCacheConfig {
             invalidate_prefixes: Vec::new(),
             targeted_field: None,
             store_authorized: false,
-            key_headers: Vec::new(),
+            key: CacheKeyConfig::default(),
         }
     }
 }

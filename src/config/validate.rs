@@ -939,18 +939,41 @@ fn validate_route_cache(c: &RouteCacheConfig, base: &str, errors: &mut Vec<Confi
             ));
         }
     }
-    for (i, h) in c.key_headers.iter().enumerate() {
+    for (i, h) in c.key.headers.iter().enumerate() {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
             errors.push(ConfigError::at(
-                format!("{base}.key_headers[{i}]"),
+                format!("{base}.key.headers[{i}]"),
                 format!("`{h}` is not a valid header name"),
             ));
-        } else if c.key_headers[..i].iter().any(|o| o.eq_ignore_ascii_case(h)) {
+        } else if c.key.headers[..i].iter().any(|o| o.eq_ignore_ascii_case(h)) {
             errors.push(ConfigError::at(
-                format!("{base}.key_headers[{i}]"),
+                format!("{base}.key.headers[{i}]"),
                 format!("`{h}` is listed twice"),
             ));
         }
+    }
+    if c.key.max_body.bytes() == 0 || c.key.max_body.bytes() > 64 * 1024 {
+        errors.push(ConfigError::at(
+            format!("{base}.key.max_body"),
+            format!(
+                "{} is out of range: 1 byte to 64KiB (the body is read before the cache is asked)",
+                c.key.max_body
+            ),
+        ));
+    }
+    for (i, f) in c.key.ignore_fields.iter().enumerate() {
+        if f.is_empty() {
+            errors.push(ConfigError::at(
+                format!("{base}.key.ignore_fields[{i}]"),
+                "an empty field name",
+            ));
+        }
+    }
+    if c.key.body.is_some() && c.ttl.is_none() {
+        errors.push(ConfigError::at(
+            format!("{base}.ttl"),
+            "a cache keyed on the body stores POST answers, which carry no freshness of their own: give `ttl`",
+        ));
     }
     for (i, p) in c.invalidate_prefixes.iter().enumerate() {
         if !p.starts_with('/') {

@@ -56,6 +56,24 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
         ctx.cache_detail = Some("unknown-key");
         return;
     }
+    if req.method == http::Method::POST {
+        // Cached completions: the body (read before the cache phase) is the key.
+        let policy_body = policy
+            .body_key
+            .as_ref()
+            .expect("serves POST only with a body key");
+        let digest = match session.as_ref().get_retry_buffer() {
+            Some(body) if !session.as_ref().retry_buffer_truncated() => policy_body.digest(&body),
+            _ => Err(key::BodyKeyMiss::Unread),
+        };
+        match digest {
+            Ok(d) => ctx.cache_body_digest = Some(Box::new(d)),
+            Err(why) => {
+                ctx.cache_detail = Some(why.detail());
+                return;
+            }
+        }
+    }
     let scope = key::scope_for(policy.scope, tenant(ctx));
     let req = session.req_header();
     if req.headers.contains_key(http::header::AUTHORIZATION)
@@ -102,12 +120,14 @@ pub fn cache_key(session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         .as_ref()
         .and_then(|r| r.cache.as_ref())
         .map_or(&[][..], |c| &c.key_headers[..]);
+    let body = ctx.cache_body_digest.as_deref().map(|d| &d[..]);
     let mut key = key::build_with(
         &req.method,
         tag,
         key_headers
             .iter()
-            .map(|h| req.headers.get(h).map(|v| v.as_bytes())),
+            .map(|h| req.headers.get(h).map(|v| v.as_bytes()))
+            .chain(body.map(Some)),
     );
     if crate::cache::get().is_some_and(|c| c.tiered.shared().is_some()) {
         let note = ctx.cache_note.get_or_insert_with(Default::default).clone();
@@ -310,6 +330,10 @@ fn invalidate_after_unsafe_method(
     let req = session.req_header();
     if !policy.invalidate_on_mutation || !crate::cache::purge::invalidates(&req.method, resp.status)
     {
+        return;
+    }
+    if req.method == http::Method::POST && policy.body_key.is_some() {
+        // On a route keyed on POST bodies, a POST is a read (a completion), not a write.
         return;
     }
     let Some(cache) = crate::cache::get() else {

@@ -75,6 +75,8 @@ pub struct RequestCtx {
     pub cache_note: Option<std::sync::Arc<crate::cache::shared::LookupNote>>,
     /// The response came from the fleet's shared tier (a `shared_hit`).
     pub cache_shared_hit: bool,
+    /// A POST's body digest, when the route keys its cache on bodies (boxed: rare).
+    pub cache_body_digest: Option<Box<[u8; 32]>>,
     /// This request's order of the route's groups (`group_balance: round_robin`); `None`: the
     /// route's order.
     pub groups: Option<std::sync::Arc<[std::sync::Arc<crate::upstream::UpstreamGroup>]>>,
@@ -120,6 +122,7 @@ impl RequestCtx {
             cache_outcome: None,
             cache_note: None,
             cache_shared_hit: false,
+            cache_body_digest: None,
             tokens: None,
             stream: None,
             groups: None,

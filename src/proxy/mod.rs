@@ -265,7 +265,7 @@ impl ProxyHttp for Tollgate {
         }
         caching::add_status_headers(session, upstream_response, ctx)?;
         streams::on_response(upstream_response, ctx);
-        tokens::from_cache(upstream_response, ctx);
+        tokens::from_cache(session, upstream_response, ctx);
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         ctx.add_timing_headers(upstream_response)?;
         limit::response_headers(upstream_response, ctx)?;

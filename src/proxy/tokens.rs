@@ -224,7 +224,7 @@ pub fn upstream_body(ctx: &mut RequestCtx, body: Option<&Bytes>, end: bool) {
 
 /// `response_filter`: an answer served from the cache on a token route is read too (its
 /// tokens count as served from cache, and its cost as saved), unless it is stored encoded.
-pub fn from_cache(resp: &ResponseHeader, ctx: &mut RequestCtx) {
+pub fn from_cache(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) {
     use crate::cache::status::Outcome;
     let Some(route) = ctx.route.as_ref().and_then(|r| r.tokens.as_ref()) else {
         return;
@@ -238,6 +238,13 @@ pub fn from_cache(resp: &ResponseHeader, ctx: &mut RequestCtx) {
     let shape = route.shape.clone();
     let t = ctx.tokens.get_or_insert_with(Default::default);
     t.cached = true;
+    if t.model.is_none() {
+        // A hit never forwards the body, so it never passed the body filter: read the model
+        // from the body read for the cache key.
+        if let Some(body) = session.as_ref().get_retry_buffer() {
+            t.model = model_from_prefix(&body[..body.len().min(MODEL_PREFIX)]);
+        }
+    }
     t.reader = None;
     let coded = resp
         .headers
