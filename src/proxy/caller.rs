@@ -13,7 +13,11 @@ pub async fn identify(session: &Session, ctx: &mut RequestCtx, keys: Option<&Key
     let Some(route) = &ctx.route else {
         return;
     };
-    if !(route.limit.is_some() || super::caching::needs_caller(ctx) || route.hashes_tenant) {
+    if !(route.limit.is_some()
+        || route.tokens.is_some()
+        || super::caching::needs_caller(ctx)
+        || route.hashes_tenant)
+    {
         return;
     }
     let peer = session

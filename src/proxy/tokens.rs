@@ -91,19 +91,15 @@ pub async fn enforce(
     let t = ctx.tokens.get_or_insert_with(Default::default);
     t.shared = shared;
     t.decision = Some((decision, limits));
-    let outcome = match (decision.allowed, shadow) {
-        (true, _) => "allowed",
-        (false, true) => "shadow_limited",
-        (false, false) => "limited",
-    };
+    if decision.allowed {
+        // Counted once per request, by the request limiter: only refusals are the budgets'.
+        return Ok(false);
+    }
+    let outcome = if shadow { "shadow_limited" } else { "limited" };
     metrics::RATELIMIT_DECISIONS_TOTAL
-        .with_label_values(&[
-            &tier,
-            if decision.allowed { "none" } else { "tokens" },
-            outcome,
-        ])
+        .with_label_values(&[&tier, "tokens", outcome])
         .inc();
-    if decision.allowed || shadow {
+    if shadow {
         return Ok(false);
     }
     ctx.own_error = Some("token_budget_exhausted");
@@ -179,8 +175,8 @@ pub fn request_body(ctx: &mut RequestCtx, chunk: Option<&Bytes>) {
 }
 
 /// `upstream_response_filter`: start reading the usage of a JSON or SSE answer that comes
-/// uncompressed (a compressed one is not read: its tokens are not debited, and counted as
-/// `unread`).
+/// uncompressed (a compressed one is passed on unread: its tokens are neither counted nor
+/// debited).
 pub fn upstream_response(resp: &ResponseHeader, ctx: &mut RequestCtx) {
     let Some(route) = ctx.route.as_ref().and_then(|r| r.tokens.as_ref()) else {
         return;
@@ -290,7 +286,11 @@ pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
         .as_deref()
         .and_then(|m| ctx.config.llm_prices.get(m))
         .copied();
-    let model = metrics::model_label(model.as_deref().and_then(label_safe));
+    // No model: `none`; a name unfit for a label: `other`.
+    let model = match model.as_deref() {
+        None => "none",
+        Some(m) => label_safe(m).map_or("other", |m| metrics::model_label(Some(m))),
+    };
     let group = ctx
         .upstream
         .group()

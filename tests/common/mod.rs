@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod llm;
 pub mod net;
 pub mod redis;
 pub mod relay;
@@ -37,6 +38,7 @@ pub mod upstream;
 pub use cli::{bin, check_file, check_yaml, check_yaml_with_env, run_cli};
 pub use config::{Config, Endpoint, Group, Route};
 pub use demo::DemoUpstream;
+pub use llm::{LlmRequest, LlmUpstream, Tokens};
 pub use net::{closed_addr, free_addr, free_port, raw, slamming_door, Blackhole};
 pub use redis::{RedisCluster, RedisServer};
 pub use relay::Relay;
