@@ -8,7 +8,7 @@
 //!   the cost is that of the bytes after the key, whatever the size of the answer, and a
 //!   `"usage"` nested in a message or a tool schema is never taken for it. (Parsing a 2 KB answer
 //!   whole with serde_json, even skipping what it does not keep, cost about 3 µs; this costs
-//!   0.7 µs, buffering included: `cargo bench --bench usage`.)
+//!   under 1 µs, buffering included: `cargo bench --bench usage`.)
 //! - An SSE stream is read line by line: only `data:` lines that mention the usage key with a
 //!   value other than `null` are parsed, so the chunks of an OpenAI stream with
 //!   `include_usage` (`"usage":null` in every chunk) cost a scan each, not a parse. Counts are
