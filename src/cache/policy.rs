@@ -237,6 +237,46 @@ pub fn decide(policy: &RoutePolicy, resp: &ResponseHeader, now: SystemTime) -> R
     RespCacheable::Cacheable(meta)
 }
 
+/// [`decide`] for a completion keyed on its POST body (`cache.key.body`): the route's `ttl`
+/// and stale windows give the freshness, whatever the answer's `Cache-Control` says of it.
+/// Providers send `no-cache` on their answers (addressed to browsers: a POST cannot be
+/// revalidated anyway), and the operator asked for these answers to be kept; an explicit
+/// `no-store` is still honoured, as are the route's statuses and `Set-Cookie` rule.
+pub fn decide_completion(
+    policy: &RoutePolicy,
+    resp: &ResponseHeader,
+    now: SystemTime,
+) -> RespCacheable {
+    use RespCacheable::Uncacheable;
+    if !policy.statuses.contains(&resp.status.as_u16()) {
+        return Uncacheable(NoCacheReason::Custom("status"));
+    }
+    if !policy.store_set_cookie && resp.headers.contains_key(http::header::SET_COOKIE) {
+        return Uncacheable(NoCacheReason::Custom("set-cookie"));
+    }
+    let Directives { cc, .. } = directives(policy, resp);
+    if cc.as_ref().is_some_and(|c| c.no_store()) {
+        return Uncacheable(NoCacheReason::OriginNotCache);
+    }
+    let Some(ttl) = policy.ttl.filter(|t| !t.is_zero()) else {
+        return Uncacheable(NoCacheReason::Custom("no-freshness"));
+    };
+    let mut header = resp.clone();
+    if !header.headers.contains_key(http::header::DATE) {
+        header
+            .insert_header(http::header::DATE, httpdate::fmt_http_date(now))
+            .expect("an HTTP date is a valid header value");
+    }
+    let ttl = ttl.min(DELTA_SECONDS_OVERFLOW_DURATION);
+    RespCacheable::Cacheable(CacheMeta::new(
+        now + ttl,
+        now,
+        policy.stale_while_revalidate,
+        policy.stale_if_error,
+        header,
+    ))
+}
+
 /// Fields of a `304` that do not update the stored response (RFC 9111 §3.2): the framing and
 /// connection fields (`Content-Length` above all: a 304 describes no body, or says 0), the
 /// content coding and range of the stored body (tollgate may have compressed it before storing

@@ -207,6 +207,8 @@ pub fn decide(resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
             &policy::merge_not_modified(resp, &not_modified, now),
             now,
         )
+    } else if ctx.cache_body_digest.is_some() {
+        policy::decide_completion(policy, resp, now)
     } else {
         policy::decide(policy, resp, now)
     };
