@@ -154,17 +154,20 @@ impl SharedTier {
         format!("{}:lock", self.base(key.user_tag(), &key.primary_bin()))
     }
 
+    /// One entry's blob, bounded by the command timeout.
+    async fn get(&self, entry_key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.link
+            .query("cache_get", redis::cmd("GET").arg(entry_key))
+            .await
+    }
+
     /// Look `key` up in Redis; on a miss, take or wait on the fill lock.
     async fn lookup(&self, key: &CacheKey, local: &'static MemoryStorage) -> Option<Found> {
         if !self.link.available() {
             return None;
         }
         let entry_key = self.entry_key(key);
-        let got: Result<Option<Vec<u8>>, StoreError> = self
-            .link
-            .query("cache_get", redis::cmd("GET").arg(&entry_key))
-            .await;
-        match got {
+        match self.get(&entry_key).await {
             Ok(Some(blob)) => {
                 if let Some(found) = self.accept(key, &entry_key, blob, local) {
                     metrics::CACHE_SHARED_LOOKUPS_TOTAL
@@ -199,11 +202,7 @@ impl SharedTier {
             return None;
         }
         let entry_key = self.entry_key(key);
-        let got: Result<Option<Vec<u8>>, StoreError> = self
-            .link
-            .query("cache_get", redis::cmd("GET").arg(&entry_key))
-            .await;
-        let blob = got.ok()??;
+        let blob = self.get(&entry_key).await.ok()??;
         let fresh = Blob::decode(&blob)
             .is_some_and(|b| StoredMetaView::fresh(&b.meta, b.split).unwrap_or(false));
         if !fresh {
