@@ -648,3 +648,54 @@ fn check_refuses_a_body_key_without_ttl_or_with_max_body_past_64kib() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("routes[0].cache.key.headers[1]"), "{err}");
 }
+
+/// SDKs send `Accept-Encoding: gzip`: a token route asks its provider for identity anyway (so
+/// the usage can be read), caches it identity, and its own `compression` encodes for the
+/// client, on the fill and on the hits.
+#[tokio::test]
+async fn a_gzip_accepting_client_on_a_compressing_caching_token_route_is_still_read() {
+    let llm = LlmUpstream::start().await;
+    llm.set_usage(300, 700);
+    let tg = llm_config(
+        llm.addr(),
+        Route::prefix("/")
+            .name("llm")
+            .to("openai")
+            .cache(CACHE)
+            .compression("{ min_size: 16 }")
+            .set("tokens", "{}"),
+    )
+    .start()
+    .await;
+    let body = chat("gpt-4o", json!(0));
+    let gzip =
+        |tg: &Tollgate| post(tg, "acme", CHAT, body.clone()).header("accept-encoding", "gzip");
+    let miss = gzip(&tg).send().await.unwrap();
+    assert_eq!(miss.status(), 200);
+    assert_eq!(miss.headers()["content-encoding"], "gzip");
+    assert_eq!(
+        llm.requests()[0].headers["accept-encoding"],
+        "identity",
+        "the provider is asked for what tollgate can read"
+    );
+    let labels = |kind| {
+        [
+            ("route", "llm"),
+            ("tenant", "acme"),
+            ("group", "openai"),
+            ("model", "gpt-4o"),
+            ("type", kind),
+        ]
+    };
+    tg.expect_metric("tollgate_llm_tokens_total", &labels("input"), 300.0)
+        .await;
+    tg.expect_metric("tollgate_llm_tokens_total", &labels("output"), 700.0)
+        .await;
+    let hit = gzip(&tg).send().await.unwrap();
+    assert_eq!(hit.headers()["x-cache-status"], "HIT");
+    assert_eq!(hit.headers()["content-encoding"], "gzip");
+    let cached = [("route", "llm"), ("model", "gpt-4o"), ("type", "output")];
+    tg.expect_metric("tollgate_llm_cached_tokens_total", &cached, 700.0)
+        .await;
+    assert_eq!(llm.count(), 1);
+}

@@ -91,7 +91,10 @@ pub fn fill_coding(
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     let compresses = ctx.route.as_ref().is_some_and(|r| r.compression.is_some());
-    if !compresses || !session.cache.enabled() {
+    // A token route reads usage from an identity answer: its entries stay identity and are
+    // compressed on the way out.
+    let reads_tokens = ctx.route.as_ref().is_some_and(|r| r.tokens.is_some());
+    if !compresses || !session.cache.enabled() || reads_tokens {
         return Ok(());
     }
     ctx.compress_upstream = true;

@@ -213,7 +213,8 @@ impl ProxyHttp for Tollgate {
         headers::forward(session, upstream_request, &ctx.request_id)?;
         compression::restore_client_coding(upstream_request, ctx)?;
         upstream::request(upstream_request, ctx)?;
-        compression::fill_coding(session, upstream_request, ctx)
+        compression::fill_coding(session, upstream_request, ctx)?;
+        tokens::upstream_request(upstream_request, ctx)
     }
 
     async fn upstream_response_filter(

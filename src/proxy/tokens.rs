@@ -174,6 +174,19 @@ pub fn request_body(ctx: &mut RequestCtx, chunk: Option<&Bytes>) {
     }
 }
 
+/// `upstream_request_filter`, last: a token route asks its upstream for an identity answer,
+/// whatever the client accepts (SDKs send `Accept-Encoding: gzip`), so the usage can be read;
+/// the route's own `compression` still encodes for the client.
+pub fn upstream_request(
+    upstream_request: &mut pingora_http::RequestHeader,
+    ctx: &RequestCtx,
+) -> pingora_core::Result<()> {
+    if ctx.route.as_ref().is_some_and(|r| r.tokens.is_some()) {
+        upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+    }
+    Ok(())
+}
+
 /// `upstream_response_filter`: start reading the usage of a JSON or SSE answer that comes
 /// uncompressed (a compressed one is passed on unread: its tokens are neither counted nor
 /// debited).

@@ -225,9 +225,8 @@ if tokens > 0 then
   used = used + tokens
   if interval > 0 then tat = math.max(tat, now) + tokens * interval end
   redis.call('HSET', KEYS[1], 't', string.format('%.3f', tat), 'd', day, 'u', string.format('%d', used))
-  local until_full = math.max(0, math.ceil((tat - now) / 1000000))
-  local until_midnight = (today + 1) * 86400 - secs
-  redis.call('EXPIRE', KEYS[1], math.max(until_full, until_midnight) + 60)
+  local full_at = math.ceil(tat / 1000000)
+  redis.call('EXPIREAT', KEYS[1], math.max(full_at, (today + 1) * 86400) + 60)
 end
 return {string.format('%d', now), string.format('%.3f', tat), tostring(day), string.format('%d', used)}
 ";
