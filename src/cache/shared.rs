@@ -241,8 +241,13 @@ impl SharedTier {
             None => format!("{}:cache:{hash}:{{*", glob_escape(&self.prefix)),
         };
         tokio::spawn(async move {
+            // A busy Redis may miss a call's deadline: each call is retried a few times (this
+            // runs in the background), and what is left is said, not hidden.
+            const TRIES: u32 = 5;
             let mut cursor: u64 = 0;
-            let mut removed = 0usize;
+            let mut removed: i64 = 0;
+            // The last call that failed every try.
+            let mut failed = None;
             loop {
                 let mut cmd = redis::cmd("SCAN");
                 cmd.arg(cursor)
@@ -250,25 +255,57 @@ impl SharedTier {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(1000);
-                let Ok((next, keys)): Result<(u64, Vec<String>), _> =
-                    self.link.query("cache_scan", &cmd).await
-                else {
-                    break;
+                let page: Result<(u64, Vec<String>), StoreError> =
+                    self.retried(TRIES, "cache_scan", &cmd).await;
+                let (next, keys) = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 };
                 if !keys.is_empty() {
-                    removed += keys.len();
-                    let _: Result<i64, _> = self
-                        .link
-                        .query("cache_unlink", redis::cmd("UNLINK").arg(&keys))
-                        .await;
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(&keys);
+                    match self.retried::<i64>(TRIES, "cache_unlink", &unlink).await {
+                        Ok(n) => removed += n,
+                        Err(e) => failed = Some(e),
+                    }
                 }
                 if next == 0 {
                     break;
                 }
                 cursor = next;
             }
-            tracing::info!("cache purge: {removed} shared entries removed from Redis");
+            match failed {
+                None => tracing::info!("cache purge: {removed} shared entries removed from Redis"),
+                Some(e) => tracing::warn!(
+                    "cache purge: {removed} shared entries removed from Redis, some not ({e}); \
+                     the rest are refused by every replica and expire with their TTL"
+                ),
+            }
         });
+    }
+
+    /// One command, tried up to `tries` times (50 ms more between each): for background work
+    /// that a busy Redis may push past one call's deadline.
+    async fn retried<T: redis::FromRedisValue>(
+        &self,
+        tries: u32,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.link.query(op, cmd).await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt >= tries => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     /// Check a blob read for `key`; an accepted one is stored locally.
