@@ -15,25 +15,11 @@
 pub mod model;
 pub mod usage;
 
-/// The index of the first `byte` in `hay`, eight bytes at a time: the scan every SSE line and
-/// every usage key search goes through (a byte loop costs several times more per event).
+/// The index of the first `byte` in `hay`: the scan every SSE line goes through.
 pub(crate) fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO * u64::from(byte);
-    let mut words = hay.chunks_exact(8);
-    for (n, word) in words.by_ref().enumerate() {
-        let x = u64::from_le_bytes(word.try_into().expect("8 bytes")) ^ pattern;
-        // A high bit for each zero byte of x; a borrow may mark a byte above a real zero too,
-        // but never one below it, so the lowest mark is the first match.
-        let zeros = x.wrapping_sub(LO) & !x & HI;
-        if zeros != 0 {
-            return Some(n * 8 + (zeros.trailing_zeros() / 8) as usize);
-        }
-    }
-    let tail = words.remainder();
-    let base = hay.len() - tail.len();
-    tail.iter().position(|&b| b == byte).map(|p| base + p)
+    // memchr's vectorised search (SSE2/AVX2 strides): the usage reader runs it over every line
+    // of every stream.
+    memchr::memchr(byte, hay)
 }
 
 /// The index of the first byte at or after `i` that is not JSON whitespace (`s.len()` if none).

@@ -462,9 +462,13 @@ fn mentions(json: &[u8], key: &str) -> bool {
 /// (unescaped opening quote, then a colon): the index of its opening quote and of its value.
 fn next_key_value(s: &[u8], key: &str, mut from: usize) -> Option<(usize, usize)> {
     let k = key.as_bytes();
-    let first = *k.first()?;
+    if k.is_empty() {
+        return None;
+    }
     while from + k.len() + 2 <= s.len() {
-        let i = from + 1 + find_byte(&s[from + 1..], first)?;
+        // The whole key at once (a vectorised substring search): its first letter alone is
+        // too common in text (`u` of `usage`) to be a cheap anchor.
+        let i = from + 1 + memchr::memmem::find(&s[from + 1..], k)?;
         let quote = i - 1;
         let close = i + k.len();
         if s[quote] == b'"'
