@@ -818,3 +818,39 @@ async fn the_relay_cuts_and_restores_connections() {
     .await;
     assert!(after, "a dropped relay relays nothing");
 }
+
+/// Admin purges delete their entries from Redis too, not only from the replicas: by URL and
+/// by prefix (each entry's tag is read), by tenant (by key name).
+#[tokio::test]
+async fn admin_purges_delete_the_shared_entries_from_redis() {
+    let redis = RedisServer::start();
+    let origin = counting_origin().await;
+    let cfg = fleet_cache(origin.addr(), &redis.url(), "{ scope: tenant }");
+    let fleet = start_fleet(&cfg, 1).await;
+    let a = &fleet[0];
+    for path in ["/d/1", "/d/2", "/keep"] {
+        let stored = metric(a, WRITES, &STORED).await;
+        assert_eq!(a.get(path).await.cache(), "MISS");
+        wait_at_least(a, WRITES, &STORED, stored + 1.0).await;
+    }
+    let stored = metric(a, WRITES, &STORED).await;
+    assert_eq!(a.get_with("/t", &ACME).await.cache(), "MISS");
+    wait_at_least(a, WRITES, &STORED, stored + 1.0).await;
+    assert_eq!(shared_entries(&redis).len(), 4);
+
+    let left = |n: usize| {
+        let redis = &redis;
+        async move {
+            eventually(Duration::from_secs(5), || async {
+                shared_entries(redis).len() == n
+            })
+            .await
+        }
+    };
+    purge(a, r#"{"prefix": "/d/"}"#).await;
+    assert!(left(2).await, "{:?}", shared_entries(&redis));
+    purge(a, r#"{"url": "/keep"}"#).await;
+    assert!(left(1).await, "{:?}", shared_entries(&redis));
+    purge(a, r#"{"tenant": "acme"}"#).await;
+    assert!(left(0).await, "{:?}", shared_entries(&redis));
+}

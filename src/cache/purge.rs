@@ -237,6 +237,15 @@ impl PurgeOp {
         }
     }
 
+    /// For an admin purge, the one scope it is limited to (`Some(None)`: every scope); `None`
+    /// for a mutation's invalidation.
+    pub fn admin_scope(&self) -> Option<Option<&str>> {
+        match self {
+            PurgeOp::Select(s) => Some(s.scope.as_deref()),
+            PurgeOp::Mutation { .. } => None,
+        }
+    }
+
     /// Whether an entry with this tag is removed.
     pub fn matches(&self, tag: &EntryTag) -> bool {
         match self {

@@ -216,13 +216,16 @@ impl SharedTier {
         found
     }
 
-    /// Remove from Redis, in a task, the shared entries an admin purge names when its keys
-    /// say which they are: one scope (`tenant`, `shared`) or everything. Other purges reach
-    /// Redis through the purge bus: a replica that reads a purged entry unlinks it, and the
-    /// rest expire with their TTL. One Redis only: a Cluster's keys are spread over nodes that
-    /// `SCAN` does not cross (the bus covers them the same way).
+    /// Remove from Redis, in a task, the shared entries an admin purge names: a whole scope
+    /// (`tenant`, `shared`, `all`) by key name, a narrower one (`url`, `prefix`, `host`) by
+    /// reading each entry's tag (`SCAN` of the scope's keys, `MGET`, `UNLINK`). A mutation's
+    /// invalidation is not searched for (it comes with every write): its entries are refused by
+    /// every replica that has read the purge, unlinked when read, and expire with their TTL.
+    /// One Redis only: a Cluster's keys are spread over nodes that `SCAN` does not cross (the
+    /// bus covers them the same way).
     pub fn delete_matching(&'static self, op: &super::purge::PurgeOp) {
-        let Some(scope) = op.whole_scope() else {
+        // Mutations are frequent: their entries are refused everywhere and unlinked when read.
+        let Some(scope) = op.admin_scope() else {
             return;
         };
         if !matches!(
@@ -231,6 +234,9 @@ impl SharedTier {
         ) {
             return;
         }
+        // A whole scope is found by key name alone; narrower purges read each entry's tag.
+        let by_name = op.whole_scope().is_some();
+        let op = op.clone();
         let hash = "[0-9a-f]".repeat(8);
         let pattern = match scope {
             Some(scope) => format!(
@@ -264,6 +270,33 @@ impl SharedTier {
                         break;
                     }
                 };
+                let mut keys: Vec<String> =
+                    keys.into_iter().filter(|k| !k.ends_with(":lock")).collect();
+                if !by_name && !keys.is_empty() {
+                    let mut mget = redis::cmd("MGET");
+                    mget.arg(&keys);
+                    match self
+                        .retried::<Vec<Option<Vec<u8>>>>(TRIES, "cache_get", &mget)
+                        .await
+                    {
+                        Ok(blobs) => {
+                            let named: Vec<bool> = blobs
+                                .iter()
+                                .map(|b| {
+                                    b.as_deref()
+                                        .and_then(Blob::decode)
+                                        .is_some_and(|b| op.matches(&b.tag))
+                                })
+                                .collect();
+                            let mut named = named.into_iter();
+                            keys.retain(|_| named.next().unwrap_or(false));
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            keys.clear();
+                        }
+                    }
+                }
                 if !keys.is_empty() {
                     let mut unlink = redis::cmd("UNLINK");
                     unlink.arg(&keys);
