@@ -234,7 +234,10 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
-            "/metrics" => prometheus_text(metrics::render()),
+            "/metrics" => {
+                crate::cache::publish_stats();
+                prometheus_text(metrics::render())
+            }
             _ => json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found", "message": format!("no admin endpoint `{path}` (try /healthz, /readyz, /metrics, /ratelimit/state?tenant=ID, POST /cache/purge)")}),

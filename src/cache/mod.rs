@@ -173,6 +173,23 @@ impl Cache {
     }
 }
 
+/// Copy the store's figures into their metrics (called at each scrape: the store keeps them in
+/// atomics, so the hot path pays nothing for them).
+pub fn publish_stats() {
+    use crate::observe::metrics;
+    let Some(cache) = get() else {
+        return;
+    };
+    let s = cache.storage.stats();
+    metrics::CACHE_USED_BYTES.set(s.used_bytes as i64);
+    metrics::CACHE_MAX_BYTES.set(s.max_bytes as i64);
+    metrics::CACHE_ENTRIES.set(s.entries as i64);
+    let seen = metrics::CACHE_EVICTIONS_TOTAL.get();
+    if s.evicted_entries > seen {
+        metrics::CACHE_EVICTIONS_TOTAL.inc_by(s.evicted_entries - seen);
+    }
+}
+
 /// The process-wide cache, if [`init`] ran.
 pub fn get() -> Option<&'static Cache> {
     CACHE.get()

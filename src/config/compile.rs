@@ -35,7 +35,7 @@ pub struct Route {
     /// Response caching; `None`: off on this route.
     pub cache: Option<crate::cache::RoutePolicy>,
     /// LLM token accounting (`tokens:`); `None`: off on this route.
-    pub tokens: Option<crate::proxy::tokens::TokenRoute>,
+    pub tokens: Option<crate::llm::TokenRoute>,
     /// A group of this route balances by the caller's tenant (`consistent_hash` on `tenant`).
     pub hashes_tenant: bool,
     /// Most requests in flight on this route (`max_in_flight`); `None`: no cap.
@@ -131,7 +131,7 @@ pub fn compile(
                 limit,
                 compression: r.compression.as_ref().map(crate::compress::Policy::new),
                 cache: r.cache.as_ref().map(crate::cache::RoutePolicy::new),
-                tokens: r.tokens.as_ref().map(crate::proxy::tokens::TokenRoute::new),
+                tokens: r.tokens.as_ref().map(crate::llm::TokenRoute::new),
                 hashes_tenant,
                 max_in_flight: r.max_in_flight,
                 max_request_body: r.max_request_body.map(|b| b.0),

@@ -15,6 +15,27 @@
 pub mod model;
 pub mod usage;
 
+/// A route's `tokens:`, compiled.
+#[derive(Debug, Clone)]
+pub struct TokenRoute {
+    /// Where the usage is in an answer.
+    pub shape: usage::UsageShape,
+}
+
+impl TokenRoute {
+    /// Compile a validated `tokens:` (both paths or neither).
+    pub fn new(c: &crate::config::model::RouteTokensConfig) -> TokenRoute {
+        let shape = match (&c.input, &c.output) {
+            (Some(input), Some(output)) => usage::UsageShape::Paths {
+                input: input.as_str().into(),
+                output: output.as_str().into(),
+            },
+            _ => usage::UsageShape::Auto,
+        };
+        TokenRoute { shape }
+    }
+}
+
 /// The index of the first `byte` in `hay`: the scan every SSE line goes through.
 pub(crate) fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
     // memchr's vectorised search (SSE2/AVX2 strides): the usage reader runs it over every line

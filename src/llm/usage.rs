@@ -458,6 +458,18 @@ fn mentions(json: &[u8], key: &str) -> bool {
     false
 }
 
+/// Where `key` first occurs in `hay`. The searcher for `usage`, looked for in every SSE
+/// line, is built once (building one costs about as much as searching a line).
+fn find_key(hay: &[u8], key: &[u8]) -> Option<usize> {
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(AUTO_KEY.as_bytes()));
+    if key == AUTO_KEY.as_bytes() {
+        USAGE.find(hay)
+    } else {
+        memchr::memmem::find(hay, key)
+    }
+}
+
 /// The first `"key"` whose opening quote is at or after `from` and that is an object key
 /// (unescaped opening quote, then a colon): the index of its opening quote and of its value.
 fn next_key_value(s: &[u8], key: &str, mut from: usize) -> Option<(usize, usize)> {
@@ -468,7 +480,7 @@ fn next_key_value(s: &[u8], key: &str, mut from: usize) -> Option<(usize, usize)
     while from + k.len() + 2 <= s.len() {
         // The whole key at once (a vectorised substring search): its first letter alone is
         // too common in text (`u` of `usage`) to be a cheap anchor.
-        let i = from + 1 + memchr::memmem::find(&s[from + 1..], k)?;
+        let i = from + 1 + find_key(&s[from + 1..], k)?;
         let quote = i - 1;
         let close = i + k.len();
         if s[quote] == b'"'

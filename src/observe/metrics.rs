@@ -667,22 +667,6 @@ pub static CACHE_EVICTIONS_TOTAL: Lazy<IntCounter> = Lazy::new(|| {
     c
 });
 
-/// Copy the cache store's figures into their metrics (called at each scrape: the store keeps
-/// them in atomics, so the hot path pays nothing for them).
-fn publish_cache_stats() {
-    let Some(cache) = crate::cache::get() else {
-        return;
-    };
-    let s = cache.storage.stats();
-    CACHE_USED_BYTES.set(s.used_bytes as i64);
-    CACHE_MAX_BYTES.set(s.max_bytes as i64);
-    CACHE_ENTRIES.set(s.entries as i64);
-    let seen = CACHE_EVICTIONS_TOTAL.get();
-    if s.evicted_entries > seen {
-        CACHE_EVICTIONS_TOTAL.inc_by(s.evicted_entries - seen);
-    }
-}
-
 /// Register every metric. Metrics without labels (and the pre-created series: build info,
 /// reload results, access log outcomes) show on `/metrics` at once; labelled ones appear with
 /// their first series (the prometheus crate exposes no empty families). `buckets` sets the
@@ -755,7 +739,6 @@ fn register_process_collector() {
 
 /// The Prometheus text exposition of the registry.
 pub fn render() -> Vec<u8> {
-    publish_cache_stats();
     let mut buf = Vec::with_capacity(16 * 1024);
     TextEncoder::new()
         .encode(&REGISTRY.gather(), &mut buf)

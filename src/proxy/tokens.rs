@@ -7,6 +7,7 @@ use super::ctx::RequestCtx;
 use super::errors;
 use crate::llm::model::{label_safe, model_from_prefix};
 use crate::llm::usage::{body_kind, Usage, UsageReader};
+pub use crate::llm::TokenRoute;
 use crate::observe::metrics;
 use crate::ratelimit::headers;
 use crate::ratelimit::tokens::{TokenDecision, TokenLimits, TokenPolicy};
@@ -21,27 +22,6 @@ const MODEL_PREFIX: usize = 16 * 1024;
 
 /// Bytes of an answer the usage reader may hold (a JSON answer's tail, one SSE line).
 pub const USAGE_WINDOW: usize = 16 * 1024;
-
-/// A route's `tokens:`, compiled.
-#[derive(Debug, Clone)]
-pub struct TokenRoute {
-    /// Where the usage is in an answer.
-    pub shape: crate::llm::usage::UsageShape,
-}
-
-impl TokenRoute {
-    /// Compile a validated `tokens:` (both paths or neither).
-    pub fn new(c: &crate::config::model::RouteTokensConfig) -> TokenRoute {
-        let shape = match (&c.input, &c.output) {
-            (Some(input), Some(output)) => crate::llm::usage::UsageShape::Paths {
-                input: input.as_str().into(),
-                output: output.as_str().into(),
-            },
-            _ => crate::llm::usage::UsageShape::Auto,
-        };
-        TokenRoute { shape }
-    }
-}
 
 /// This request's token accounting, in the ctx.
 #[derive(Default)]
@@ -84,10 +64,6 @@ pub async fn enforce(
         .check(&caller.subject, &limits, shared)
         .await;
     let shadow = caller.shadow;
-    let tier = caller
-        .tier
-        .as_ref()
-        .map_or_else(|| Arc::from("none"), |t| t.name.clone());
     let t = ctx.tokens.get_or_insert_with(Default::default);
     t.shared = shared;
     t.decision = Some((decision, limits));
@@ -95,6 +71,11 @@ pub async fn enforce(
         // Counted once per request, by the request limiter: only refusals are the budgets'.
         return Ok(false);
     }
+    let tier = ctx
+        .caller
+        .as_ref()
+        .and_then(|c| c.tier.as_ref())
+        .map_or_else(|| Arc::from("none"), |t| t.name.clone());
     let outcome = if shadow { "shadow_limited" } else { "limited" };
     metrics::RATELIMIT_DECISIONS_TOTAL
         .with_label_values(&[&tier, "tokens", outcome])
@@ -304,22 +285,19 @@ pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
         None => "none",
         Some(m) => label_safe(m).map_or("other", |m| metrics::model_label(Some(m))),
     };
-    let group = ctx
-        .upstream
-        .group()
-        .map_or("none", |g| g.name.as_str())
-        .to_string();
+    let group_arc = ctx.upstream.group().cloned();
+    let group = group_arc.as_ref().map_or("none", |g| g.name.as_str());
     if !cached && ctx.upstream_status.is_some() {
         // Every answer of a provider is timed, whether or not it reported its usage.
         let timings = &*metrics::LLM_TIMINGS;
         timings
             .duration
-            .with_label_values(&[&group, model])
+            .with_label_values(&[group, model])
             .observe(ctx.started.elapsed().as_secs_f64());
         if let Some(first) = first_body {
             timings
                 .first_token
-                .with_label_values(&[&group, model])
+                .with_label_values(&[group, model])
                 .observe(first.duration_since(ctx.started).as_secs_f64());
         }
     }
@@ -346,12 +324,12 @@ pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
     let tenant = ctx.config.observe.tenant_label(tenant);
     for (kind, n) in [("input", usage.input), ("output", usage.output)] {
         metrics::LLM_TOKENS_TOTAL
-            .with_label_values(&[&route.name, tenant, &group, model, kind])
+            .with_label_values(&[&route.name, tenant, group, model, kind])
             .inc_by(n);
     }
     if let Some(cost) = cost {
         metrics::LLM_COST_USD_TOTAL
-            .with_label_values(&[&route.name, tenant, &group, model])
+            .with_label_values(&[&route.name, tenant, group, model])
             .inc_by(cost);
     }
     let Some(caller) = ctx.caller.as_ref().filter(|c| c.tokens.any()) else {
