@@ -169,7 +169,7 @@ impl SharedTier {
         let entry_key = self.entry_key(key);
         match self.get(&entry_key).await {
             Ok(Some(blob)) => {
-                if let Some(found) = self.accept(key, &entry_key, blob, local) {
+                if let Some(found) = self.accept(key, &entry_key, Blob::decode(&blob), local) {
                     metrics::CACHE_SHARED_LOOKUPS_TOTAL
                         .with_label_values(&["hit"])
                         .inc();
@@ -202,9 +202,11 @@ impl SharedTier {
             return None;
         }
         let entry_key = self.entry_key(key);
-        let blob = self.get(&entry_key).await.ok()??;
-        let fresh = Blob::decode(&blob)
-            .is_some_and(|b| StoredMetaView::fresh(&b.meta, b.split).unwrap_or(false));
+        let blob = Blob::decode(&self.get(&entry_key).await.ok()??);
+        let fresh = blob.as_ref().is_some_and(|b| {
+            super::storage::meta_from_parts(&b.meta, b.split)
+                .is_ok_and(|m| m.is_fresh(SystemTime::now()))
+        });
         if !fresh {
             return None;
         }
@@ -346,11 +348,11 @@ impl SharedTier {
         &self,
         key: &CacheKey,
         entry_key: &str,
-        blob: Vec<u8>,
+        blob: Option<Blob>,
         local: &'static MemoryStorage,
     ) -> Option<Found> {
         let hash = key.combined_bin();
-        let verdict = match Blob::decode(&blob) {
+        let verdict = match blob {
             Some(b) if b.hash == hash && *b.tag.scope == *key.user_tag() => {
                 match self.bus.verdict(b.at, &b.tag) {
                     Verdict::Fresh => Ok(b),
@@ -458,7 +460,7 @@ impl SharedTier {
                 .await
             {
                 Ok(redis::Value::BulkString(blob)) => {
-                    let found = self.accept(key, entry_key, blob, local);
+                    let found = self.accept(key, entry_key, Blob::decode(&blob), local);
                     let label = if found.is_some() {
                         "waited_hit"
                     } else {
@@ -693,17 +695,6 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
-/// Freshness of a serialized meta without keeping it.
-struct StoredMetaView;
-
-impl StoredMetaView {
-    fn fresh(meta: &[u8], split: usize) -> Option<bool> {
-        let (internal, header) = meta.split_at(split);
-        let meta = CacheMeta::deserialize(internal, header).ok()?;
-        Some(meta.is_fresh(SystemTime::now()))
-    }
-}
-
 /// Reads a blob front to back.
 struct Cursor<'a>(&'a [u8]);
 
@@ -758,59 +749,48 @@ impl Storage for TieredStorage {
         key: &CacheKey,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let n = note(key);
+        let Some(shared) = self.shared else {
+            return self.local.lookup(key, trace).await;
+        };
+        let note = note(key);
+        let set_tier = |tier| {
+            if let Some(n) = note {
+                n.set_tier(tier);
+            }
+        };
         let local_hit = self.local.lookup(key, trace).await?;
-        let stale = match &local_hit {
-            Some((meta, _)) if self.shared.is_none() || meta.is_fresh(SystemTime::now()) => {
-                if let Some(n) = n {
-                    n.set_tier(TIER_LOCAL);
-                }
+        let found = match &local_hit {
+            Some((meta, _)) if meta.is_fresh(SystemTime::now()) => {
+                set_tier(TIER_LOCAL);
                 return Ok(local_hit);
             }
-            Some(_) => true,
-            None => false,
+            // Stale here: another replica may have refreshed it already, and a fresh shared
+            // copy saves the origin a request; otherwise the stale local one goes on (to
+            // revalidation, stale-while-revalidate or stale-if-error, as before).
+            Some(_) => shared.lookup_fresh(key, self.local).await,
+            None => shared.lookup(key, self.local).await,
         };
-        if stale {
-            // Another replica may have refreshed it already: a fresh shared copy saves the
-            // origin a request; otherwise the stale local one goes on (to revalidation,
-            // stale-while-revalidate or stale-if-error, as before).
-            let shared = self.shared.expect("checked above");
-            if let Some(found) = shared.lookup_fresh(key, self.local).await {
-                let hit = match found {
-                    Found::Local => self.local.lookup(key, trace).await?,
-                    Found::Detached(meta, split, body) => {
-                        Some(MemoryStorage::detached_hit(meta, split, body)?)
-                    }
-                };
-                if hit.is_some() {
-                    if let Some(n) = n {
-                        n.set_tier(TIER_SHARED);
-                    }
-                    return Ok(hit);
-                }
-            }
-            if let Some(n) = n {
-                n.set_tier(TIER_LOCAL);
-            }
-            return Ok(local_hit);
-        }
-        if let Some(n) = n {
-            n.set_tier(TIER_NONE);
-        }
-        let Some(shared) = self.shared else {
-            return Ok(None);
-        };
-        let hit = match shared.lookup(key, self.local).await {
-            None => None,
+        let hit = match found {
             Some(Found::Local) => self.local.lookup(key, trace).await?,
             Some(Found::Detached(meta, split, body)) => {
                 Some(MemoryStorage::detached_hit(meta, split, body)?)
             }
+            None => None,
         };
-        if let (Some(n), true) = (n, hit.is_some()) {
-            n.set_tier(TIER_SHARED);
+        match hit {
+            Some(hit) => {
+                set_tier(TIER_SHARED);
+                Ok(Some(hit))
+            }
+            None => {
+                set_tier(if local_hit.is_some() {
+                    TIER_LOCAL
+                } else {
+                    TIER_NONE
+                });
+                Ok(local_hit)
+            }
         }
-        Ok(hit)
     }
 
     async fn get_miss_handler(

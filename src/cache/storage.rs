@@ -225,9 +225,15 @@ impl StoredMeta {
     }
 
     fn deserialize(&self) -> Result<CacheMeta> {
-        let (internal, header) = self.bytes.split_at(self.split);
-        CacheMeta::deserialize(internal, header)
+        meta_from_parts(&self.bytes, self.split)
     }
+}
+
+/// A meta from its stored form: `CacheMeta::serialize`'s two parts concatenated, the second
+/// starting at `split` (as [`StoredEntry::meta`] gives them).
+pub fn meta_from_parts(bytes: &[u8], split: usize) -> Result<CacheMeta> {
+    let (internal, header) = bytes.split_at(split.min(bytes.len()));
+    CacheMeta::deserialize(internal, header)
 }
 
 /// The map/LRU key: the low 64 bits of the combined hash.

@@ -279,12 +279,8 @@ impl Link {
                         .map(DedicatedConn::Single)
                         .map_err(redis_err)
                 }
-                Target::Cluster(seeds) => redis::cluster::ClusterClient::builder(seeds.clone())
-                    .connection_timeout(s.connect_timeout)
-                    .response_timeout(response_timeout)
-                    .retries(1)
-                    .build()
-                    .map_err(redis_err)?
+                Target::Cluster(seeds) => self
+                    .cluster_client(seeds, response_timeout)?
                     .get_async_connection()
                     .await
                     .map(DedicatedConn::Cluster)
@@ -301,8 +297,24 @@ impl Link {
         })
     }
 
-    /// A client for one Redis, trusting `tls_ca_file` when set (read at each call, so a
-    /// rotated file is picked up).
+    /// A client for a Redis Cluster whose calls wait up to `response_timeout`. (Validation
+    /// refuses `tls_ca_file` with `cluster`: the client takes a CA for a Cluster only with
+    /// rustls; a Cluster over TLS trusts the system store.)
+    fn cluster_client(
+        &self,
+        seeds: &[String],
+        response_timeout: Duration,
+    ) -> Result<redis::cluster::ClusterClient, StoreError> {
+        redis::cluster::ClusterClient::builder(seeds.to_vec())
+            .connection_timeout(self.settings.connect_timeout)
+            .response_timeout(response_timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| StoreError::from_redis(&e))
+    }
+
+    /// A client for one Redis, trusting `tls_ca_file` when set (read at each (re)connection,
+    /// so a rotated file is picked up).
     fn single_client(&self, url: &str) -> Result<redis::Client, StoreError> {
         let s = &self.settings;
         let certs = match s.tls_ca_file.as_ref() {
@@ -324,27 +336,9 @@ impl Link {
     async fn open(&self) -> Result<Vec<Conn>, StoreError> {
         let s = &self.settings;
         let redis_err = |e: redis::RedisError| StoreError::from_redis(&e);
-        // A private CA, read at each (re)connection so a rotated file is picked up.
-        let certs = match s
-            .tls_ca_file
-            .as_ref()
-            .filter(|_| matches!(s.target, Target::Single(_)))
-        {
-            Some(path) => Some(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(std::fs::read(path).map_err(|e| {
-                    StoreError::Other(format!("cannot read tls_ca_file `{}`: {e}", path.display()))
-                })?),
-            }),
-            None => None,
-        };
         match &s.target {
             Target::Single(url) => {
-                let client = match certs {
-                    Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
-                    None => redis::Client::open(url.as_str()),
-                }
-                .map_err(redis_err)?;
+                let client = self.single_client(url)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(s.connect_timeout))
                     .set_response_timeout(Some(s.command_timeout))
@@ -362,14 +356,7 @@ impl Link {
                     .collect()
             }
             Target::Cluster(seeds) => {
-                // (Validation refuses `tls_ca_file` with `cluster`: the client takes a CA for a
-                // Cluster only with rustls; a Cluster over TLS trusts the system store.)
-                let client = redis::cluster::ClusterClient::builder(seeds.clone())
-                    .connection_timeout(s.connect_timeout)
-                    .response_timeout(s.command_timeout)
-                    .retries(1)
-                    .build()
-                    .map_err(redis_err)?;
+                let client = self.cluster_client(seeds, s.command_timeout)?;
                 let conn = client.get_async_connection().await.map_err(redis_err)?;
                 Ok(vec![Conn::Cluster(conn)])
             }

@@ -604,12 +604,16 @@ pub const MODEL_LABELS: usize = 50;
 /// `other` for the rest (a client choosing model names cannot grow the series without bound),
 /// `none` when the request named none.
 pub fn model_label(model: Option<&str>) -> &str {
-    static SEEN: Lazy<parking_lot::Mutex<std::collections::HashSet<String>>> =
+    static SEEN: Lazy<parking_lot::RwLock<std::collections::HashSet<String>>> =
         Lazy::new(Default::default);
     let Some(model) = model else {
         return "none";
     };
-    let mut seen = SEEN.lock();
+    // Every answer of a token route asks: a shared read lock, the write lock only for a new name.
+    if SEEN.read().contains(model) {
+        return model;
+    }
+    let mut seen = SEEN.write();
     if seen.contains(model) {
         return model;
     }

@@ -175,20 +175,7 @@ pub fn upstream_response(resp: &ResponseHeader, ctx: &mut RequestCtx) {
     let Some(route) = ctx.route.as_ref().and_then(|r| r.tokens.as_ref()) else {
         return;
     };
-    let coded = resp
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity") && !v.trim().is_empty());
-    let kind = body_kind(
-        resp.headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let reader = match (kind, coded) {
-        (Some(kind), false) => Some(UsageReader::new(kind, route.shape.clone(), USAGE_WINDOW)),
-        _ => None,
-    };
+    let reader = reader_for(resp, &route.shape);
     ctx.tokens.get_or_insert_with(Default::default).reader = reader;
 }
 
@@ -225,7 +212,6 @@ pub fn from_cache(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx
     ) {
         return;
     }
-    let shape = route.shape.clone();
     let t = ctx.tokens.get_or_insert_with(Default::default);
     t.cached = true;
     if t.model.is_none() {
@@ -235,19 +221,23 @@ pub fn from_cache(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx
             t.model = model_from_prefix(&body[..body.len().min(MODEL_PREFIX)]);
         }
     }
-    t.reader = None;
+    t.reader = reader_for(resp, &route.shape);
+}
+
+/// A usage reader for an answer that is JSON or SSE and not encoded (an encoded one is passed
+/// on unread).
+fn reader_for(resp: &ResponseHeader, shape: &crate::llm::usage::UsageShape) -> Option<UsageReader> {
     let coded = resp
         .headers
         .get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        .map(|v| v.as_bytes().trim_ascii())
+        .is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case(b"identity"));
     let kind = body_kind(
         resp.headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
-    );
-    if let (Some(kind), false) = (kind, coded) {
-        t.reader = Some(UsageReader::new(kind, shape, USAGE_WINDOW));
-    }
+    )?;
+    (!coded).then(|| UsageReader::new(kind, shape.clone(), USAGE_WINDOW))
 }
 
 /// `response_body_filter`, before compression: feed the reader of an answer from the cache.
