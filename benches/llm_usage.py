@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
 """What reading LLM usage costs a request (issue 18, point 7): tollgate's CPU per request on a
 route with `tokens:` (usage read from the answer as it streams, a token budget checked before
-and debited after, token metrics) against the same route without it, in one process, in the
-same run.
+and debited after, token metrics) against the same route without it.
 
     cargo build --release --bin tollgate
-    python3 benches/llm_usage.py [--rounds 3] [--duration 8s] [--conns 32]
+    python3 benches/llm_usage.py [--rounds 10] [--duration 4s] [--conns 32] [--aa]
 
 The upstream is nginx (one worker) serving two static answers over keep-alive:
   json   a 2 KB OpenAI chat completion (`usage` at its end), application/json
   sse    an OpenAI stream: 200 `data:` events of ~150 B, the usage chunk and `[DONE]`,
          text/event-stream (41 KB)
-tollgate (one thread, access log off) has two routes to it: `/plain/` and `/tokens/` (with
-`tokens: {}` and an anonymous tier with a token budget too large to refuse). wrk (one thread)
-loads each of the four (route x answer) for `--duration`, rounds interleaved; the CPU of the
-tollgate process (utime + stime from /proc) over the requests wrk completed is the cost. Medians
-over the rounds, and the ratio tokens / plain per answer. Loopback only; a benchmark, not a
-test: it asserts nothing.
+Two tollgate processes (one thread each, access log off, the same config) have two routes to
+it: `/plain/` and `/tokens/` (with `tokens: {}` and an anonymous tier with a token budget too
+large to refuse). In each round both processes are loaded at once by their own wrk (one thread),
+one on `/plain/` and one on `/tokens/`, the roles swapped every round; the CPU of each process
+(utime + stime from /proc) over the requests its wrk completed is the cost. Loading both at
+once is what makes the ratio stable on a shared machine: a slow second slows both sides. Per
+answer: the median of the rounds' ratios tokens / plain and their range. `--aa` loads `/plain/`
+on both sides, which shows the method's own noise (its ratio should be 1.00). Loopback only; a
+benchmark, not a test: it asserts nothing.
 """
 import argparse
 import json
@@ -142,37 +144,63 @@ def wrk(port, path, duration, conns):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", default="8s")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--duration", default="4s")
     ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--aa", action="store_true",
+                    help="A/A check: both processes on the plain route (the method's noise)")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         raise SystemExit(f"{BIN} missing: cargo build --release --bin tollgate")
     for tool in ("wrk",):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: scripts/setup.sh {tool}")
-    cases = [("json", "plain", "/plain/chat.json"), ("json", "tokens", "/tokens/chat.json"),
-             ("sse", "plain", "/plain/stream.sse"), ("sse", "tokens", "/tokens/stream.sse")]
+    measured = "plain" if args.aa else "tokens"
+    answers_ = [("json", "chat.json"), ("sse", "stream.sse")]
     with tempfile.TemporaryDirectory() as d:
         json_size, sse_size = answers(d)
         up, up_port = nginx(d)
-        tg, port, admin = tollgate(up_port, d)
-        results = {c[:2]: [] for c in cases}
+        procs = []
+        for name in ("a", "b"):
+            os.mkdir(os.path.join(d, name))
+            tg, port, admin = tollgate(up_port, os.path.join(d, name))
+            procs.append((tg, port, admin))
+        # Per answer and round: both processes loaded at once, one on the plain route and one
+        # on the tokens route, the roles swapped every round. Whatever slows the machine during
+        # a round (other tenants of the host, frequency) slows both sides, and neither process
+        # is always the measured one. The ratio of each round's CPU per request is the result.
+        cpu = {(a, r): [] for a, _ in answers_ for r in ("plain", measured)}
+        rps = dict((k, []) for k in cpu)
+        ratios = {a: [] for a, _ in answers_}
         try:
-            for path in (c[2] for c in cases):  # warm-up
-                wrk(port, path, "2s", args.conns)
-            for _ in range(args.rounds):
-                for answer, route, path in cases:
-                    before = cpu_seconds(tg.pid)
-                    n, p99 = wrk(port, path, args.duration, args.conns)
-                    cpu = cpu_seconds(tg.pid) - before
-                    results[(answer, route)].append((cpu / n * 1e6, n, p99))
-            metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{admin}/metrics"],
+            for (tg, port, _), route in zip(procs, ("plain", measured)):  # warm-up
+                for _, f in answers_:
+                    wrk(port, f"/{route}/{f}", "2s", args.conns)
+            for answer, f in answers_:
+                for r in range(args.rounds):
+                    sides = [(procs[r % 2], "plain"), (procs[1 - r % 2], measured)]
+                    before = [cpu_seconds(p[0].pid) for p, _ in sides]
+                    runs = [subprocess.Popen(
+                        ["wrk", "-t1", f"-c{args.conns}", f"-d{args.duration}",
+                         f"http://127.0.0.1:{p[1]}/{route}/{f}"],
+                        stdout=subprocess.PIPE, text=True) for p, route in sides]
+                    outs = [w.communicate()[0] for w in runs]
+                    per_req = []
+                    for (p, route), out, b in zip(sides, outs, before):
+                        n = int(re.search(r"(\d+) requests in", out).group(1))
+                        if re.search(r"Non-2xx or 3xx responses", out):
+                            raise SystemExit(f"{route}/{f}: non-2xx answers\n{out}")
+                        used = (cpu_seconds(p[0].pid) - b) / n
+                        per_req.append(used)
+                        cpu[(answer, route)].append(used * 1e6)
+                        rps[(answer, route)].append(n)
+                    ratios[answer].append(per_req[1] / per_req[0])
+            metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{procs[0][2]}/metrics"],
                                      capture_output=True, text=True).stdout
         finally:
-            tg.terminate()
-            up.terminate()
-            for p in (tg, up):
+            for p in [x[0] for x in procs] + [up]:
+                p.terminate()
+            for p in [x[0] for x in procs] + [up]:
                 try:
                     p.wait(5)
                 except subprocess.TimeoutExpired:
@@ -180,24 +208,22 @@ def main():
     tokens_seen = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
                       if l.startswith("tollgate_llm_tokens_total{"))
     print(f"answers: json {json_size} B, sse {sse_size} B (200 events); {args.rounds} rounds x "
-          f"{args.duration}, wrk -t1 -c{args.conns}, tollgate 1 thread")
-    print(f"tokens counted by the tokens route: {tokens_seen:.0f}\n")
-    print("| answer | route | CPU per request (µs, median) | requests/s (median) | p99 (ms, median) |")
-    print("|---|---|---:|---:|---:|")
+          f"{args.duration} per answer, two tollgate processes (1 thread each) loaded at once, "
+          f"wrk -t1 -c{args.conns} on each" + (" -- A/A check: plain against plain" if args.aa else ""))
+    print(f"tokens counted by one process's tokens route: {tokens_seen:.0f}\n")
+    print("| answer | route | CPU per request (µs, median) | requests/s (median) |")
+    print("|---|---|---:|---:|")
     secs = float(args.duration.rstrip("s"))
-    med = {}
-    for answer, route, _ in cases:
-        rows = results[(answer, route)]
-        cpu = statistics.median(r[0] for r in rows)
-        med[(answer, route)] = cpu
-        rps = statistics.median(r[1] for r in rows) / secs
-        p99 = statistics.median(r[2] for r in rows)
-        print(f"| {answer} | {route} | {cpu:.1f} | {rps:,.0f} | {p99:.2f} |")
+    for answer, _ in answers_:
+        for route in ("plain", measured) if not args.aa else ("plain",):
+            print(f"| {answer} | {route} | {statistics.median(cpu[(answer, route)]):.1f} | "
+                  f"{statistics.median(rps[(answer, route)]) / secs:,.0f} |")
     print()
-    for answer in ("json", "sse"):
-        ratio = med[(answer, "tokens")] / med[(answer, "plain")]
-        print(f"{answer}: tokens / plain = {ratio:.3f} ({(ratio - 1) * 100:+.1f}% CPU per request)")
-
+    for answer, _ in answers_:
+        r = sorted(ratios[answer])
+        ratio = statistics.median(r)
+        print(f"{answer}: {measured} / plain = {ratio:.3f} ({(ratio - 1) * 100:+.1f}% CPU per request; "
+              f"median of {len(r)} rounds, range {r[0]:.3f}-{r[-1]:.3f})")
 
 if __name__ == "__main__":
     main()

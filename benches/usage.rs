@@ -6,6 +6,7 @@
 //! Run: `cargo bench --bench usage` (quick: `-- --warm-up-time 1 --measurement-time 3`). A
 //! summary in ns per body follows criterion's own lines.
 
+use bytes::Bytes;
 use criterion::{black_box, criterion_group, Criterion};
 use tollgate::llm::usage::{BodyKind, Usage, UsageReader, UsageShape};
 
@@ -68,7 +69,7 @@ fn anthropic_sse() -> Vec<Vec<u8>> {
     events
 }
 
-fn read(kind: BodyKind, chunks: &[Vec<u8>]) -> Option<Usage> {
+fn read(kind: BodyKind, chunks: &[Bytes]) -> Option<Usage> {
     let mut r = UsageReader::new(kind, UsageShape::Auto, WINDOW);
     for c in chunks {
         r.feed(black_box(c));
@@ -76,7 +77,7 @@ fn read(kind: BodyKind, chunks: &[Vec<u8>]) -> Option<Usage> {
     r.finish()
 }
 
-fn no_op(chunks: &[Vec<u8>]) -> usize {
+fn no_op(chunks: &[Bytes]) -> usize {
     let mut n = 0;
     for c in chunks {
         n += black_box(c).len();
@@ -84,10 +85,15 @@ fn no_op(chunks: &[Vec<u8>]) -> usize {
     n
 }
 
+/// The chunks as the proxy hands them over: each its own [`Bytes`].
+fn shared(chunks: Vec<Vec<u8>>) -> Vec<Bytes> {
+    chunks.into_iter().map(Bytes::from).collect()
+}
+
 struct Body {
     name: &'static str,
     kind: BodyKind,
-    chunks: Vec<Vec<u8>>,
+    chunks: Vec<Bytes>,
     want: Usage,
 }
 
@@ -96,7 +102,7 @@ fn bodies() -> Vec<Body> {
         Body {
             name: "openai_json_2kb",
             kind: BodyKind::Json,
-            chunks: openai_json(),
+            chunks: shared(openai_json()),
             want: Usage {
                 input: 1117,
                 output: 346,
@@ -105,7 +111,7 @@ fn bodies() -> Vec<Body> {
         Body {
             name: "openai_sse_200_events",
             kind: BodyKind::Sse,
-            chunks: openai_sse(),
+            chunks: shared(openai_sse()),
             want: Usage {
                 input: 1117,
                 output: 198,
@@ -114,7 +120,7 @@ fn bodies() -> Vec<Body> {
         Body {
             name: "anthropic_sse_200_events",
             kind: BodyKind::Sse,
-            chunks: anthropic_sse(),
+            chunks: shared(anthropic_sse()),
             want: Usage {
                 input: 1117,
                 output: 198,
@@ -181,7 +187,7 @@ fn summary() {
         "body", "bytes", "chunks", "UsageReader", "no-op", "per chunk"
     );
     for b in bodies() {
-        let bytes: usize = b.chunks.iter().map(Vec::len).sum();
+        let bytes: usize = b.chunks.iter().map(Bytes::len).sum();
         let reader = mean_ns(|| read(b.kind, &b.chunks));
         let floor = mean_ns(|| no_op(&b.chunks));
         println!(

@@ -1,24 +1,33 @@
 //! The tokens an upstream answer used, read from its body as the chunks pass to the client: the
 //! `usage` object of a JSON answer, or the usage events of an SSE stream. Nothing is held back
-//! and the whole body is never kept: a [`UsageReader`] holds at most `window` bytes.
+//! and nothing is copied on the way: a [`UsageReader`] keeps references to the chunks that hold
+//! the body's last `window` bytes (and, for SSE, reads the first event as it passes), and reads
+//! them once, at the end.
 //!
-//! - A JSON answer carries its `usage` near the end (OpenAI, Anthropic), so the reader keeps the
-//!   last `window` bytes. At the end it scans them backward from the closing brace, tracking
-//!   strings and depth, to the last top-level `"usage"` key, and parses only that key's value:
-//!   the cost is that of the bytes after the key, whatever the size of the answer, and a
-//!   `"usage"` nested in a message or a tool schema is never taken for it. (Parsing a 2 KB answer
-//!   whole with serde_json, even skipping what it does not keep, cost about 3 µs; this costs
-//!   under 1 µs, buffering included: `cargo bench --bench usage`.)
-//! - An SSE stream is read line by line: only `data:` lines that mention the usage key with a
-//!   value other than `null` are parsed, so the chunks of an OpenAI stream with
-//!   `include_usage` (`"usage":null` in every chunk) cost a scan each, not a parse. Counts are
-//!   cumulative: the latest value of each count wins.
+//! - A JSON answer carries its `usage` near the end (OpenAI, Anthropic). At the end the reader
+//!   scans the last `window` bytes backward from the closing brace, tracking strings and depth,
+//!   to the last top-level `"usage"` key, and parses only that key's value: the cost is that of
+//!   the bytes after the key, whatever the size of the answer, and a `"usage"` nested in a
+//!   message or a tool schema is never taken for it. (Parsing a 2 KB answer whole with
+//!   serde_json, even skipping what it does not keep, cost about 3 µs; this costs under 1 µs:
+//!   `cargo bench --bench usage`.)
+//! - An SSE stream carries its counts in its first event (Anthropic's `message_start`) and its
+//!   last ones (OpenAI's usage chunk, Anthropic's final `message_delta`, the Responses API's
+//!   `response.completed`). The first event is read line by line as it passes; the last
+//!   `window` bytes are searched at the end for the lines that mention the usage key, from the
+//!   end, until both counts are found. Only `data:` lines whose usage key has a value other than
+//!   `null` are parsed. Counts are cumulative: the latest value of each count wins. (Reading
+//!   every line as it passed cost 9-12 µs per 200-event stream; this costs 4-7 µs, most of it
+//!   the per-chunk bookkeeping of a stream fed one event per chunk.)
 //!
 //! Counts are whatever the upstream says; this module only finds them.
 
+use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -123,24 +132,34 @@ const AUTO_KEY: &str = "usage";
 
 /// Reads usage from a response body fed chunk by chunk.
 ///
-/// Holds at most `window` bytes: a JSON answer's tail, or the current line of an SSE stream
-/// (a longer line is skipped, not kept). Feeding never fails, never holds a chunk back (it only
-/// reads it) and allocates only to grow that window; parsing happens once at the end for JSON,
-/// and only on lines that carry a usage for SSE. Chunk boundaries may fall anywhere (inside a
-/// key, a number or a UTF-8 sequence): the answer is the same as for the body in one piece.
+/// Holds at most a few `window`s of bytes, and copies almost none of them: the chunks that
+/// cover the body's last `window` bytes are kept by reference (a [`Bytes`] clone), and read
+/// once, at the end. An SSE stream's first event (up to its first `data:` line, at most
+/// `window / 8` bytes) is also read line by line as it passes (Anthropic's `message_start`
+/// carries the input count there), holding at most one line of `window` bytes (a longer line
+/// is skipped, not kept). Feeding never fails and never
+/// holds a chunk back. Chunk boundaries may fall anywhere (inside a key, a number or a UTF-8
+/// sequence): the answer is the same as for the body in one piece.
 #[derive(Debug)]
 pub struct UsageReader {
     kind: BodyKind,
     shape: UsageShape,
     window: usize,
-    /// JSON: the last bytes fed, a ring once `window` long. SSE: the start of the current line.
-    buf: Vec<u8>,
-    /// JSON: once `buf` is full, the index of its oldest byte.
+    /// SSE: the head is the stream's lines up to its first `data:` line (the first event:
+    /// Anthropic's `message_start` carries the input count), and at most this many bytes.
     head: usize,
-    /// SSE: the current line is over `window` bytes and is being skipped.
+    /// SSE: bytes of the head read so far.
+    head_read: usize,
+    /// SSE: the head is over (JSON has none): later chunks go to `tail` only.
+    in_tail: bool,
+    /// SSE, in the head: the start of the current line.
+    line: Vec<u8>,
+    /// SSE, in the head: the current line is over `window` bytes and is being skipped.
     skipping: bool,
-    /// SSE: the latest counts seen.
+    /// SSE: the counts the head's lines reported.
     found: Found,
+    /// The chunks after the head that hold its last `window` bytes.
+    tail: Tail,
 }
 
 impl UsageReader {
@@ -152,19 +171,32 @@ impl UsageReader {
             kind,
             shape,
             window,
-            buf: Vec::new(),
-            head: 0,
+            head: if kind == BodyKind::Sse { window / 8 } else { 0 },
+            head_read: 0,
+            in_tail: kind == BodyKind::Json,
+            line: Vec::new(),
             skipping: false,
             found: Found::default(),
+            tail: Tail::default(),
         }
     }
 
     /// Reads the next chunk of the body.
-    pub fn feed(&mut self, chunk: &[u8]) {
-        match self.kind {
-            BodyKind::Json => self.feed_json(chunk),
-            BodyKind::Sse => self.feed_sse(chunk),
+    pub fn feed(&mut self, chunk: &Bytes) {
+        if self.in_tail {
+            self.tail.keep(chunk.clone(), self.window);
+            return;
         }
+        let used = self.feed_head(chunk);
+        if used < chunk.len() {
+            self.tail.keep(chunk.slice(used..), self.window);
+        }
+    }
+
+    /// The bytes the reader holds (kept chunks and the current head line), for tests.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.line.capacity() + self.tail.len
     }
 
     /// At the end of the body: the usage found, if any. Call it once.
@@ -173,76 +205,88 @@ impl UsageReader {
     /// cut short, or with text after it, has no usage. An SSE stream's last line counts even
     /// without its line end: a stream cut short still reports the usage events it carried.
     pub fn finish(&mut self) -> Option<Usage> {
-        match self.kind {
+        let found = match self.kind {
             BodyKind::Json => {
-                if self.head != 0 {
-                    self.buf.rotate_left(self.head);
-                    self.head = 0;
-                }
-                json_counts(&self.shape, &self.buf).usage()
+                let view = self.tail.view(self.tail.count(), self.window);
+                json_counts(&self.shape, &view.bytes)
             }
             BodyKind::Sse => {
-                if !self.skipping && !self.buf.is_empty() {
-                    sse_line(&self.shape, &mut self.found, &self.buf);
+                if !self.skipping && !self.line.is_empty() {
+                    sse_line(&self.shape, &mut self.found, &self.line);
                 }
-                self.buf.clear();
+                self.line = Vec::new();
                 self.skipping = false;
-                self.found.usage()
+                // The usage event is usually in the last chunk or the one before (`[DONE]` may
+                // come alone): the whole tail is put together (one copy of at most `window`
+                // bytes) only when those do not hold every count.
+                let mut tail = Found::default();
+                for chunks in [1, 2] {
+                    let view = self.tail.view(chunks, self.window);
+                    tail = sse_counts_backward(&self.shape, &view.bytes, !view.starts_line);
+                    if tail.complete() || chunks >= self.tail.count() {
+                        break;
+                    }
+                }
+                if !tail.complete() && self.tail.count() > 2 {
+                    // Forward: the vectorised search finds the few lines that mention a usage
+                    // in one pass (a backward search has no such fast path).
+                    let view = self.tail.view(usize::MAX, self.window);
+                    tail = sse_counts_forward(&self.shape, &view.bytes, !view.starts_line);
+                }
+                let mut found = self.found;
+                found.update(tail);
+                found
             }
-        }
+        };
+        self.tail = Tail::default();
+        found.usage()
     }
 
-    fn feed_json(&mut self, mut chunk: &[u8]) {
-        let cap = self.window;
-        if chunk.len() >= cap {
-            self.buf.clear();
-            push_within(&mut self.buf, &chunk[chunk.len() - cap..], cap);
-            self.head = 0;
-            return;
-        }
-        if self.buf.len() < cap {
-            let n = chunk.len().min(cap - self.buf.len());
-            push_within(&mut self.buf, &chunk[..n], cap);
-            chunk = &chunk[n..];
-            self.head = 0;
-        }
-        // Full: overwrite the oldest bytes, at most twice around the end of the ring.
-        while !chunk.is_empty() {
-            let n = chunk.len().min(cap - self.head);
-            self.buf[self.head..self.head + n].copy_from_slice(&chunk[..n]);
-            self.head = (self.head + n) % cap;
-            chunk = &chunk[n..];
-        }
-    }
-
-    fn feed_sse(&mut self, mut chunk: &[u8]) {
-        while let Some(nl) = find_byte(chunk, b'\n') {
-            let part = &chunk[..nl];
-            chunk = &chunk[nl + 1..];
+    /// Reads the lines of an SSE stream's head in `chunk`; returns how many bytes of the chunk
+    /// it used (all of them while the head lasts; up to the line end that ends it).
+    fn feed_head(&mut self, chunk: &[u8]) -> usize {
+        let mut rest = chunk;
+        while let Some(nl) = find_byte(rest, b'\n') {
+            let part = &rest[..nl];
+            rest = &rest[nl + 1..];
+            // Whether this line was the stream's first `data:` line.
+            let mut data = false;
             if self.skipping {
                 self.skipping = false;
-            } else if self.buf.is_empty() {
+            } else if self.line.is_empty() {
                 // The whole line is in this chunk: read it in place.
                 if part.len() <= self.window {
                     sse_line(&self.shape, &mut self.found, part);
+                    data = part.starts_with(b"data:");
                 }
             } else {
-                if self.buf.len() + part.len() <= self.window {
-                    push_within(&mut self.buf, part, self.window);
-                    sse_line(&self.shape, &mut self.found, &self.buf);
+                if self.line.len() + part.len() <= self.window {
+                    push_within(&mut self.line, part, self.window);
+                    sse_line(&self.shape, &mut self.found, &self.line);
+                    data = self.line.starts_with(b"data:");
                 }
-                self.buf.clear();
+                self.line.clear();
+            }
+            let used = chunk.len() - rest.len();
+            if data || self.head_read + used >= self.head {
+                // The head ends at a line end: the tail starts with a whole line.
+                self.in_tail = true;
+                self.line = Vec::new();
+                self.head_read += used;
+                return used;
             }
         }
-        if chunk.is_empty() || self.skipping {
-            return;
+        self.head_read += chunk.len();
+        if rest.is_empty() || self.skipping {
+            return chunk.len();
         }
-        if self.buf.len() + chunk.len() <= self.window {
-            push_within(&mut self.buf, chunk, self.window);
+        if self.line.len() + rest.len() <= self.window {
+            push_within(&mut self.line, rest, self.window);
         } else {
-            self.buf.clear();
+            self.line.clear();
             self.skipping = true;
         }
+        chunk.len()
     }
 }
 
@@ -257,6 +301,134 @@ fn push_within(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
     buf.extend_from_slice(bytes);
 }
 
+/// The last chunks of a body, kept by reference: enough of them to hold its last `window`
+/// bytes, and no more. The newest chunk is held whole; an older one over twice what the window
+/// still needs of it is cut to that (copied), so what is held beyond the newest chunk stays
+/// within two windows. The newest chunk has a place of its own, so a body of one chunk
+/// allocates nothing here.
+#[derive(Debug, Default)]
+struct Tail {
+    /// The older chunks, oldest first.
+    older: VecDeque<Piece>,
+    /// The newest chunk.
+    last: Option<Piece>,
+    /// The bytes held.
+    len: usize,
+    /// The last byte kept so far, held or not.
+    last_byte: Option<u8>,
+}
+
+/// A kept chunk, and the byte of the body just before it (`None`: it starts the tail, which
+/// starts a line).
+#[derive(Debug)]
+struct Piece {
+    bytes: Bytes,
+    before: Option<u8>,
+}
+
+/// Bytes of the tail, and whether they start a line.
+struct View<'t> {
+    bytes: Cow<'t, [u8]>,
+    starts_line: bool,
+}
+
+impl Tail {
+    /// Keeps `chunk`, and drops the oldest chunks the last `window` bytes no longer need.
+    fn keep(&mut self, chunk: Bytes, window: usize) {
+        let Some(&end) = chunk.last() else {
+            return;
+        };
+        let before = std::mem::replace(&mut self.last_byte, Some(end));
+        if window == 0 {
+            return;
+        }
+        self.len += chunk.len();
+        let newest = chunk.len();
+        let piece = Piece {
+            bytes: chunk,
+            before,
+        };
+        if let Some(previous) = self.last.replace(piece) {
+            // No longer the newest: of a large chunk only the end the window may need is
+            // kept, copied (the newest is held whole, uncopied: at the end of the body it is
+            // read in place, whatever its size).
+            let need = window.saturating_sub(newest);
+            let b = &previous.bytes;
+            if need == 0 {
+                self.len -= b.len();
+            } else if b.len() > 2 * need {
+                self.len -= b.len() - need;
+                let from = b.len() - need;
+                self.older.push_back(Piece {
+                    bytes: Bytes::copy_from_slice(&b[from..]),
+                    before: Some(b[from - 1]),
+                });
+            } else {
+                self.older.push_back(previous);
+            }
+        }
+        while let Some(oldest) = self.older.front() {
+            if self.len - oldest.bytes.len() < window {
+                break;
+            }
+            self.len -= oldest.bytes.len();
+            self.older.pop_front();
+        }
+    }
+
+    /// How many chunks are held.
+    fn count(&self) -> usize {
+        self.older.len() + usize::from(self.last.is_some())
+    }
+
+    /// The last `window` bytes of the newest `chunks` chunks: borrowed when that is one chunk,
+    /// copied together otherwise.
+    fn view(&self, chunks: usize, window: usize) -> View<'_> {
+        let Some(last) = self.last.as_ref() else {
+            return View {
+                bytes: Cow::Borrowed(&[]),
+                starts_line: true,
+            };
+        };
+        let older = chunks.saturating_sub(1).min(self.older.len());
+        let pieces = self.older.range(self.older.len() - older..).chain([last]);
+        let len: usize = pieces.clone().map(|p| p.bytes.len()).sum();
+        let mut skip = len.saturating_sub(window);
+        // The byte before the view: in its first piece when that is cut, else before it.
+        let mut starts_line = true;
+        for p in pieces.clone() {
+            if skip < p.bytes.len() {
+                let before = if skip > 0 {
+                    Some(p.bytes[skip - 1])
+                } else {
+                    p.before
+                };
+                starts_line = before.is_none_or(|b| b == b'\n');
+                break;
+            }
+            skip -= p.bytes.len();
+        }
+        if older == 0 {
+            let b = &last.bytes;
+            return View {
+                bytes: Cow::Borrowed(&b[b.len().saturating_sub(window)..]),
+                starts_line,
+            };
+        }
+        let mut skip = len.saturating_sub(window);
+        let mut out = Vec::with_capacity(len - skip);
+        for p in pieces {
+            let n = skip.min(p.bytes.len());
+            skip -= n;
+            out.extend_from_slice(&p.bytes[n..]);
+        }
+        View {
+            bytes: Cow::Owned(out),
+            starts_line,
+        }
+    }
+}
+
 /// Counts found so far; `None` is "not seen", which differs from 0 only until the end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Found {
@@ -269,6 +441,11 @@ impl Found {
     fn update(&mut self, newer: Found) {
         self.input = newer.input.or(self.input);
         self.output = newer.output.or(self.output);
+    }
+
+    /// Whether both counts were seen.
+    fn complete(&self) -> bool {
+        self.input.is_some() && self.output.is_some()
     }
 
     /// A usage if at least one count was seen; the missing one is 0.
@@ -423,12 +600,98 @@ fn walk<'v>(mut v: &'v Value, path: &str) -> Option<&'v Value> {
 /// Reads one SSE line (without its `\n`): a `data:` line that mentions a usage key with a value
 /// other than `null` is parsed, and its counts update `found`.
 fn sse_line(shape: &UsageShape, found: &mut Found, line: &[u8]) {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(data) = line.strip_prefix(b"data:") else {
-        return;
+    if let Some(newer) = sse_counts(shape, line) {
+        found.update(newer);
+    }
+}
+
+/// The counts of the SSE lines in `view` (the end of a stream), the latest value of each
+/// winning, found from the end: only lines that hold a usage key are looked at, and the scan
+/// stops once both counts are found. `cut`: `view` starts inside a line, which is not read.
+fn sse_counts_backward(shape: &UsageShape, view: &[u8], cut: bool) -> Found {
+    let mut found = Found::default();
+    let mut end = view.len();
+    while let Some(at) = last_mention(shape, &view[..end]) {
+        let start = memchr::memrchr(b'\n', &view[..at]).map_or(0, |i| i + 1);
+        if start == 0 && cut {
+            break;
+        }
+        let stop = find_byte(&view[at..end], b'\n').map_or(end, |i| at + i);
+        if let Some(newer) = sse_counts(shape, &view[start..stop]) {
+            // Older lines only fill what newer ones did not say.
+            found.input = found.input.or(newer.input);
+            found.output = found.output.or(newer.output);
+            if found.complete() {
+                break;
+            }
+        }
+        if start == 0 {
+            break;
+        }
+        end = start - 1;
+    }
+    found
+}
+
+/// The counts of the SSE lines in `view` (the end of a stream), read in order, the latest value
+/// of each winning: the same answer as [`sse_counts_backward`], for a view where that one
+/// would not stop early. `cut`: `view` starts inside a line, which is not read.
+fn sse_counts_forward(shape: &UsageShape, view: &[u8], cut: bool) -> Found {
+    let mut found = Found::default();
+    let mut from = if cut {
+        find_byte(view, b'\n').map_or(view.len(), |i| i + 1)
+    } else {
+        0
     };
+    while let Some(at) = first_mention(shape, &view[from..]).map(|i| from + i) {
+        // `from` starts a line, so the line of `at` starts at or after it.
+        let start = memchr::memrchr(b'\n', &view[from..at]).map_or(from, |i| from + i + 1);
+        let stop = find_byte(&view[at..], b'\n').map_or(view.len(), |i| at + i);
+        if let Some(newer) = sse_counts(shape, &view[start..stop]) {
+            found.update(newer);
+        }
+        from = (stop + 1).min(view.len());
+    }
+    found
+}
+
+/// Where the first mention of the shape's usage key(s) in `hay` starts (a searcher built once
+/// for `usage`).
+fn first_mention(shape: &UsageShape, hay: &[u8]) -> Option<usize> {
+    match shape {
+        UsageShape::Auto => find_key(hay, AUTO_KEY.as_bytes()),
+        UsageShape::Paths { input, output } => {
+            let a = memchr::memmem::find(hay, first_key(input).as_bytes());
+            let b = memchr::memmem::find(hay, first_key(output).as_bytes());
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+    }
+}
+
+/// Where the last mention of the shape's usage key(s) in `hay` starts (a searcher built once
+/// for `usage`).
+fn last_mention(shape: &UsageShape, hay: &[u8]) -> Option<usize> {
+    static USAGE: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(AUTO_KEY.as_bytes()));
+    match shape {
+        UsageShape::Auto => USAGE.rfind(hay),
+        UsageShape::Paths { input, output } => {
+            let a = memchr::memmem::rfind(hay, first_key(input).as_bytes());
+            let b = memchr::memmem::rfind(hay, first_key(output).as_bytes());
+            a.max(b)
+        }
+    }
+}
+
+/// The counts one SSE line reports, if it is a `data:` line whose JSON holds a usage.
+fn sse_counts(shape: &UsageShape, line: &[u8]) -> Option<Found> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let data = line.strip_prefix(b"data:")?;
     let data = data.strip_prefix(b" ").unwrap_or(data);
-    let newer = match shape {
+    match shape {
         UsageShape::Auto if mentions(data, AUTO_KEY) => read_document(data, &AUTO_PATHS, true),
         UsageShape::Paths { input, output } => {
             let (a, b) = (first_key(input), first_key(output));
@@ -439,9 +702,6 @@ fn sse_line(shape: &UsageShape, found: &mut Found, line: &[u8]) {
             }
         }
         UsageShape::Auto => None,
-    };
-    if let Some(newer) = newer {
-        found.update(newer);
     }
 }
 
@@ -731,9 +991,16 @@ mod tests {
         chunks: &[&[u8]],
     ) -> Option<Usage> {
         let mut r = UsageReader::new(kind, shape.clone(), window);
+        let mut largest = 0;
         for c in chunks {
-            r.feed(c);
-            assert!(r.buf.len() <= window && r.buf.capacity() <= window.max(1) * 2);
+            r.feed(&Bytes::copy_from_slice(c));
+            largest = largest.max(c.len());
+            // A head line, the newest chunk, and older chunks within two windows.
+            assert!(
+                r.held() <= 3 * window + largest,
+                "{} held, window {window}",
+                r.held()
+            );
         }
         r.finish()
     }
@@ -1145,6 +1412,94 @@ mod tests {
         );
     }
 
+    /// `n` OpenAI content chunks of about 150 bytes each.
+    fn openai_chunks(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!(r#"data: {{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{{"index":0,"delta":{{"content":"token {i:04}"}},"finish_reason":null}}]}}"#))
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_longer_than_the_window_is_read_from_its_head_and_tail() {
+        let window = 1024; // a head of 128 bytes
+                           // OpenAI: the usage is in the last event, which the tail holds.
+        let mut events = openai_chunks(40);
+        events.push(
+            r#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12}}"#.into(),
+        );
+        events.push("data: [DONE]".into());
+        let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+        let body = sse(&refs, "\n");
+        assert!(body.len() > 5 * window);
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, window, &body),
+            usage(9, 12)
+        );
+        // Anthropic: the input count is in message_start (the head), the output count in the
+        // last message_delta (the tail); an earlier message_delta in the tail is older.
+        let start = anthropic_stream()[0];
+        let mut events = vec![start.to_string()];
+        for (i, chunk) in openai_chunks(40).iter().enumerate() {
+            events.push(chunk.clone());
+            if i == 35 {
+                events.push(
+                    "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}"
+                        .into(),
+                );
+            }
+        }
+        events.push(
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}"
+                .into(),
+        );
+        events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}".into());
+        let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+        for end in ["\n", "\r\n"] {
+            let body = sse(&refs, end);
+            assert_eq!(
+                read_any_split(BodyKind::Sse, &UsageShape::Auto, window, &body),
+                usage(25, 15)
+            );
+        }
+        // Without its last message_delta, the older one in the tail is the output count.
+        let body = sse(&refs[..refs.len() - 2], "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, window, &body),
+            usage(25, 7)
+        );
+        // The same with custom paths.
+        let shape = paths("message.usage.input_tokens", "usage.output_tokens");
+        let body = sse(&refs, "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &shape, window, &body),
+            usage(25, 15)
+        );
+    }
+
+    #[test]
+    fn a_usage_between_the_head_and_the_last_window_is_not_seen() {
+        // The documented limit: counts reported only in the middle of a long stream (no
+        // known provider does this) are missed; a stream without usage costs one backward
+        // search of the tail and finds nothing.
+        let window = 1024;
+        let mut events = openai_chunks(40);
+        events.insert(
+            20,
+            r#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12}}"#.into(),
+        );
+        let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+        let body = sse(&refs, "\n");
+        assert_eq!(
+            read_any_split(BodyKind::Sse, &UsageShape::Auto, window, &body),
+            None
+        );
+        assert_eq!(
+            read(BodyKind::Sse, &UsageShape::Auto, body.len(), &body),
+            usage(9, 12),
+            "a window over the whole stream sees it"
+        );
+    }
+
     #[test]
     fn openai_responses_sse() {
         let events = [
@@ -1207,8 +1562,8 @@ mod tests {
         // The long line is never held: the buffer stays within the window.
         let mut r = UsageReader::new(BodyKind::Sse, UsageShape::Auto, window);
         for c in body.as_bytes().chunks(7) {
-            r.feed(c);
-            assert!(r.buf.len() <= window);
+            r.feed(&Bytes::copy_from_slice(c));
+            assert!(r.line.len() <= window && r.held() <= 3 * window + 7);
         }
         assert_eq!(r.finish(), usage(5, 6));
         // A long last line without its line end is skipped as well.
@@ -1241,12 +1596,21 @@ mod tests {
         let body = big_openai(100_000);
         let mut r = UsageReader::new(BodyKind::Json, UsageShape::Auto, 4096);
         for c in body.as_bytes().chunks(1000) {
-            r.feed(c);
-            assert!(r.buf.capacity() <= 4096);
+            r.feed(&Bytes::copy_from_slice(c));
+            assert!(r.held() <= 4096 + 1000);
         }
         assert_eq!(r.finish(), usage(19, 10));
+        // A chunk much larger than the window is held whole while it is the newest (it is
+        // read in place at the end), and cut to what the window needs once another follows.
+        let mut r = UsageReader::new(BodyKind::Json, UsageShape::Auto, 4096);
+        let (start, end) = body.split_at(body.len() - 1000);
+        r.feed(&Bytes::copy_from_slice(start.as_bytes()));
+        assert_eq!(r.held(), start.len());
+        r.feed(&Bytes::copy_from_slice(end.as_bytes()));
+        assert_eq!(r.held(), 4096);
+        assert_eq!(r.finish(), usage(19, 10));
         let mut r = UsageReader::new(BodyKind::Json, UsageShape::Auto, 0);
-        r.feed(OPENAI_JSON.as_bytes());
+        r.feed(&Bytes::from_static(OPENAI_JSON.as_bytes()));
         assert_eq!(r.finish(), None, "a zero window reads nothing");
     }
 
@@ -1320,7 +1684,7 @@ mod tests {
                     let mut rest = &body[..];
                     while !rest.is_empty() {
                         let n = rng.usize(1..=rest.len().min(50));
-                        r.feed(&rest[..n]);
+                        r.feed(&Bytes::copy_from_slice(&rest[..n]));
                         rest = &rest[n..];
                     }
                     let _ = r.finish();

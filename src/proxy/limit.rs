@@ -69,12 +69,39 @@ pub async fn enforce(
     Ok(true)
 }
 
-/// `response_filter`: the RateLimit headers of the decision taken for this request.
+/// `response_filter` (and a token budget's 429): the RateLimit fields of the request limits'
+/// decision and of the token budgets' (`policy: tokens`) for this request.
 pub fn response_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_core::Result<()> {
-    match &ctx.limit {
-        Some(applied) => add_headers(resp, applied, ctx.config.legacy_ratelimit_headers),
-        None => Ok(()),
+    let tokens = ctx.tokens.as_ref().and_then(|t| t.decision.as_ref());
+    if ctx.limit.is_none() && tokens.is_none() {
+        return Ok(());
     }
+    // One value per field, request limits first, then the token budgets: built once and
+    // inserted once, rather than inserted and then rewritten.
+    let mut policy = String::with_capacity(128);
+    let mut state = String::with_capacity(128);
+    if let Some(applied) = &ctx.limit {
+        headers::push_policy(&mut policy, &applied.limits);
+        headers::push_ratelimit(&mut state, &applied.decision);
+    }
+    if let Some((decision, limits)) = tokens {
+        headers::push_token_policy(&mut policy, limits);
+        headers::push_token_items(&mut state, decision);
+    }
+    if !policy.is_empty() {
+        resp.insert_header(headers::RATELIMIT_POLICY, policy)?;
+    }
+    if !state.is_empty() {
+        resp.insert_header(headers::RATELIMIT, state)?;
+    }
+    if let Some(applied) = ctx
+        .limit
+        .as_ref()
+        .filter(|_| ctx.config.legacy_ratelimit_headers)
+    {
+        add_legacy(resp, applied)?;
+    }
+    Ok(())
 }
 
 /// Decide for `caller` on `route`. `None`: this request is not rate limited.
@@ -132,9 +159,15 @@ pub fn add_headers(
         headers::ratelimit_header(&applied.decision),
     )?;
     if legacy {
-        for (name, value) in headers::x_ratelimit(&applied.decision, &applied.limits) {
-            resp.insert_header(name, value)?;
-        }
+        add_legacy(resp, applied)?;
+    }
+    Ok(())
+}
+
+/// The legacy `X-RateLimit-*` trio.
+fn add_legacy(resp: &mut ResponseHeader, applied: &Applied) -> pingora_core::Result<()> {
+    for (name, value) in headers::x_ratelimit(&applied.decision, &applied.limits) {
+        resp.insert_header(name, value)?;
     }
     Ok(())
 }

@@ -269,8 +269,7 @@ impl ProxyHttp for Tollgate {
         tokens::from_cache(session, upstream_response, ctx);
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         ctx.add_timing_headers(upstream_response)?;
-        limit::response_headers(upstream_response, ctx)?;
-        tokens::response_headers(upstream_response, ctx)
+        limit::response_headers(upstream_response, ctx)
     }
 
     fn response_body_filter(

@@ -87,7 +87,6 @@ pub async fn enforce(
     let mut h = ResponseHeader::build(429, Some(8))?;
     h.insert_header(headers::RETRY_AFTER, decision.retry_after_secs.to_string())?;
     super::limit::response_headers(&mut h, ctx)?;
-    response_headers(&mut h, ctx)?;
     let body = serde_json::json!({
         "error": "token_budget_exhausted",
         "status": 429,
@@ -109,38 +108,14 @@ pub async fn enforce(
     Ok(true)
 }
 
-/// `response_filter` (and a token 429): the token items of the RateLimit fields, after the
-/// request limits' items.
-pub fn response_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_core::Result<()> {
-    let Some((decision, limits)) = ctx.tokens.as_ref().and_then(|t| t.decision.as_ref()) else {
-        return Ok(());
-    };
-    for (name, items) in [
-        (
-            headers::RATELIMIT_POLICY,
-            headers::token_policy_items(limits),
-        ),
-        (headers::RATELIMIT, headers::token_items(decision)),
-    ] {
-        if items.is_empty() {
-            continue;
-        }
-        let value = match resp.headers.get(name).and_then(|v| v.to_str().ok()) {
-            Some(v) if !v.is_empty() => format!("{v}, {items}"),
-            _ => items,
-        };
-        resp.insert_header(name, value)?;
-    }
-    Ok(())
-}
-
 /// `request_body_filter`: keep the start of the body until its `model` is found.
 pub fn request_body(ctx: &mut RequestCtx, chunk: Option<&Bytes>) {
     if ctx.route.as_ref().is_none_or(|r| r.tokens.is_none()) {
         return;
     }
     let t = ctx.tokens.get_or_insert_with(Default::default);
-    if t.model.is_some() {
+    if t.model.is_some() || (chunk.is_none() && t.prefix.is_empty()) {
+        // Found, or a request without a body.
         return;
     }
     if let Some(chunk) = chunk {

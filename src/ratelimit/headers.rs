@@ -20,73 +20,87 @@ pub const RETRY_AFTER: &str = "retry-after";
 /// unlimited). It depends on the limits only: callers may build it once per policy and reuse it.
 pub fn policy_header(limits: &Limits) -> String {
     let mut v = String::with_capacity(64);
-    v.push_str("\"burst\";q=");
-    push_u64(&mut v, u64::from(limits.burst));
-    v.push_str(";w=1");
-    if let Some(daily) = limits.daily {
-        v.push_str(", \"daily\";q=");
-        push_u64(&mut v, daily);
-        v.push_str(";w=86400");
-    }
+    push_policy(&mut v, limits);
     v
+}
+
+/// Appends the items of [`policy_header`] to `out` (after a `, ` when `out` holds items).
+pub fn push_policy(out: &mut String, limits: &Limits) {
+    separate(out);
+    out.push_str("\"burst\";q=");
+    push_u64(out, u64::from(limits.burst));
+    out.push_str(";w=1");
+    if let Some(daily) = limits.daily {
+        out.push_str(", \"daily\";q=");
+        push_u64(out, daily);
+        out.push_str(";w=86400");
+    }
 }
 
 /// `RateLimit`, e.g. `"burst";r=19;t=1, "daily";r=999;t=43200` (no daily item when unlimited).
 pub fn ratelimit_header(d: &Decision) -> String {
     let mut v = String::with_capacity(64);
-    v.push_str("\"burst\";r=");
-    push_u64(&mut v, d.burst_remaining);
-    v.push_str(";t=");
-    push_u64(&mut v, d.burst_reset_secs);
-    if let Some(remaining) = d.daily_remaining {
-        v.push_str(", \"daily\";r=");
-        push_u64(&mut v, remaining);
-        v.push_str(";t=");
-        push_u64(&mut v, d.daily_reset_secs);
-    }
+    push_ratelimit(&mut v, d);
     v
 }
 
-/// The token budgets' items of `RateLimit-Policy`: `"tokens";q=<per minute>;w=60` and
-/// `"tokens-daily";q=<per day>;w=86400`, each when it applies ("" when none does).
-pub fn token_policy_items(limits: &super::tokens::TokenLimits) -> String {
-    let mut v = String::with_capacity(64);
+/// Appends the items of [`ratelimit_header`] to `out` (after a `, ` when `out` holds items).
+pub fn push_ratelimit(out: &mut String, d: &Decision) {
+    separate(out);
+    out.push_str("\"burst\";r=");
+    push_u64(out, d.burst_remaining);
+    out.push_str(";t=");
+    push_u64(out, d.burst_reset_secs);
+    if let Some(remaining) = d.daily_remaining {
+        out.push_str(", \"daily\";r=");
+        push_u64(out, remaining);
+        out.push_str(";t=");
+        push_u64(out, d.daily_reset_secs);
+    }
+}
+
+/// Appends the token budgets' items of `RateLimit-Policy` to `out` (after a `, ` when `out`
+/// already holds items): `"tokens";q=<per minute>;w=60` and `"tokens-daily";q=<per day>;w=86400`.
+pub fn push_token_policy(out: &mut String, limits: &super::tokens::TokenLimits) {
     if let Some(q) = limits.per_minute {
-        v.push_str("\"tokens\";q=");
-        push_u64(&mut v, q);
-        v.push_str(";w=60");
+        separate(out);
+        out.push_str("\"tokens\";q=");
+        push_u64(out, q);
+        out.push_str(";w=60");
     }
     if let Some(q) = limits.per_day {
-        if !v.is_empty() {
-            v.push_str(", ");
-        }
-        v.push_str("\"tokens-daily\";q=");
-        push_u64(&mut v, q);
-        v.push_str(";w=86400");
+        separate(out);
+        out.push_str("\"tokens-daily\";q=");
+        push_u64(out, q);
+        out.push_str(";w=86400");
     }
-    v
 }
 
-/// The token budgets' items of `RateLimit`: `"tokens";r=<left>;t=<secs to full>` and
+/// Appends the token budgets' items of `RateLimit` to `out` (after a `, ` when `out` already
+/// holds items): `"tokens";r=<left>;t=<secs to full>` and
 /// `"tokens-daily";r=<left today>;t=<secs to midnight>`.
-pub fn token_items(d: &super::tokens::TokenDecision) -> String {
-    let mut v = String::with_capacity(64);
+pub fn push_token_items(out: &mut String, d: &super::tokens::TokenDecision) {
     if let Some(r) = d.minute_remaining {
-        v.push_str("\"tokens\";r=");
-        push_u64(&mut v, r);
-        v.push_str(";t=");
-        push_u64(&mut v, d.minute_reset_secs);
+        separate(out);
+        out.push_str("\"tokens\";r=");
+        push_u64(out, r);
+        out.push_str(";t=");
+        push_u64(out, d.minute_reset_secs);
     }
     if let Some(r) = d.day_remaining {
-        if !v.is_empty() {
-            v.push_str(", ");
-        }
-        v.push_str("\"tokens-daily\";r=");
-        push_u64(&mut v, r);
-        v.push_str(";t=");
-        push_u64(&mut v, d.day_reset_secs);
+        separate(out);
+        out.push_str("\"tokens-daily\";r=");
+        push_u64(out, r);
+        out.push_str(";t=");
+        push_u64(out, d.day_reset_secs);
     }
-    v
+}
+
+/// The `, ` between two items of a list field.
+fn separate(out: &mut String) {
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
 }
 
 /// `Retry-After` in seconds, for a refusal only.
