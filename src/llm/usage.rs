@@ -338,7 +338,7 @@ impl Tail {
         let Some(&end) = chunk.last() else {
             return;
         };
-        let before = std::mem::replace(&mut self.last_byte, Some(end));
+        let before = self.last_byte.replace(end);
         if window == 0 {
             return;
         }
