@@ -426,6 +426,72 @@ async fn stalled_bodies_get_408_and_blame_no_upstream() {
     .await;
 }
 
+/// A body that trickles in, each piece well inside `client_body_timeout`, is cut with 408 once
+/// it falls behind `client_body_min_rate` (it may take the timeout plus a second per
+/// `min_rate` bytes); a slow body that keeps the rate arrives whole.
+#[tokio::test]
+async fn a_body_below_the_minimum_rate_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start().await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .server("client_body_timeout", "500ms")
+        .server("client_body_min_rate", "100")
+        .start()
+        .await;
+    let s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    // One byte every 100 ms: 10 bytes/s against 100, each gap a fifth of the read timeout.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_string(&mut answer)).await;
+    trickle.abort();
+    assert_eq!(status_of(&answer), "408", "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    assert!(answer.contains("client_body_min_rate"), "{answer}");
+    tg.expect_metric(
+        "tollgate_requests_refused_total",
+        &[("route", "api"), ("reason", "client_timeout")],
+        1.0,
+    )
+    .await;
+
+    // 1,000 bytes in four pieces 200 ms apart: slow, but over the rate.
+    let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    s.write_all(
+        b"POST /steady HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(&[b'y'; 250]).await.unwrap();
+    }
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    assert!(app
+        .requests()
+        .iter()
+        .any(|r| r.path == "/steady" && r.body_len == 1000));
+}
+
 /// `request_buffering`: a body that fits is read before the upstream is contacted. A stalled
 /// one gets 408 and the upstream is never even connected to (without buffering, it is
 /// connected and sent the request); complete bodies, slow ones and ones too large to buffer

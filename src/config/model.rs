@@ -408,6 +408,11 @@ pub struct ServerConfig {
     pub keepalive_timeout: ConfigDuration,
     /// Longest wait for the next piece of a request body; past it the client gets `408`.
     pub client_body_timeout: ConfigDuration,
+    /// Slowest a request body may arrive, in bytes per second (`0`: no minimum). A body may
+    /// take `client_body_timeout` plus one second per this many bytes received (Apache's
+    /// `RequestReadTimeout body=..,MinRate=..`); past that, `408`. Checked as each piece
+    /// arrives.
+    pub client_body_min_rate: ByteSize,
     /// Longest request target (path and query); longer gets `414`.
     pub max_uri_length: ByteSize,
     /// Most bytes of request header fields (names and values); more gets `431`.
@@ -441,6 +446,7 @@ impl Default for ServerConfig {
             reload_settle: ConfigDuration::from_secs(1),
             keepalive_timeout: ConfigDuration::from_secs(60),
             client_body_timeout: ConfigDuration::from_secs(30),
+            client_body_min_rate: ByteSize(500),
             max_uri_length: ByteSize(8 * 1024),
             max_header_size: ByteSize(32 * 1024),
             max_headers: 100,

@@ -80,6 +80,8 @@ pub struct ClientLimits {
     pub keepalive_timeout: Duration,
     /// Longest wait for the next piece of a request body.
     pub body_timeout: Duration,
+    /// Slowest a body may arrive, bytes per second (0: no minimum).
+    pub body_min_rate: u64,
     /// Longest request target.
     pub max_uri_length: usize,
     /// Most bytes of header names and values.
@@ -121,6 +123,7 @@ impl Startup {
                 client: ClientLimits {
                     keepalive_timeout: s.keepalive_timeout.get(),
                     body_timeout: s.client_body_timeout.get(),
+                    body_min_rate: s.client_body_min_rate.0,
                     max_uri_length: s.max_uri_length.0 as usize,
                     max_header_size: s.max_header_size.0 as usize,
                     max_headers: s.max_headers,

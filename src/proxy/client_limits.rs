@@ -1,8 +1,8 @@
 //! What a client may send, and how slowly: the request target's length (`414`), the header
 //! fields' size and count (`431`), a route's largest body (`413`, at once for a declared
 //! `Content-Length`, when a chunked body passes it otherwise), the idle time between requests
-//! on a kept-alive connection, and the wait for each piece of a body (`408`, the client's
-//! fault: never counted against an upstream).
+//! on a kept-alive connection, the wait for each piece of a body and the slowest rate a body
+//! may arrive at (`408`, the client's fault: never counted against an upstream).
 
 use super::ctx::RequestCtx;
 use super::errors::{self, ProxyError};
@@ -13,6 +13,9 @@ pub use crate::config::ClientLimits;
 
 /// The Pingora error type of a body cut for passing the route's `max_request_body`.
 pub const BODY_TOO_LARGE: &str = "request_body_too_large";
+
+/// The Pingora error type of a body cut for arriving slower than `client_body_min_rate`.
+pub const BODY_TOO_SLOW: &str = "request_body_too_slow";
 
 /// `early_request_filter`: the connection's keep-alive idle time and body read timeout.
 pub fn apply_timeouts(session: &mut Session, ctx: &RequestCtx) {
@@ -101,9 +104,14 @@ pub async fn buffer_body(session: &mut Session, ctx: &mut RequestCtx) -> pingora
         _ => return Ok(()),
     }
     session.as_mut().enable_retry_buffering();
+    // Counted apart: the body filter counts these bytes again when they are sent on.
+    let mut read = 0;
     loop {
         match session.read_request_body().await {
-            Ok(Some(_)) => {}
+            Ok(Some(chunk)) => {
+                read += chunk.len() as u64;
+                check_rate(ctx, read)?;
+            }
             Ok(None) => return Ok(()),
             Err(mut e) => {
                 // A stall or a reset while reading: the client's doing, never an endpoint's.
@@ -114,24 +122,55 @@ pub async fn buffer_body(session: &mut Session, ctx: &mut RequestCtx) -> pingora
     }
 }
 
-/// `request_body_filter`: count a body without a declared length against the route's limit.
+/// `request_body_filter`: count the body against the route's limit (a body without a declared
+/// length is only known too large as it passes it) and against the minimum rate.
 pub fn count_body(ctx: &mut RequestCtx, chunk: Option<&bytes::Bytes>) -> pingora_core::Result<()> {
-    let Some(max) = ctx.route.as_ref().and_then(|r| r.max_request_body) else {
+    let Some(n) = chunk.map(|c| c.len() as u64).filter(|&n| n > 0) else {
         return Ok(());
     };
-    ctx.body_bytes += chunk.map_or(0, |c| c.len() as u64);
-    if ctx.body_bytes > max {
-        ctx.own_error = Some(ProxyError::BodyTooLarge.code());
-        // The client's fault: marked as from downstream, so no endpoint is blamed for it.
-        return Err(Error::create(
-            ErrorType::Custom(BODY_TOO_LARGE),
-            ErrorSource::Downstream,
-            Some(
-                format!("the request body passed this route's max_request_body ({max} bytes)")
-                    .into(),
-            ),
-            None,
-        ));
+    ctx.body_bytes += n;
+    if let Some(max) = ctx.route.as_ref().and_then(|r| r.max_request_body) {
+        if ctx.body_bytes > max {
+            ctx.own_error = Some(ProxyError::BodyTooLarge.code());
+            // The client's fault: marked as from downstream, so no endpoint is blamed for it.
+            return Err(Error::create(
+                ErrorType::Custom(BODY_TOO_LARGE),
+                ErrorSource::Downstream,
+                Some(
+                    format!("the request body passed this route's max_request_body ({max} bytes)")
+                        .into(),
+                ),
+                None,
+            ));
+        }
     }
-    Ok(())
+    check_rate(ctx, ctx.body_bytes)
+}
+
+/// `received` body bytes against `server.client_body_min_rate`: the body may take `client_body_timeout`
+/// plus a second per `min_rate` bytes received, from the start of the request. A body that
+/// trickles in just inside `client_body_timeout` per piece is cut here (the client's fault:
+/// `408`, no endpoint blamed).
+fn check_rate(ctx: &RequestCtx, received: u64) -> pingora_core::Result<()> {
+    let limits = &ctx.config.startup.server.client;
+    if limits.body_min_rate == 0 {
+        return Ok(());
+    }
+    let allowed = limits.body_timeout.as_secs_f64() + received as f64 / limits.body_min_rate as f64;
+    let took = ctx.started.elapsed().as_secs_f64();
+    if took <= allowed {
+        return Ok(());
+    }
+    Err(Error::create(
+        ErrorType::Custom(BODY_TOO_SLOW),
+        ErrorSource::Downstream,
+        Some(
+            format!(
+                "{received} body bytes in {took:.1}s: slower than server.client_body_min_rate ({} bytes/s)",
+                limits.body_min_rate
+            )
+            .into(),
+        ),
+        None,
+    ))
 }

@@ -80,6 +80,7 @@ impl ProxyError {
             HTTPStatus(400) => return Some(ProxyError::BadRequest),
             Custom(CIRCUIT_OPEN) => return Some(ProxyError::CircuitOpen),
             Custom(super::client_limits::BODY_TOO_LARGE) => return Some(ProxyError::BodyTooLarge),
+            Custom(super::client_limits::BODY_TOO_SLOW) => return Some(ProxyError::ClientTimeout),
             ConnectTimedout | ReadTimedout | WriteTimedout if from_upstream => {
                 return Some(ProxyError::UpstreamTimeout);
             }
@@ -194,7 +195,7 @@ pub async fn fail_to_proxy(
                 }
                 ProxyError::BadRequest => "malformed request".to_string(),
                 ProxyError::ClientTimeout => {
-                    "the request body did not arrive in time (server.client_body_timeout)"
+                    "the request body did not arrive in time (server.client_body_timeout, client_body_min_rate)"
                         .to_string()
                 }
                 ProxyError::BodyTooLarge => {
