@@ -1,18 +1,24 @@
 //! Client connections before any request: the caps on how many may be open (for the whole
-//! process and per client IP) and the deadline for a request header once its first byte came.
-//! Pingora has neither: it times out each read of a header, so a client sending one byte every
-//! few seconds held its connection forever, and it accepts every connection it is offered.
+//! process and per client IP), the deadline for a request header once its first byte came,
+//! and the wait between requests. Pingora has none of these: it times out each read of a
+//! header, so a client sending one byte every few seconds held its connection forever, it
+//! accepts every connection it is offered, and it holds a request's whole pipeline (a future
+//! of many KiB) while a connection waits for its next request.
 //!
 //! [`ConnectionGate`] wraps the proxy application (Pingora's `HttpProxy`) as a `ServerApp`: it
 //! counts each accepted connection, refuses one over a cap with a `503` written straight to the
 //! socket, and hands the proxy a [`HeaderDeadline`] stream, which fails a read with `408` when a
-//! header takes longer than `server.client_header_timeout` from its first byte.
+//! header takes longer than `server.client_header_timeout` from its first byte. For HTTP/1.1 it
+//! runs the keep-alive loop itself: each request's first byte is waited for (and kept) before
+//! Pingora's session and pipeline are built, so an idle connection costs its socket buffers and
+//! little more (`docs/limits.md#memory-per-connection`).
 
 use crate::config::ConnectionLimits;
 use crate::observe::metrics;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType,
@@ -106,7 +112,7 @@ fn answer(status: &str, error: &str, message: &str, retry_after: bool) -> Vec<u8
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -140,12 +146,67 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         // Connections are served on the worker threads: the first one on each starts that
         // thread's allocator purge timer (once per connection, not on every request).
         crate::memory::collect_on_this_thread();
-        let stream: Stream = Box::new(HeaderDeadline::new(stream, self.limits.header_timeout));
-        self.inner.process_new(stream, shutdown).await
+        let plain = stream.get_ssl_digest().is_none();
+        let mut stream: Stream = Box::new(HeaderDeadline::new(stream, self.limits.header_timeout));
+        let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
+        if !plain || h2c {
+            // TLS (ALPN may pick HTTP/2) or h2c: Pingora's own dispatch.
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        // HTTP/1.1 keep-alive: Pingora's loop, with one change. Between requests the connection
+        // waits for the next request's first byte holding only its stream: the request
+        // pipeline (a future of many KiB) exists only while a request is in progress.
+        // (Pingora also carries pipelined bytes from one request to the next in the settings;
+        // tollgate never enables pipelining, so there are none to wait past.)
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            if !wait_for_request(&mut stream, self.limits.keepalive_timeout, shutdown).await {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    let limit = self
+                        .inner
+                        .server_options()
+                        .and_then(|o| o.keepalive_request_limit);
+                    session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
+                    session.set_keepalive_reuses_remaining(limit);
+                }
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            (stream, settings) = self
+                .inner
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+        }
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
+    }
+}
+
+/// Waits for the first byte of a request (read and kept by the [`HeaderDeadline`], not lost):
+/// `false` when the client closed, `idle` passed, or the process is shutting down (an idle
+/// connection is closed at once then).
+async fn wait_for_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    let mut shutdown = shutdown.clone();
+    let mut first = [0u8; 1];
+    // Pingora's coarse timer wheel (the one its own keep-alive wait uses): cheaper to arm on
+    // every request than a tokio timer.
+    tokio::select! {
+        peeked = pingora_timeout::fast_timeout::fast_timeout(idle, stream.try_peek(&mut first)) => {
+            matches!(peeked, Ok(Ok(true)))
+        }
+        _ = shutdown.changed() => false,
     }
 }
 
@@ -169,7 +230,14 @@ pub struct HeaderDeadline {
     limit: Duration,
     phase: Phase,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes read by a peek (the first byte of a request, waited for between requests),
+    /// served to the next reads before the stream: `pending[..pending_len]`.
+    pending: [u8; PEEK_MAX],
+    pending_len: usize,
 }
+
+/// The most bytes a peek keeps (Pingora peeks 24 for the HTTP/2 preface).
+const PEEK_MAX: usize = 32;
 
 impl HeaderDeadline {
     fn new(inner: Stream, limit: Duration) -> HeaderDeadline {
@@ -178,6 +246,8 @@ impl HeaderDeadline {
             limit,
             phase: Phase::Idle,
             deadline: None,
+            pending: [0; PEEK_MAX],
+            pending_len: 0,
         }
     }
 
@@ -228,6 +298,23 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.pending_len > 0 {
+            // Peeked bytes first (already seen by the deadline), then whatever the stream has
+            // ready, so that a request arrives in one read as it would have without the peek.
+            let n = this.pending_len.min(buf.remaining());
+            buf.put_slice(&this.pending[..n]);
+            this.pending.copy_within(n..this.pending_len, 0);
+            this.pending_len -= n;
+            if this.pending_len == 0 && buf.remaining() > 0 {
+                let before = buf.filled().len();
+                if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+                    if !matches!(this.phase, Phase::Served) {
+                        this.saw(&buf.filled()[before..]);
+                    }
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -357,7 +444,35 @@ impl GetSocketDigest for HeaderDeadline {
 
 #[async_trait]
 impl Peek for HeaderDeadline {
+    /// Waits until `buf.len()` bytes have come and copies them, without consuming them: they
+    /// are kept here (no allocation) and served to the next reads. The bytes count for the
+    /// header deadline as they arrive.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if buf.len() > PEEK_MAX {
+            return Ok(false);
+        }
+        while self.pending_len < buf.len() {
+            let mut chunk = [0u8; PEEK_MAX];
+            let want = buf.len() - self.pending_len;
+            let n = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut chunk[..want]);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if !matches!(self.phase, Phase::Served) {
+                self.saw(&chunk[..n]);
+            }
+            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&chunk[..n]);
+            self.pending_len += n;
+        }
+        buf.copy_from_slice(&self.pending[..buf.len()]);
+        Ok(true)
     }
 }

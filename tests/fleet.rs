@@ -1162,7 +1162,13 @@ async fn rediss_with_a_private_ca_shares_limits_and_an_untrusted_certificate_is_
     let redis = TlsRedis::start();
     let app = Upstream::start().await;
     let url = format!("rediss://127.0.0.1:{}", redis.port);
-    let with_ca = format!("{}  tls_ca_file: {}\n", single(&url), quote(&redis.ca()));
+    // A generous command timeout: on a loaded machine a TLS round trip may pass 200 ms, and a
+    // timed-out check is decided locally (fail open), which would let a fourth request through.
+    let with_ca = format!(
+        "{}  tls_ca_file: {}\n",
+        single(&url).replace("command_timeout: 200ms", "command_timeout: 2s"),
+        quote(&redis.ca())
+    );
     let cfg = fleet(app.addr(), &with_ca, "{ rps: 0.01, burst: 3 }", &["acme"]);
     let replicas = start_all(&cfg, 2).await;
     wait_redis_up(&replicas).await;

@@ -67,6 +67,8 @@ pub struct Server {
 pub struct ConnectionLimits {
     /// From a request's first byte to the end of its header.
     pub header_timeout: Duration,
+    /// Idle time allowed before a request (a new connection's first, or the next one).
+    pub keepalive_timeout: Duration,
     /// Open client connections, all listeners.
     pub max: usize,
     /// Open client connections from one IP.
@@ -131,6 +133,7 @@ impl Startup {
                 client_read_buffer: s.client_read_buffer.0 as usize,
                 connections: ConnectionLimits {
                     header_timeout: s.client_header_timeout.get(),
+                    keepalive_timeout: s.keepalive_timeout.get(),
                     max: s.max_client_connections,
                     max_per_ip: s.max_connections_per_ip,
                 },
