@@ -576,6 +576,73 @@ pub static LLM_TIMINGS: Lazy<LlmTimings> = Lazy::new(|| {
     }
 });
 
+/// The children of the per-answer LLM metrics for one route, tenant label, group and model:
+/// the two timings, and the two token counters once an answer of that key reports usage
+/// (created then, so a key without usage shows no token series).
+pub struct LlmHandles {
+    /// `tollgate_llm_request_duration_seconds{group,model}`.
+    pub duration: prometheus::Histogram,
+    /// `tollgate_llm_time_to_first_token_seconds{group,model}`.
+    pub first_token: prometheus::Histogram,
+    tokens: Option<[prometheus::IntCounter; 2]>,
+    key: [Box<str>; 4],
+}
+
+impl LlmHandles {
+    /// `tollgate_llm_tokens_total{...,type="input"}` and `{...,type="output"}`.
+    pub fn tokens(&mut self) -> &[prometheus::IntCounter; 2] {
+        let [route, tenant, group, model] = &self.key;
+        self.tokens.get_or_insert_with(|| {
+            ["input", "output"].map(|kind| {
+                LLM_TOKENS_TOTAL.with_label_values(&[route, tenant, group, model, kind])
+            })
+        })
+    }
+}
+
+/// Keys whose handles a worker thread keeps; past them, handles are looked up each time.
+const LLM_HANDLES_PER_THREAD: usize = 64;
+
+/// Runs `f` with the LLM metric children of `(route, tenant, group, model)`, kept per worker
+/// thread: looking four children up by their labels (hashing every label, a read lock, a map
+/// lookup) on every answer of a token route cost more than the rest of its accounting. A
+/// linear search suits the few keys a thread sees (routes x tenants x models in use).
+pub fn with_llm_handles<R>(
+    route: &str,
+    tenant: &str,
+    group: &str,
+    model: &str,
+    f: impl FnOnce(&mut LlmHandles) -> R,
+) -> R {
+    thread_local! {
+        static HANDLES: std::cell::RefCell<Vec<LlmHandles>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let labels = [route, tenant, group, model];
+    let build = || LlmHandles {
+        duration: LLM_TIMINGS.duration.with_label_values(&[group, model]),
+        first_token: LLM_TIMINGS.first_token.with_label_values(&[group, model]),
+        tokens: None,
+        key: labels.map(Box::from),
+    };
+    HANDLES.with(|cell| {
+        let Ok(mut handles) = cell.try_borrow_mut() else {
+            return f(&mut build());
+        };
+        let found = handles
+            .iter()
+            .position(|h| h.key.iter().map(|k| &**k).eq(labels.iter().copied()));
+        match found {
+            Some(i) => f(&mut handles[i]),
+            None if handles.len() < LLM_HANDLES_PER_THREAD => {
+                handles.push(build());
+                let last = handles.len() - 1;
+                f(&mut handles[last])
+            }
+            None => f(&mut build()),
+        }
+    })
+}
+
 /// `tollgate_streams_active{kind}`: SSE streams and WebSocket connections open now.
 pub static STREAMS_ACTIVE: Lazy<IntGaugeVec> = Lazy::new(|| {
     gauge_vec(

@@ -252,25 +252,31 @@ pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
     };
     let group_arc = ctx.upstream.group().cloned();
     let group = group_arc.as_ref().map_or("none", |g| g.name.as_str());
-    if !cached && ctx.upstream_status.is_some() {
-        // Every answer of a provider is timed, whether or not it reported its usage.
-        let timings = &*metrics::LLM_TIMINGS;
-        timings
-            .duration
-            .with_label_values(&[group, model])
-            .observe(ctx.started.elapsed().as_secs_f64());
-        if let Some(first) = first_body {
-            timings
-                .first_token
-                .with_label_values(&[group, model])
-                .observe(first.duration_since(ctx.started).as_secs_f64());
-        }
+    let tenant = ctx.caller.as_ref().and_then(|c| c.tenant.as_deref());
+    let tenant = ctx.config.observe.tenant_label(tenant);
+    let cost = usage.zip(price).map(|(usage, p)| {
+        (usage.input as f64 * p.input + usage.output as f64 * p.output) / 1_000_000.0
+    });
+    if !cached && (ctx.upstream_status.is_some() || usage.is_some()) {
+        metrics::with_llm_handles(&route.name, tenant, group, model, |h| {
+            if ctx.upstream_status.is_some() {
+                // Every answer of a provider is timed, whether or not it reported its usage.
+                h.duration.observe(ctx.started.elapsed().as_secs_f64());
+                if let Some(first) = first_body {
+                    h.first_token
+                        .observe(first.duration_since(ctx.started).as_secs_f64());
+                }
+            }
+            if let Some(usage) = usage {
+                let [input, output] = h.tokens();
+                input.inc_by(usage.input);
+                output.inc_by(usage.output);
+            }
+        });
     }
     let Some(usage) = usage else {
         return;
     };
-    let cost = price
-        .map(|p| (usage.input as f64 * p.input + usage.output as f64 * p.output) / 1_000_000.0);
     if cached {
         for (kind, n) in [("input", usage.input), ("output", usage.output)] {
             metrics::LLM_CACHED_TOKENS_TOTAL
@@ -284,13 +290,6 @@ pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
         }
         // Served from cache: no provider was paid, nothing is debited.
         return;
-    }
-    let tenant = ctx.caller.as_ref().and_then(|c| c.tenant.as_deref());
-    let tenant = ctx.config.observe.tenant_label(tenant);
-    for (kind, n) in [("input", usage.input), ("output", usage.output)] {
-        metrics::LLM_TOKENS_TOTAL
-            .with_label_values(&[&route.name, tenant, group, model, kind])
-            .inc_by(n);
     }
     if let Some(cost) = cost {
         metrics::LLM_COST_USD_TOTAL
