@@ -159,8 +159,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         // (Pingora also carries pipelined bytes from one request to the next in the settings;
         // tollgate never enables pipelining, so there are none to wait past.)
         let mut settings: Option<HttpPersistentSettings> = None;
+        // One watch for the connection's waits, not a clone per request.
+        let mut watch = shutdown.clone();
         loop {
-            if !wait_for_request(&mut stream, self.limits.keepalive_timeout, shutdown).await {
+            if !wait_for_request(&mut stream, self.limits.keepalive_timeout, &mut watch).await {
                 return None;
             }
             let mut session = ServerSession::new_http1(stream);
@@ -194,11 +196,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
 /// Waits for the first byte of a request (read and kept by the [`HeaderDeadline`], not lost):
 /// `false` when the client closed, `idle` passed, or the process is shutting down (an idle
 /// connection is closed at once then).
-async fn wait_for_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> bool {
-    if *shutdown.borrow() {
+async fn wait_for_request(
+    stream: &mut Stream,
+    idle: Duration,
+    shutdown: &mut ShutdownWatch,
+) -> bool {
+    if *shutdown.borrow_and_update() {
         return false;
     }
-    let mut shutdown = shutdown.clone();
     let mut first = [0u8; 1];
     // Pingora's coarse timer wheel (the one its own keep-alive wait uses): cheaper to arm on
     // every request than a tokio timer.
@@ -262,6 +267,14 @@ impl HeaderDeadline {
         }
     }
 
+    /// Bytes just read from the client: followed through a header's end marker unless the
+    /// header is already in (body bytes, the common case, cost one comparison).
+    fn read(&mut self, bytes: &[u8]) {
+        if !matches!(self.phase, Phase::Served) {
+            self.saw(bytes);
+        }
+    }
+
     /// Follows the bytes just read through the header's end marker.
     fn saw(&mut self, bytes: &[u8]) {
         const END: &[u8] = b"\r\n\r\n";
@@ -308,9 +321,7 @@ impl AsyncRead for HeaderDeadline {
             if this.pending_len == 0 && buf.remaining() > 0 {
                 let before = buf.filled().len();
                 if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-                    if !matches!(this.phase, Phase::Served) {
-                        this.saw(&buf.filled()[before..]);
-                    }
+                    this.read(&buf.filled()[before..]);
                 }
             }
             return Poll::Ready(Ok(()));
@@ -318,9 +329,7 @@ impl AsyncRead for HeaderDeadline {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if !matches!(this.phase, Phase::Served) {
-                    this.saw(&buf.filled()[before..]);
-                }
+                this.read(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -466,9 +475,7 @@ impl Peek for HeaderDeadline {
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            if !matches!(self.phase, Phase::Served) {
-                self.saw(&chunk[..n]);
-            }
+            self.read(&chunk[..n]);
             self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&chunk[..n]);
             self.pending_len += n;
         }

@@ -5,6 +5,7 @@ use super::ctx::RequestCtx;
 use super::errors::{self, ProxyError};
 use crate::config::{Route, RuntimeConfig};
 use crate::observe::metrics;
+use crate::ratelimit::tokens::{TokenDecision, TokenLimits};
 use crate::ratelimit::{headers, Decision, LimitKey, Limiter, Limits, Store};
 use crate::tenant::{Caller, Tier};
 use pingora_http::ResponseHeader;
@@ -73,35 +74,12 @@ pub async fn enforce(
 /// decision and of the token budgets' (`policy: tokens`) for this request.
 pub fn response_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_core::Result<()> {
     let tokens = ctx.tokens.as_ref().and_then(|t| t.decision.as_ref());
-    if ctx.limit.is_none() && tokens.is_none() {
-        return Ok(());
-    }
-    // One value per field, request limits first, then the token budgets: built once and
-    // inserted once, rather than inserted and then rewritten.
-    let mut policy = String::with_capacity(128);
-    let mut state = String::with_capacity(128);
-    if let Some(applied) = &ctx.limit {
-        headers::push_policy(&mut policy, &applied.limits);
-        headers::push_ratelimit(&mut state, &applied.decision);
-    }
-    if let Some((decision, limits)) = tokens {
-        headers::push_token_policy(&mut policy, limits);
-        headers::push_token_items(&mut state, decision);
-    }
-    if !policy.is_empty() {
-        resp.insert_header(headers::RATELIMIT_POLICY, policy)?;
-    }
-    if !state.is_empty() {
-        resp.insert_header(headers::RATELIMIT, state)?;
-    }
-    if let Some(applied) = ctx
-        .limit
-        .as_ref()
-        .filter(|_| ctx.config.legacy_ratelimit_headers)
-    {
-        add_legacy(resp, applied)?;
-    }
-    Ok(())
+    insert_fields(
+        resp,
+        ctx.limit.as_ref(),
+        tokens,
+        ctx.config.legacy_ratelimit_headers,
+    )
 }
 
 /// Decide for `caller` on `route`. `None`: this request is not rate limited.
@@ -150,18 +128,40 @@ pub fn add_headers(
     applied: &Applied,
     legacy: bool,
 ) -> pingora_core::Result<()> {
-    resp.insert_header(
-        headers::RATELIMIT_POLICY,
-        headers::policy_header(&applied.limits),
-    )?;
-    resp.insert_header(
-        headers::RATELIMIT,
-        headers::ratelimit_header(&applied.decision),
-    )?;
-    if legacy {
-        add_legacy(resp, applied)?;
+    insert_fields(resp, Some(applied), None, legacy)
+}
+
+/// The RateLimit fields of a request limits' decision and of the token budgets' (either may
+/// be absent): one value per field, request limits first, built once and inserted once.
+fn insert_fields(
+    resp: &mut ResponseHeader,
+    applied: Option<&Applied>,
+    tokens: Option<&(TokenDecision, TokenLimits)>,
+    legacy: bool,
+) -> pingora_core::Result<()> {
+    if applied.is_none() && tokens.is_none() {
+        return Ok(());
     }
-    Ok(())
+    let mut policy = String::with_capacity(128);
+    let mut state = String::with_capacity(128);
+    if let Some(applied) = applied {
+        headers::push_policy(&mut policy, &applied.limits);
+        headers::push_ratelimit(&mut state, &applied.decision);
+    }
+    if let Some((decision, limits)) = tokens {
+        headers::push_token_policy(&mut policy, limits);
+        headers::push_token_items(&mut state, decision);
+    }
+    if !policy.is_empty() {
+        resp.insert_header(headers::RATELIMIT_POLICY, policy)?;
+    }
+    if !state.is_empty() {
+        resp.insert_header(headers::RATELIMIT, state)?;
+    }
+    match applied {
+        Some(applied) if legacy => add_legacy(resp, applied),
+        _ => Ok(()),
+    }
 }
 
 /// The legacy `X-RateLimit-*` trio.
