@@ -110,6 +110,13 @@ http {{ access_log off; client_body_temp_path {dirpath}; proxy_temp_path {dirpat
 def tollgate(upstream_port, dirpath):
     port, admin = free_port(), free_port()
     conf = os.path.join(dirpath, "tollgate.yaml")
+    tollgate_conf(conf, upstream_port, port, admin)
+    proc = subprocess.Popen([BIN, "run", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port, admin
+
+
+def tollgate_conf(conf, upstream_port, port, admin):
     with open(conf, "w") as f:
         f.write(f"""listen: 127.0.0.1:{port}
 admin: {{ listen: 127.0.0.1:{admin} }}
@@ -124,9 +131,6 @@ routes:
   - {{ name: plain, match: {{ path_prefix: /plain/ }}, upstream: plain }}
   - {{ name: tokens, match: {{ path_prefix: /tokens/ }}, upstream: tokens, tokens: {{}} }}
 """)
-    proc = subprocess.Popen([BIN, "run", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    return proc, port, admin
 
 
 def wrk(port, path, duration, conns):
@@ -142,14 +146,99 @@ def wrk(port, path, duration, conns):
     return requests, float(p99.group(1)) * scale[p99.group(2)]
 
 
+def instructions(args):
+    """`--instructions`: user-space instructions per request under callgrind, plain and tokens
+    routes on one process, each answer twice. Deterministic to about 0.5%, where the CPU times
+    of a shared 2-core machine move by several percent from run to run; kernel time (the same
+    syscalls and bytes on both routes) is not in it, so the ratio is an upper bound on the
+    share of the whole CPU per request."""
+    import threading
+    import http.client
+    for tool in ("valgrind", "callgrind_control"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} missing: apt-get install valgrind")
+    n, conns = args.requests, 16
+
+    def load(port, path):
+        def one():
+            c = http.client.HTTPConnection("127.0.0.1", port)
+            for _ in range(n // conns):
+                c.request("GET", path)
+                r = c.getresponse()
+                r.read()
+                if r.status != 200:
+                    raise SystemExit(f"{path}: {r.status}")
+            c.close()
+        ts = [threading.Thread(target=one) for _ in range(conns)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    def ctl(pid, *a):
+        return subprocess.run(["callgrind_control", *a, str(pid)], capture_output=True,
+                              text=True, check=True).stdout
+
+    with tempfile.TemporaryDirectory() as d:
+        json_size, sse_size = answers(d)
+        up, up_port = nginx(d)
+        port, admin = free_port(), free_port()
+        conf = os.path.join(d, "tollgate.yaml")
+        tollgate_conf(conf, up_port, port, admin)
+        tg = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.%p",
+                               BIN, "run", "-c", conf],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port, limit=120)
+            per = {}
+            for path in ("/plain/chat.json", "/tokens/chat.json", "/plain/stream.sse",
+                         "/tokens/stream.sse"):
+                load(port, path)  # warm-up
+            for _ in range(2):
+                for path in ("/plain/chat.json", "/tokens/chat.json", "/plain/stream.sse",
+                             "/tokens/stream.sse"):
+                    ctl(tg.pid, "-z")
+                    load(port, path)
+                    out = ctl(tg.pid, "-e", "Ir")
+                    total = sum(int(m.replace(",", ""))
+                                for m in re.findall(r"Th\s+\d+\s+([\d,]+)", out))
+                    per.setdefault(path, []).append(total / (n // conns * conns))
+        finally:
+            for p in (tg, up):
+                p.terminate()
+            for p in (tg, up):
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    print(f"answers: json {json_size} B, sse {sse_size} B; {n} requests per measure over {conns} "
+          "connections, one tollgate under callgrind; user-space instructions per request "
+          "(two measures each)\n")
+    print("| answer | plain | tokens | tokens / plain |")
+    print("|---|---:|---:|---:|")
+    for answer, f in (("json", "chat.json"), ("sse", "stream.sse")):
+        plain, tokens = per[f"/plain/{f}"], per[f"/tokens/{f}"]
+        ratio = statistics.mean(tokens) / statistics.mean(plain)
+        print(f"| {answer} | {' / '.join(f'{x:,.0f}' for x in plain)} | "
+              f"{' / '.join(f'{x:,.0f}' for x in tokens)} | {ratio:.3f} ({(ratio - 1) * 100:+.1f}%) |")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions per request under callgrind instead of CPU time")
+    ap.add_argument("--requests", type=int, default=800,
+                    help="--instructions: requests per measure")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--duration", default="4s")
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--aa", action="store_true",
                     help="A/A check: both processes on the plain route (the method's noise)")
     args = ap.parse_args()
+    if args.instructions:
+        if not os.path.exists(BIN):
+            raise SystemExit(f"{BIN} missing: cargo build --release --bin tollgate")
+        return instructions(args)
     if not os.path.exists(BIN):
         raise SystemExit(f"{BIN} missing: cargo build --release --bin tollgate")
     for tool in ("wrk",):

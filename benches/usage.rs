@@ -118,6 +118,23 @@ fn bodies() -> Vec<Body> {
             },
         },
         Body {
+            // As a proxy reads a 40 KB stream that arrived at once: what fits its first 4 KiB
+            // read after the response header, then the rest in one read.
+            name: "openai_sse_200_events_2_reads",
+            kind: BodyKind::Sse,
+            chunks: {
+                let all = openai_sse().concat();
+                vec![
+                    Bytes::copy_from_slice(&all[..3700]),
+                    Bytes::copy_from_slice(&all[3700..]),
+                ]
+            },
+            want: Usage {
+                input: 1117,
+                output: 198,
+            },
+        },
+        Body {
             name: "anthropic_sse_200_events",
             kind: BodyKind::Sse,
             chunks: shared(anthropic_sse()),

@@ -9,9 +9,11 @@
 //! counts each accepted connection, refuses one over a cap with a `503` written straight to the
 //! socket, and hands the proxy a [`HeaderDeadline`] stream, which fails a read with `408` when a
 //! header takes longer than `server.client_header_timeout` from its first byte. For HTTP/1.1 it
-//! runs the keep-alive loop itself: each request's first byte is waited for (and kept) before
-//! Pingora's session and pipeline are built, so an idle connection costs its socket buffers and
-//! little more (`docs/limits.md#memory-per-connection`).
+//! runs the keep-alive loop itself: each request's header is read ahead (into a buffer of the
+//! bytes that came) before Pingora's session and pipeline are built, so a connection that is
+//! idle or trickling a header costs its socket buffers and little more, and a header longer
+//! than the limits could accept gets `431` as it arrives
+//! (`docs/limits.md#memory-per-connection`).
 
 use crate::config::ConnectionLimits;
 use crate::observe::metrics;
@@ -147,25 +149,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         // thread's allocator purge timer (once per connection, not on every request).
         crate::memory::collect_on_this_thread();
         let plain = stream.get_ssl_digest().is_none();
-        let mut stream: Stream = Box::new(HeaderDeadline::new(stream, self.limits.header_timeout));
+        let mut conn = Box::new(HeaderDeadline::new(stream, &self.limits));
         let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
         if !plain || h2c {
             // TLS (ALPN may pick HTTP/2) or h2c: Pingora's own dispatch.
-            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+            return ServerApp::process_new(&self.inner, conn, shutdown).await;
         }
-        // HTTP/1.1 keep-alive: Pingora's loop, with one change. Between requests the connection
-        // waits for the next request's first byte holding only its stream: the request
-        // pipeline (a future of many KiB) exists only while a request is in progress.
-        // (Pingora also carries pipelined bytes from one request to the next in the settings;
-        // tollgate never enables pipelining, so there are none to wait past.)
+        // HTTP/1.1 keep-alive: Pingora's loop, with one change. Before each request the
+        // connection reads the request header itself (into a buffer the size of what arrived)
+        // and only then builds Pingora's session and request pipeline (a future of many KiB):
+        // a connection that is idle, or that trickles a header, holds its socket and the bytes
+        // it sent, nothing more. (Pingora also carries pipelined bytes from one request to the
+        // next in the settings; tollgate never enables pipelining, so it has none: a client's
+        // bytes past its request stay in the `HeaderDeadline` and start the next one.)
         let mut settings: Option<HttpPersistentSettings> = None;
         // One watch for the connection's waits, not a clone per request.
         let mut watch = shutdown.clone();
         loop {
-            if !wait_for_request(&mut stream, self.limits.keepalive_timeout, &mut watch).await {
+            if !conn.next_request(&self.limits, &mut watch).await {
                 return None;
             }
-            let mut session = ServerSession::new_http1(stream);
+            let mut session = ServerSession::new_http1(conn);
             match settings.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
                 None => {
@@ -180,38 +184,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             }
+            let stream;
             (stream, settings) = self
                 .inner
                 .process_new_http(session, shutdown)
                 .await?
                 .consume();
+            // The stream Pingora hands back is the one it was given.
+            conn = stream.into_any().downcast::<HeaderDeadline>().ok()?;
         }
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
-    }
-}
-
-/// Waits for the first byte of a request (read and kept by the [`HeaderDeadline`], not lost):
-/// `false` when the client closed, `idle` passed, or the process is shutting down (an idle
-/// connection is closed at once then).
-async fn wait_for_request(
-    stream: &mut Stream,
-    idle: Duration,
-    shutdown: &mut ShutdownWatch,
-) -> bool {
-    if *shutdown.borrow_and_update() {
-        return false;
-    }
-    let mut first = [0u8; 1];
-    // Pingora's coarse timer wheel (the one its own keep-alive wait uses): cheaper to arm on
-    // every request than a tokio timer.
-    tokio::select! {
-        peeked = pingora_timeout::fast_timeout::fast_timeout(idle, stream.try_peek(&mut first)) => {
-            matches!(peeked, Ok(Ok(true)))
-        }
-        _ = shutdown.changed() => false,
     }
 }
 
@@ -228,32 +213,147 @@ enum Phase {
 }
 
 /// A client stream whose reads fail (after a `408` is written) when a request header is not
-/// complete `limit` after its first byte.
+/// complete `limit` after its first byte. On the HTTP/1.1 path it also reads each request
+/// header ahead of Pingora ([`HeaderDeadline::next_request`]).
 #[derive(Debug)]
 pub struct HeaderDeadline {
     inner: Stream,
     limit: Duration,
     phase: Phase,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Bytes read by a peek (the first byte of a request, waited for between requests),
-    /// served to the next reads before the stream: `pending[..pending_len]`.
-    pending: [u8; PEEK_MAX],
-    pending_len: usize,
+    /// Bytes read before Pingora asked for them (a request header read ahead, or a peek),
+    /// served to the next reads before the stream: `pending[served..]`. Freed once served, so
+    /// a connection between requests holds no buffer.
+    pending: Vec<u8>,
+    served: usize,
+    /// The most one read ahead takes from the socket (Pingora's own first read of a request).
+    read_size: usize,
 }
 
-/// The most bytes a peek keeps (Pingora peeks 24 for the HTTP/2 preface).
-const PEEK_MAX: usize = 32;
+thread_local! {
+    /// The buffer reads ahead land in, one per worker thread: a connection keeps only the
+    /// bytes that arrived, not a buffer of the size a read may fill.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 impl HeaderDeadline {
-    fn new(inner: Stream, limit: Duration) -> HeaderDeadline {
+    fn new(inner: Stream, limits: &ConnectionLimits) -> HeaderDeadline {
         HeaderDeadline {
             inner,
-            limit,
+            limit: limits.header_timeout,
             phase: Phase::Idle,
             deadline: None,
-            pending: [0; PEEK_MAX],
-            pending_len: 0,
+            pending: Vec::new(),
+            served: 0,
+            read_size: limits.read_size.max(1),
         }
+    }
+
+    /// Bytes read ahead and not yet served.
+    fn unserved(&self) -> usize {
+        self.pending.len() - self.served
+    }
+
+    /// Waits for the next request's header and reads it whole (a few hundred bytes, kept
+    /// until Pingora's session reads them): `false` when the connection is to be closed. The
+    /// wait for its first byte is bounded by `keepalive_timeout` and ends at once on shutdown
+    /// (an idle connection is closed then); from that byte the header has
+    /// `client_header_timeout` to end (else `408`), and it may not pass what the request limits
+    /// could ever accept (else `431`, without reading the rest).
+    async fn next_request(
+        &mut self,
+        limits: &ConnectionLimits,
+        shutdown: &mut ShutdownWatch,
+    ) -> bool {
+        if *shutdown.borrow_and_update() {
+            return false;
+        }
+        if self.unserved() > 0 {
+            // Bytes a client sent past its last request (pipelined) start this one.
+            let pending = std::mem::take(&mut self.pending);
+            self.track(&pending[self.served..]);
+            self.pending = pending;
+        } else {
+            // Pingora's coarse timer wheel (the one its own keep-alive wait uses): cheaper to
+            // arm on every request than a tokio timer, and not armed at all when the request
+            // is already there.
+            let first = tokio::select! {
+                read = pingora_timeout::fast_timeout::fast_timeout(
+                    limits.keepalive_timeout,
+                    std::future::poll_fn(|cx| self.poll_fill(cx, false)),
+                ) => read,
+                _ = shutdown.changed() => return false,
+            };
+            if !matches!(first, Ok(Ok(n)) if n > 0) {
+                return false;
+            }
+        }
+        if matches!(self.phase, Phase::Served) {
+            // The whole header came at once: the common case, no timer armed.
+            return true;
+        }
+        let rest = std::future::poll_fn(|cx| loop {
+            if matches!(self.phase, Phase::Served) {
+                return Poll::Ready(Ok(true));
+            }
+            if self.unserved() > limits.max_header_bytes {
+                return Poll::Ready(Ok(false));
+            }
+            match std::task::ready!(self.poll_fill(cx, false)) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        });
+        let (status, error, message, reason) =
+            match pingora_timeout::fast_timeout::fast_timeout(limits.header_timeout, rest).await {
+                Ok(Ok(true)) => return true,
+                Ok(Err(_)) => return false,
+                Ok(Ok(false)) => (
+                    "431 Request Header Fields Too Large",
+                    "request_headers_too_large",
+                    "the request header is larger than server.max_uri_length, max_header_size and max_headers allow",
+                    "request_headers_too_large",
+                ),
+                Err(_) => (
+                    "408 Request Timeout",
+                    "client_timeout",
+                    "the request header did not arrive in time (server.client_header_timeout)",
+                    "client_header_timeout",
+                ),
+            };
+        metrics::CLIENT_CONNECTIONS_REFUSED_TOTAL
+            .with_label_values(&[reason])
+            .inc();
+        let bytes = answer(status, error, message, false);
+        // Best effort, bounded: the client may not even read it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            self.inner.write_all(&bytes).await?;
+            self.inner.flush().await
+        })
+        .await;
+        false
+    }
+
+    /// Reads what the socket has (at most `read_size` bytes, through the thread's scratch
+    /// buffer) onto `pending`; `Ok(0)`: the client closed. `arm`: the bytes may start the
+    /// header deadline's timer (reads Pingora drives); the read ahead has its own timeout.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, arm: bool) -> Poll<std::io::Result<usize>> {
+        SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.len() < self.read_size {
+                scratch.resize(self.read_size, 0);
+            }
+            let mut rb = ReadBuf::new(&mut scratch[..self.read_size]);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            let got = rb.filled();
+            if arm {
+                self.read(got);
+            } else {
+                self.track(got);
+            }
+            self.pending.extend_from_slice(got);
+            Poll::Ready(Ok(got.len()))
+        })
     }
 
     /// A final answer going out ends the request as far as headers go: the next byte read
@@ -267,41 +367,70 @@ impl HeaderDeadline {
         }
     }
 
-    /// Bytes just read from the client: followed through a header's end marker unless the
-    /// header is already in (body bytes, the common case, cost one comparison).
+    /// Bytes just read from the client by a read Pingora drives: followed through a header's
+    /// end marker unless the header is already in (body bytes, the common case, cost one
+    /// comparison), and a header's first byte starts the deadline's timer.
     fn read(&mut self, bytes: &[u8]) {
         if !matches!(self.phase, Phase::Served) {
-            self.saw(bytes);
+            self.track(bytes);
+            if matches!(self.phase, Phase::Header { .. }) && self.deadline.is_none() {
+                self.deadline = Some(Box::pin(tokio::time::sleep(self.limit)));
+            }
         }
     }
 
     /// Follows the bytes just read through the header's end marker.
-    fn saw(&mut self, bytes: &[u8]) {
-        const END: &[u8] = b"\r\n\r\n";
-        for &b in bytes {
-            match &mut self.phase {
-                Phase::Idle => {
-                    self.phase = Phase::Header {
-                        found: usize::from(b == b'\r'),
-                    };
-                    self.deadline = Some(Box::pin(tokio::time::sleep(self.limit)));
-                }
-                Phase::Header { found } => {
-                    *found = if b == END[*found] {
-                        *found + 1
-                    } else {
-                        usize::from(b == b'\r')
-                    };
-                    if *found == END.len() {
-                        self.phase = Phase::Served;
-                        self.deadline = None;
-                        return;
-                    }
-                }
-                Phase::Served => return,
-            }
+    fn track(&mut self, bytes: &[u8]) {
+        if track(&mut self.phase, bytes) {
+            self.deadline = None;
         }
     }
+}
+
+/// Follows `bytes`, just read, through a request header's end marker; `true` when it ends
+/// there. A header is hundreds of bytes, read on every request, so the marker is looked for
+/// with memchr's vectorised search, not byte by byte (only a marker cut between two reads is
+/// matched by hand).
+fn track(phase: &mut Phase, bytes: &[u8]) -> bool {
+    const END: &[u8] = b"\r\n\r\n";
+    let mut i = 0;
+    if matches!(phase, Phase::Idle) {
+        if bytes.is_empty() {
+            return false;
+        }
+        *phase = Phase::Header { found: 0 };
+    }
+    let Phase::Header { found } = phase else {
+        return false;
+    };
+    // The rest of a marker the last read ended inside.
+    while *found > 0 && i < bytes.len() {
+        *found = if bytes[i] == END[*found] {
+            *found + 1
+        } else {
+            usize::from(bytes[i] == b'\r')
+        };
+        i += 1;
+        if *found == END.len() {
+            *phase = Phase::Served;
+            return true;
+        }
+    }
+    if *found > 0 {
+        // Still inside a marker at the end of this read.
+        return false;
+    }
+    let rest = &bytes[i..];
+    if memchr::memmem::find(rest, END).is_some() {
+        *phase = Phase::Served;
+        return true;
+    }
+    // How much of a marker this read ends with.
+    *found = (1..END.len())
+        .rev()
+        .find(|&n| rest.ends_with(&END[..n]))
+        .unwrap_or(0);
+    false
 }
 
 impl AsyncRead for HeaderDeadline {
@@ -311,17 +440,22 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.pending_len > 0 {
-            // Peeked bytes first (already seen by the deadline), then whatever the stream has
-            // ready, so that a request arrives in one read as it would have without the peek.
-            let n = this.pending_len.min(buf.remaining());
-            buf.put_slice(&this.pending[..n]);
-            this.pending.copy_within(n..this.pending_len, 0);
-            this.pending_len -= n;
-            if this.pending_len == 0 && buf.remaining() > 0 {
-                let before = buf.filled().len();
-                if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-                    this.read(&buf.filled()[before..]);
+        if this.unserved() > 0 {
+            // Bytes read ahead first (already seen by the deadline). After a whole header read
+            // ahead that is all a read gets (Pingora needs no more to parse it, and trying the
+            // socket would cost a read that finds nothing); after a peek, whatever the stream
+            // has ready too, so that a request arrives in one read as it would without it.
+            let n = this.unserved().min(buf.remaining());
+            buf.put_slice(&this.pending[this.served..this.served + n]);
+            this.served += n;
+            if this.unserved() == 0 {
+                this.pending = Vec::new();
+                this.served = 0;
+                if buf.remaining() > 0 && !matches!(this.phase, Phase::Served) {
+                    let before = buf.filled().len();
+                    if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+                        this.read(&buf.filled()[before..]);
+                    }
                 }
             }
             return Poll::Ready(Ok(()));
@@ -454,32 +588,55 @@ impl GetSocketDigest for HeaderDeadline {
 #[async_trait]
 impl Peek for HeaderDeadline {
     /// Waits until `buf.len()` bytes have come and copies them, without consuming them: they
-    /// are kept here (no allocation) and served to the next reads. The bytes count for the
-    /// header deadline as they arrive.
+    /// are kept and served to the next reads. The bytes count for the header deadline as they
+    /// arrive.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        if buf.len() > PEEK_MAX {
-            return Ok(false);
-        }
-        while self.pending_len < buf.len() {
-            let mut chunk = [0u8; PEEK_MAX];
-            let want = buf.len() - self.pending_len;
-            let n = std::future::poll_fn(|cx| {
-                let mut rb = ReadBuf::new(&mut chunk[..want]);
-                match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await?;
-            if n == 0 {
+        while self.unserved() < buf.len() {
+            if std::future::poll_fn(|cx| self.poll_fill(cx, true)).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            self.read(&chunk[..n]);
-            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&chunk[..n]);
-            self.pending_len += n;
         }
-        buf.copy_from_slice(&self.pending[..buf.len()]);
+        buf.copy_from_slice(&self.pending[self.served..self.served + buf.len()]);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header's end is found wherever the reads split it, and not before.
+    #[test]
+    fn the_end_of_a_header_is_found_across_any_split() {
+        let head = b"GET /a HTTP/1.1\r\nHost: a\r\nX: \r\r\n\r\r\n\r\nbody";
+        let end = memchr::memmem::find(head, b"\r\n\r\n").unwrap() + 4;
+        for cut in 0..=head.len() {
+            for cut2 in cut..=head.len() {
+                let mut phase = Phase::Idle;
+                let mut served_at = None;
+                for (from, to) in [(0, cut), (cut, cut2), (cut2, head.len())] {
+                    if track(&mut phase, &head[from..to]) {
+                        served_at.get_or_insert(to);
+                    }
+                }
+                let served_at = served_at.expect("served");
+                // Reported by the read that holds the marker's last byte.
+                let holder = [cut, cut2, head.len()]
+                    .into_iter()
+                    .find(|&to| to >= end)
+                    .unwrap();
+                assert_eq!(served_at, holder, "cuts {cut} {cut2}");
+                assert!(matches!(phase, Phase::Served));
+            }
+        }
+        // Byte by byte.
+        let mut phase = Phase::Idle;
+        let at = (0..head.len()).find(|&i| track(&mut phase, &head[i..i + 1]));
+        assert_eq!(at, Some(end - 1));
+        // No marker: never served.
+        let mut phase = Phase::Idle;
+        assert!(!track(&mut phase, b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        assert!(matches!(phase, Phase::Header { found: 3 }));
+        assert!(track(&mut phase, b"\n"));
     }
 }

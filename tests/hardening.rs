@@ -320,9 +320,17 @@ async fn oversized_requests_get_414_431_and_413() {
     assert_eq!(app.requests_to("/upload/a").len(), 0);
     tg.get("/x").await.assert_status(200);
     // Each refusal is counted under its code.
+    // The 64 KiB field is refused as it arrives, before a request exists (more than the
+    // limits could accept in any layout): counted per connection, not per route.
+    tg.expect_metric(
+        "tollgate_client_connections_refused_total",
+        &[("reason", "request_headers_too_large")],
+        1.0,
+    )
+    .await;
     for (route, reason, n) in [
         ("api", "uri_too_long", 1.0),
-        ("api", "request_headers_too_large", 2.0),
+        ("api", "request_headers_too_large", 1.0),
         ("upload", "request_body_too_large", 2.0),
     ] {
         tg.expect_metric(
@@ -675,6 +683,62 @@ async fn a_trickled_header_gets_408_at_the_header_deadline() {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer)).await;
     assert_eq!(status_of(&answer), "200", "{answer}");
     assert_eq!(app.count(), 2);
+}
+
+/// A header that grows past what the request limits could ever accept gets 431 as soon as it
+/// does, without waiting for its end (or for `client_header_timeout`): a slow client sending an
+/// endless header holds at most that many bytes, not a megabyte.
+#[tokio::test]
+async fn an_endless_header_gets_431_once_it_passes_the_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start().await;
+    let tg = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("all").to("app"))
+        .server("client_header_timeout", "60s")
+        .server("max_header_size", "2KiB")
+        .server("max_uri_length", "1KiB")
+        .server("max_headers", "10")
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(tg.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Endless: ")
+        .await
+        .unwrap();
+    // 1 KiB pieces, never a line end: the limits allow 2 + 1 KiB plus 8 KiB of slack.
+    let mut answer = Vec::new();
+    for _ in 0..64 {
+        if s.write_all(&[b'a'; 1024]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), "431", "{answer}");
+    assert!(answer.contains("request_headers_too_large"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.count(), 0);
+    tg.expect_metric(
+        "tollgate_client_connections_refused_total",
+        &[("reason", "request_headers_too_large")],
+        1.0,
+    )
+    .await;
+    // A request within the limits on a new connection is served.
+    tg.get_with("/x", &[("x-fine", &"f".repeat(1500))])
+        .await
+        .assert_status(200);
 }
 
 /// `max_client_connections` and `max_connections_per_ip`: past either, a new connection gets

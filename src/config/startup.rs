@@ -73,7 +73,16 @@ pub struct ConnectionLimits {
     pub max: usize,
     /// Open client connections from one IP.
     pub max_per_ip: Option<usize>,
+    /// The most one read of a request header takes from the socket (`client_read_buffer`).
+    pub read_size: usize,
+    /// The longest request head (request line and header fields, as sent) that the request
+    /// limits could accept: a longer one gets `431` without being read further.
+    pub max_header_bytes: usize,
 }
+
+/// Slack on [`ConnectionLimits::max_header_bytes`] for what the limits do not count: the
+/// method, the version, spaces around values, line ends.
+const HEAD_SLACK: usize = 8 * 1024;
 
 /// `server:`'s client limits, compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +145,12 @@ impl Startup {
                     keepalive_timeout: s.keepalive_timeout.get(),
                     max: s.max_client_connections,
                     max_per_ip: s.max_connections_per_ip,
+                    read_size: s.client_read_buffer.0 as usize,
+                    // Each field adds `: ` and a line end to its name and value.
+                    max_header_bytes: (s.max_uri_length.0 as usize)
+                        .saturating_add(s.max_header_size.0 as usize)
+                        .saturating_add(s.max_headers.saturating_mul(4))
+                        .saturating_add(HEAD_SLACK),
                 },
             },
             cache: crate::cache::StoreSettings::new(&c.cache),

@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use super::{find_byte, skip_ws, value_end};
+use super::{find_byte, skip_ws, string_end, value_end};
 
 /// Tokens one answer used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,14 +108,14 @@ pub enum BodyKind {
 /// The framing of a response from its `Content-Type`: `text/event-stream` is [`BodyKind::Sse`],
 /// `application/json` or any `+json` type is [`BodyKind::Json`], anything else (or no header) is
 /// `None`: no usage is read from it. Parameters (`; charset=utf-8`) and case do not matter.
-pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
-    let essence = content_type?.split(';').next()?.trim();
-    if essence.eq_ignore_ascii_case("text/event-stream") {
+pub fn body_kind(content_type: Option<&[u8]>) -> Option<BodyKind> {
+    // Bytes, as the header holds them (no UTF-8 check on every answer).
+    let essence = content_type?.split(|&b| b == b';').next()?.trim_ascii();
+    if essence.eq_ignore_ascii_case(b"text/event-stream") {
         return Some(BodyKind::Sse);
     }
-    let (kind, subtype) = essence.split_once('/')?;
-    // Bytes, not a str slice: the suffix may start inside a multi-byte character.
-    let sub = subtype.as_bytes();
+    let slash = memchr::memchr(b'/', essence)?;
+    let (kind, sub) = (&essence[..slash], &essence[slash + 1..]);
     let json = sub.eq_ignore_ascii_case(b"json")
         || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json"));
     (json && !kind.is_empty()).then_some(BodyKind::Json)
@@ -474,7 +474,7 @@ fn count(v: &Value) -> Option<u64> {
 fn json_counts(shape: &UsageShape, body: &[u8]) -> Found {
     match shape {
         UsageShape::Auto => top_level_value(body, AUTO_KEY)
-            .and_then(|usage| read_document(usage, &[""], true))
+            .and_then(usage_counts)
             .unwrap_or_default(),
         UsageShape::Paths { input, output } => {
             let at = |path: &str| {
@@ -527,6 +527,8 @@ fn top_level_value<'s>(s: &'s [u8], key: &str) -> Option<&'s [u8]> {
     let mut depth = 0usize;
     // Inside a string: the index of its closing quote.
     let mut closing: Option<usize> = None;
+    // Byte by byte: the bytes after the key are a small usage object, dense with quotes and
+    // braces, where a vectorised search per token costs more than it skips.
     while i > 0 {
         i -= 1;
         let c = s[i];
@@ -692,7 +694,15 @@ fn sse_counts(shape: &UsageShape, line: &[u8]) -> Option<Found> {
     let data = line.strip_prefix(b"data:")?;
     let data = data.strip_prefix(b" ").unwrap_or(data);
     match shape {
-        UsageShape::Auto if mentions(data, AUTO_KEY) => read_document(data, &AUTO_PATHS, true),
+        UsageShape::Auto => {
+            // Most events never mention a usage: one vectorised search says so.
+            let first = find_key(data, AUTO_KEY.as_bytes())?;
+            match top_level_usage(data, first) {
+                Some(usage) => usage_counts(usage),
+                None if mentions(data, AUTO_KEY) => read_document(data, &AUTO_PATHS, true),
+                None => None,
+            }
+        }
         UsageShape::Paths { input, output } => {
             let (a, b) = (first_key(input), first_key(output));
             if mentions(data, a) || (b != a && mentions(data, b)) {
@@ -701,8 +711,22 @@ fn sse_counts(shape: &UsageShape, line: &[u8]) -> Option<Found> {
                 None
             }
         }
-        UsageShape::Auto => None,
     }
+}
+
+/// The usage object at the top of an SSE event's data when it is the event's only mention of
+/// `usage` (an OpenAI usage chunk, Anthropic's `message_delta`): found from the end without
+/// parsing the rest of the event, as in a JSON answer. `None` sends the event to the full
+/// parse, which also finds `message.usage` and `response.usage`.
+/// `first`: where the event's first mention of `usage` starts.
+fn top_level_usage(data: &[u8], first: usize) -> Option<&[u8]> {
+    let value = top_level_value(data, AUTO_KEY)?;
+    let start = value.as_ptr() as usize - data.as_ptr() as usize;
+    let before = &data[..start];
+    // The key is the last mention before its value: the only one if it is also the first.
+    let only_key = Some(first) == last_mention(&UsageShape::Auto, before);
+    let after = &data[start + value.len()..];
+    (only_key && find_key(after, AUTO_KEY.as_bytes()).is_none()).then_some(value)
 }
 
 /// Whether `json` has a `"key":`, at any depth, whose value is not `null`: a scan, much cheaper
@@ -884,6 +908,97 @@ const AUTO_FIELDS: [&str; 7] = [
     "total_tokens",
 ];
 
+/// The counts of a usage object from its [`AUTO_FIELDS`] (in that order).
+fn auto_found(n: [Option<u64>; AUTO_FIELDS.len()]) -> Found {
+    let [prompt, completion, input, output, cache_creation, cache_read, total] = n;
+    // Anthropic counts cached prompt tokens apart from input_tokens; OpenAI inside them.
+    let mut input = prompt.or_else(|| {
+        input.map(|i| {
+            i.saturating_add(cache_creation.unwrap_or(0))
+                .saturating_add(cache_read.unwrap_or(0))
+        })
+    });
+    let output = completion.or(output);
+    if input.is_none() && output.is_none() {
+        input = total;
+    }
+    Found { input, output }
+}
+
+/// The counts of a usage object (under [`UsageShape::Auto`]): read by [`plain_usage`] when it
+/// is plain, else parsed.
+fn usage_counts(obj: &[u8]) -> Option<Found> {
+    plain_usage(obj).or_else(|| read_document(obj, &[""], true))
+}
+
+/// The counts of a usage object as every provider sends it: keys without escapes, each count a
+/// plain integer. Members are stepped over by their extent, never parsed, which is several
+/// times cheaper than the parse. `None` for anything else (a count that is a string, a float,
+/// `null`, a key with an escape, text that is not an object): [`read_document`] then decides,
+/// so the answer is the parse's. Nested members (`*_details`) are not validated, only skipped.
+fn plain_usage(obj: &[u8]) -> Option<Found> {
+    let mut n = [None; AUTO_FIELDS.len()];
+    let mut i = skip_ws(obj, 0);
+    if obj.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(obj, i + 1);
+    if obj.get(i) == Some(&b'}') {
+        return (skip_ws(obj, i + 1) == obj.len()).then(|| auto_found(n));
+    }
+    loop {
+        if obj.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(obj, i)?;
+        let key = &obj[i + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return None;
+        }
+        i = skip_ws(obj, key_end);
+        if obj.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(obj, i + 1);
+        let end = value_end(obj, i)?;
+        let value = &obj[i..end];
+        match AUTO_FIELDS.iter().position(|f| f.as_bytes() == key) {
+            Some(field) => n[field] = Some(plain_integer(value)?),
+            None if matches!(value.first(), Some(b'"' | b'{' | b'[')) => {}
+            None => {
+                let scalar = matches!(value, b"true" | b"false" | b"null")
+                    || value
+                        .iter()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'));
+                if !scalar {
+                    return None;
+                }
+            }
+        }
+        i = skip_ws(obj, end);
+        match obj.get(i) {
+            Some(b',') => i = skip_ws(obj, i + 1),
+            Some(b'}') => {
+                return (skip_ws(obj, i + 1) == obj.len()).then(|| auto_found(n));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// A JSON integer as a count: digits only, no leading zero, within `u64`.
+fn plain_integer(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || (v.len() > 1 && v[0] == b'0') {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
 /// A usage object in one of the [`UsageShape::Auto`] shapes, read into counts without building
 /// the object (its `*_details` members are skipped); anything but an object has no counts.
 struct AutoCounts;
@@ -904,19 +1019,7 @@ impl<'de> Visitor<'de> for AutoCounts {
                 None => drop(map.next_value::<IgnoredAny>()?),
             }
         }
-        let [prompt, completion, input, output, cache_creation, cache_read, total] = n;
-        // Anthropic counts cached prompt tokens apart from input_tokens; OpenAI inside them.
-        let mut input = prompt.or_else(|| {
-            input.map(|i| {
-                i.saturating_add(cache_creation.unwrap_or(0))
-                    .saturating_add(cache_read.unwrap_or(0))
-            })
-        });
-        let output = completion.or(output);
-        if input.is_none() && output.is_none() {
-            input = total;
-        }
-        Ok(Found { input, output })
+        Ok(auto_found(n))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Found, A::Error> {
@@ -1266,6 +1369,88 @@ mod tests {
             read(BodyKind::Json, &UsageShape::Auto, WINDOW, dup),
             usage(2, 0)
         );
+    }
+
+    /// The plain reading of a usage object gives the parse's answer, and steps aside (None)
+    /// for whatever it does not read itself.
+    #[test]
+    fn a_plain_usage_object_reads_as_the_parse_does() {
+        let same = [
+            r#"{"prompt_tokens":120,"completion_tokens":380,"total_tokens":500}"#,
+            r#"{ "prompt_tokens" : 1 , "completion_tokens": 2 }"#,
+            r#"{"input_tokens":10,"cache_creation_input_tokens":5,"cache_read_input_tokens":7,"output_tokens":3}"#,
+            r#"{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":[1,{"x":"}"}]}}"#,
+            r#"{"total_tokens":42,"note":"a \"quoted\" word","flag":true,"ratio":-1.5e3,"none":null}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{}"#,
+            r#"{"output_tokens":18446744073709551615}"#,
+        ];
+        for obj in same {
+            let plain = plain_usage(obj.as_bytes());
+            assert!(plain.is_some(), "{obj}");
+            assert_eq!(plain, read_document(obj.as_bytes(), &[""], true), "{obj}");
+        }
+        let declined = [
+            r#"{"prompt_tokens":"8"}"#,
+            r#"{"prompt_tokens":8.0}"#,
+            r#"{"prompt_tokens":null}"#,
+            r#"{"prompt_tokens":08}"#,
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt\u005ftokens":8}"#,
+            r#"{"prompt_tokens":1,}"#,
+            r#"{"prompt_tokens":1} x"#,
+            r#"{"x":tru,"prompt_tokens":1}"#,
+            r#"{"prompt_tokens" 1}"#,
+            r#"[1]"#,
+            r#"null"#,
+        ];
+        for obj in declined {
+            assert_eq!(plain_usage(obj.as_bytes()), None, "{obj}");
+        }
+        // Declined or not, the reader's answer is the parse's.
+        for obj in same.iter().chain(&declined) {
+            assert_eq!(
+                usage_counts(obj.as_bytes()),
+                read_document(obj.as_bytes(), &[""], true),
+                "{obj}"
+            );
+        }
+    }
+
+    /// The shortcut for an event whose only `usage` is at its top gives what the full parse of
+    /// the event gives, and steps aside for every other event.
+    #[test]
+    fn the_top_level_shortcut_agrees_with_the_full_parse() {
+        let events = [
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"type":"message_delta","usage":{"output_tokens":9}}"#,
+            r#"{"usage":{"input_tokens":1},"message":{"usage":{"input_tokens":2}}}"#,
+            r#"{"message":{"usage":{"input_tokens":2}},"usage":{"output_tokens":5}}"#,
+            r#"{"note":"usage","usage":{"prompt_tokens":6}}"#,
+            r#"{"usage":{"prompt_tokens":7},"note":"no usage here"}"#,
+            r#"{"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":"8","completion_tokens":2}} "#,
+            r#"{"response":{"usage":{"input_tokens":4,"output_tokens":1}}}"#,
+            r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#,
+        ];
+        for event in events {
+            let full = read_document(event.as_bytes(), &AUTO_PATHS, true);
+            let line = format!("data: {event}");
+            assert_eq!(
+                sse_counts(&UsageShape::Auto, line.as_bytes()).map(|f| f.usage()),
+                full.map(|f| f.usage()),
+                "{event}"
+            );
+        }
+        // The shortcut is taken only when the top-level key is the one mention.
+        let shortcut = |e: &str| {
+            let first = find_key(e.as_bytes(), AUTO_KEY.as_bytes()).unwrap();
+            top_level_usage(e.as_bytes(), first).is_some()
+        };
+        assert!(shortcut(events[0]));
+        assert!(!shortcut(events[2]));
+        assert!(!shortcut(events[4]));
+        assert!(!shortcut(events[5]));
     }
 
     #[test]
@@ -1718,7 +1903,7 @@ mod tests {
             (Some(""), None),
             (None, None),
         ] {
-            assert_eq!(body_kind(ct), want, "{ct:?}");
+            assert_eq!(body_kind(ct.map(str::as_bytes)), want, "{ct:?}");
         }
     }
 

@@ -292,7 +292,9 @@ pub static CLIENT_CONNECTIONS: Lazy<IntGauge> = Lazy::new(|| {
 
 /// `tollgate_client_connections_refused_total{reason}`: client connections tollgate closed
 /// itself before a request: `max_client_connections`, `max_connections_per_ip` (503 at once),
-/// `client_header_timeout` (408: a request header not complete in time).
+/// `client_header_timeout` (408: a request header not complete in time),
+/// `request_headers_too_large` (431: a request head longer than the request limits allow,
+/// refused as it arrives).
 pub static CLIENT_CONNECTIONS_REFUSED_TOTAL: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "tollgate_client_connections_refused_total",

@@ -132,12 +132,19 @@ pub fn request_body(ctx: &mut RequestCtx, chunk: Option<&Bytes>) {
 
 /// `upstream_request_filter`, last: a token route asks its upstream for an identity answer,
 /// whatever the client accepts (SDKs send `Accept-Encoding: gzip`), so the usage can be read;
-/// the route's own `compression` still encodes for the client.
+/// the route's own `compression` still encodes for the client. A request that names no
+/// coding is left as it is: servers (and every LLM provider) answer it uncompressed, and not
+/// adding a header keeps the token step cheap.
 pub fn upstream_request(
     upstream_request: &mut pingora_http::RequestHeader,
     ctx: &RequestCtx,
 ) -> pingora_core::Result<()> {
-    if ctx.route.as_ref().is_some_and(|r| r.tokens.is_some()) {
+    if ctx.route.as_ref().is_some_and(|r| r.tokens.is_some())
+        && upstream_request
+            .headers
+            .get(http::header::ACCEPT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
         upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
     }
     Ok(())
@@ -210,7 +217,7 @@ fn reader_for(resp: &ResponseHeader, shape: &crate::llm::usage::UsageShape) -> O
     let kind = body_kind(
         resp.headers
             .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
+            .map(|v| v.as_bytes()),
     )?;
     (!coded).then(|| UsageReader::new(kind, shape.clone(), USAGE_WINDOW))
 }

@@ -118,21 +118,9 @@ pub fn x_ratelimit(d: &Decision, limits: &Limits) -> [(&'static str, String); 3]
     ]
 }
 
-/// Append `n` in decimal. Not through `std::fmt`: its machinery costs more than the digits.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &digit in &buf[start..] {
-        out.push(char::from(digit));
-    }
+/// Append `n` in decimal (`itoa`: no `std::fmt` machinery, no per-digit pushes).
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 fn decimal(n: u64) -> String {

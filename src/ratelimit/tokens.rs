@@ -155,11 +155,15 @@ const SHARDS: usize = 16;
 /// The in-process token budgets.
 #[derive(Default)]
 pub struct LocalTokens {
-    shards: [Mutex<HashMap<Arc<str>, State>>; SHARDS],
+    /// foldhash (seeded per process), not SipHash: looked up twice per request.
+    shards: [Mutex<HashMap<Arc<str>, State, foldhash::fast::RandomState>>; SHARDS],
 }
 
 impl LocalTokens {
-    fn shard(&self, subject: &str) -> &Mutex<HashMap<Arc<str>, State>> {
+    fn shard(
+        &self,
+        subject: &str,
+    ) -> &Mutex<HashMap<Arc<str>, State, foldhash::fast::RandomState>> {
         let h = subject.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
