@@ -421,7 +421,10 @@ fn track(phase: &mut Phase, bytes: &[u8]) -> bool {
         return false;
     }
     let rest = &bytes[i..];
-    if memchr::memmem::find(rest, END).is_some() {
+    // Built once: building a searcher costs about what searching a header does.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(END));
+    if FINDER.find(rest).is_some() {
         *phase = Phase::Served;
         return true;
     }

@@ -28,6 +28,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod tenant;
+pub mod textfmt;
 pub mod upstream;
 
 pub use server::build_server;

@@ -406,7 +406,12 @@ impl Identity {
         let tier = self.anonymous.clone();
         Ok(Caller {
             subject: match ip {
-                Some(ip) => format!("ip:{ip}").into(),
+                Some(ip) => {
+                    let mut s = String::with_capacity(18);
+                    s.push_str("ip:");
+                    crate::textfmt::push_ip(&mut s, ip);
+                    s.into()
+                }
                 None => "ip:unknown".into(),
             },
             tenant: None,

@@ -473,8 +473,9 @@ fn count(v: &Value) -> Option<u64> {
 /// The counts of a JSON answer (or the tail of one): the value of its top-level usage key(s).
 fn json_counts(shape: &UsageShape, body: &[u8]) -> Found {
     match shape {
-        UsageShape::Auto => top_level_value(body, AUTO_KEY)
-            .and_then(usage_counts)
+        UsageShape::Auto => top_level_start(body, AUTO_KEY)
+            .and_then(|start| usage_object_at(&body[start..]))
+            .and_then(|(found, _)| found)
             .unwrap_or_default(),
         UsageShape::Paths { input, output } => {
             let at = |path: &str| {
@@ -516,6 +517,13 @@ fn read_document(json: &[u8], paths: &[&str], auto: bool) -> Option<Found> {
 /// start was cut. Backward works because every unescaped quote opens or closes a string, read
 /// in either direction, and a quote is escaped when an odd run of backslashes comes before it.
 fn top_level_value<'s>(s: &'s [u8], key: &str) -> Option<&'s [u8]> {
+    let start = top_level_start(s, key)?;
+    value_end(s, start).map(|end| &s[start..end])
+}
+
+/// Where the value of [`top_level_value`] starts (its end not looked for: a reader that
+/// parses the value finds it on the way).
+fn top_level_start(s: &[u8], key: &str) -> Option<usize> {
     let k = key.as_bytes();
     let mut i = s.len();
     while i > 0 && matches!(s[i - 1], b' ' | b'\t' | b'\n' | b'\r') {
@@ -525,29 +533,31 @@ fn top_level_value<'s>(s: &'s [u8], key: &str) -> Option<&'s [u8]> {
         return None;
     }
     let mut depth = 0usize;
-    // Inside a string: the index of its closing quote.
-    let mut closing: Option<usize> = None;
     // Byte by byte: the bytes after the key are a small usage object, dense with quotes and
-    // braces, where a vectorised search per token costs more than it skips.
+    // braces, where a vectorised search per token costs more than it skips. A string is
+    // crossed by its own tight loop, to its opening quote.
     while i > 0 {
         i -= 1;
-        let c = s[i];
-        if let Some(close) = closing {
-            if c != b'"' || escaped(s, i) {
-                continue;
-            }
-            closing = None;
-            if depth == 1 && &s[i + 1..close] == k {
-                let colon = skip_ws(s, close + 1);
-                if s.get(colon) == Some(&b':') {
-                    let start = skip_ws(s, colon + 1);
-                    return value_end(s, start).map(|end| &s[start..end]);
+        match s[i] {
+            b'"' => {
+                let close = i;
+                loop {
+                    if i == 0 {
+                        return None;
+                    }
+                    i -= 1;
+                    if s[i] == b'"' && !escaped(s, i) {
+                        break;
+                    }
+                }
+                if depth == 1 && &s[i + 1..close] == k {
+                    let colon = skip_ws(s, close + 1);
+                    if s.get(colon) == Some(&b':') {
+                        let start = skip_ws(s, colon + 1);
+                        return (start < s.len()).then_some(start);
+                    }
                 }
             }
-            continue;
-        }
-        match c {
-            b'"' => closing = Some(i),
             b'}' | b']' => depth += 1,
             b'{' | b'[' => {
                 depth = depth.checked_sub(1)?;
@@ -698,7 +708,7 @@ fn sse_counts(shape: &UsageShape, line: &[u8]) -> Option<Found> {
             // Most events never mention a usage: one vectorised search says so.
             let first = find_key(data, AUTO_KEY.as_bytes())?;
             match top_level_usage(data, first) {
-                Some(usage) => usage_counts(usage),
+                Some(found) => found,
                 None if mentions(data, AUTO_KEY) => read_document(data, &AUTO_PATHS, true),
                 None => None,
             }
@@ -719,14 +729,17 @@ fn sse_counts(shape: &UsageShape, line: &[u8]) -> Option<Found> {
 /// parsing the rest of the event, as in a JSON answer. `None` sends the event to the full
 /// parse, which also finds `message.usage` and `response.usage`.
 /// `first`: where the event's first mention of `usage` starts.
-fn top_level_usage(data: &[u8], first: usize) -> Option<&[u8]> {
-    let value = top_level_value(data, AUTO_KEY)?;
-    let start = value.as_ptr() as usize - data.as_ptr() as usize;
-    let before = &data[..start];
+fn top_level_usage(data: &[u8], first: usize) -> Option<Option<Found>> {
+    let start = top_level_start(data, AUTO_KEY)?;
     // The key is the last mention before its value: the only one if it is also the first.
-    let only_key = Some(first) == last_mention(&UsageShape::Auto, before);
-    let after = &data[start + value.len()..];
-    (only_key && find_key(after, AUTO_KEY.as_bytes()).is_none()).then_some(value)
+    if Some(first) != last_mention(&UsageShape::Auto, &data[..start]) {
+        return None;
+    }
+    let (found, len) = usage_object_at(&data[start..])?;
+    let after = &data[start + len..];
+    find_key(after, AUTO_KEY.as_bytes())
+        .is_none()
+        .then_some(found)
 }
 
 /// Whether `json` has a `"key":`, at any depth, whose value is not `null`: a scan, much cheaper
@@ -925,18 +938,31 @@ fn auto_found(n: [Option<u64>; AUTO_FIELDS.len()]) -> Found {
     Found { input, output }
 }
 
-/// The counts of a usage object (under [`UsageShape::Auto`]): read by [`plain_usage`] when it
-/// is plain, else parsed.
-fn usage_counts(obj: &[u8]) -> Option<Found> {
-    plain_usage(obj).or_else(|| read_document(obj, &[""], true))
+/// The counts of the usage object that starts `s` (under [`UsageShape::Auto`]; text may follow
+/// it), and where it ends: read by [`plain_usage_at`] when it is plain, else parsed. `None` when
+/// no whole value starts there; `Some((None, _))` when it does not parse.
+fn usage_object_at(s: &[u8]) -> Option<(Option<Found>, usize)> {
+    if let Some((found, end)) = plain_usage_at(s) {
+        return Some((Some(found), end));
+    }
+    let end = value_end(s, 0)?;
+    Some((read_document(&s[..end], &[""], true), end))
 }
 
-/// The counts of a usage object as every provider sends it: keys without escapes, each count a
-/// plain integer. Members are stepped over by their extent, never parsed, which is several
-/// times cheaper than the parse. `None` for anything else (a count that is a string, a float,
-/// `null`, a key with an escape, text that is not an object): [`read_document`] then decides,
-/// so the answer is the parse's. Nested members (`*_details`) are not validated, only skipped.
+/// [`plain_usage_at`] for a slice that is the object and nothing else.
+#[cfg(test)]
 fn plain_usage(obj: &[u8]) -> Option<Found> {
+    let (found, end) = plain_usage_at(obj)?;
+    (skip_ws(obj, end) == obj.len()).then_some(found)
+}
+
+/// The counts of the usage object that starts `s`, as every provider sends it: keys without
+/// escapes, each count a plain integer, and where the object ends. Members are stepped over by
+/// their extent, never parsed, which is several times cheaper than the parse. `None` for
+/// anything else (a count that is a string, a float, `null`, a key with an escape, text that
+/// is not an object): [`read_document`] then decides, so the answer is the parse's. Nested
+/// members (`*_details`) are not validated, only skipped.
+fn plain_usage_at(obj: &[u8]) -> Option<(Found, usize)> {
     let mut n = [None; AUTO_FIELDS.len()];
     let mut i = skip_ws(obj, 0);
     if obj.get(i) != Some(&b'{') {
@@ -944,7 +970,7 @@ fn plain_usage(obj: &[u8]) -> Option<Found> {
     }
     i = skip_ws(obj, i + 1);
     if obj.get(i) == Some(&b'}') {
-        return (skip_ws(obj, i + 1) == obj.len()).then(|| auto_found(n));
+        return Some((auto_found(n), i + 1));
     }
     loop {
         if obj.get(i) != Some(&b'"') {
@@ -962,7 +988,7 @@ fn plain_usage(obj: &[u8]) -> Option<Found> {
         i = skip_ws(obj, i + 1);
         let end = value_end(obj, i)?;
         let value = &obj[i..end];
-        match AUTO_FIELDS.iter().position(|f| f.as_bytes() == key) {
+        match auto_field(key) {
             Some(field) => n[field] = Some(plain_integer(value)?),
             None if matches!(value.first(), Some(b'"' | b'{' | b'[')) => {}
             None => {
@@ -978,12 +1004,26 @@ fn plain_usage(obj: &[u8]) -> Option<Found> {
         i = skip_ws(obj, end);
         match obj.get(i) {
             Some(b',') => i = skip_ws(obj, i + 1),
-            Some(b'}') => {
-                return (skip_ws(obj, i + 1) == obj.len()).then(|| auto_found(n));
-            }
+            Some(b'}') => return Some((auto_found(n), i + 1)),
             _ => return None,
         }
     }
+}
+
+/// The index of `key` in [`AUTO_FIELDS`] (a `match`: the compiler compares lengths first).
+fn auto_field(key: &[u8]) -> Option<usize> {
+    let i = match key {
+        b"prompt_tokens" => 0,
+        b"completion_tokens" => 1,
+        b"input_tokens" => 2,
+        b"output_tokens" => 3,
+        b"cache_creation_input_tokens" => 4,
+        b"cache_read_input_tokens" => 5,
+        b"total_tokens" => 6,
+        _ => return None,
+    };
+    debug_assert_eq!(AUTO_FIELDS[i].as_bytes(), key);
+    Some(i)
 }
 
 /// A JSON integer as a count: digits only, no leading zero, within `u64`.
@@ -1371,6 +1411,14 @@ mod tests {
         );
     }
 
+    #[test]
+    fn auto_field_knows_every_auto_field() {
+        for (i, f) in AUTO_FIELDS.iter().enumerate() {
+            assert_eq!(auto_field(f.as_bytes()), Some(i));
+        }
+        assert_eq!(auto_field(b"prompt_token"), None);
+    }
+
     /// The plain reading of a usage object gives the parse's answer, and steps aside (None)
     /// for whatever it does not read itself.
     #[test]
@@ -1409,11 +1457,13 @@ mod tests {
         }
         // Declined or not, the reader's answer is the parse's.
         for obj in same.iter().chain(&declined) {
-            assert_eq!(
-                usage_counts(obj.as_bytes()),
-                read_document(obj.as_bytes(), &[""], true),
-                "{obj}"
-            );
+            let read =
+                plain_usage(obj.as_bytes()).or_else(|| read_document(obj.as_bytes(), &[""], true));
+            assert_eq!(read, read_document(obj.as_bytes(), &[""], true), "{obj}");
+            // Text after the object is left to the caller: the object's own end is reported.
+            if let Some((_, end)) = usage_object_at(obj.as_bytes()) {
+                assert!(obj[..end].trim_end().ends_with(['}', ']', 'l']), "{obj}");
+            }
         }
     }
 

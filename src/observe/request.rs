@@ -78,15 +78,22 @@ pub fn add_timing_headers(
     if !(settings.response_time_header || settings.server_timing_header) {
         return Ok(());
     }
-    let total = millis(started.elapsed());
+    let elapsed = started.elapsed();
     if settings.response_time_header {
-        h.insert_header("x-response-time", format!("{total:.3}ms"))?;
+        let mut value = String::with_capacity(16);
+        crate::textfmt::push_millis(&mut value, elapsed);
+        value.push_str("ms");
+        h.insert_header("x-response-time", value)?;
     }
     if settings.server_timing_header {
-        let value = match upstream_ttfb {
-            Some(u) => format!("upstream;dur={:.3}, total;dur={total:.3}", millis(u)),
-            None => format!("total;dur={total:.3}"),
-        };
+        let mut value = String::with_capacity(48);
+        if let Some(u) = upstream_ttfb {
+            value.push_str("upstream;dur=");
+            crate::textfmt::push_millis(&mut value, u);
+            value.push_str(", ");
+        }
+        value.push_str("total;dur=");
+        crate::textfmt::push_millis(&mut value, elapsed);
         h.insert_header("server-timing", value)?;
     }
     Ok(())

@@ -28,7 +28,7 @@ pub fn is_acceptable(id: &[u8]) -> bool {
 
 /// 128 random bits as 32 lowercase hex digits (UUID-sized, no dashes).
 pub fn generate() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    crate::textfmt::hex128(fastrand::u128(..))
 }
 
 #[cfg(test)]

@@ -112,7 +112,6 @@ pub fn set_forwarded(
     client_ip: Option<std::net::IpAddr>,
     host: Option<&str>,
 ) {
-    use std::fmt::Write;
     if let Some(ip) = client_ip {
         let mut value = String::with_capacity(48);
         if let Some(prev) = req
@@ -125,7 +124,7 @@ pub fn set_forwarded(
                 value.push_str(", ");
             }
         }
-        let _ = write!(value, "{ip}");
+        crate::textfmt::push_ip(&mut value, ip);
         let _ = req.insert_header(X_FORWARDED_FOR.clone(), value);
     }
     let _ = req.insert_header("x-forwarded-proto", "http");

@@ -199,7 +199,7 @@ fn balance_key(
         config
             .identity
             .client_ip(session.req_header(), peer)
-            .map(|ip| ip.to_string().into_bytes())
+            .map(|ip| crate::textfmt::ip(ip).into_bytes())
             .unwrap_or_default()
     };
     match &group.hash_on {
