@@ -270,9 +270,7 @@ impl HeaderDeadline {
         }
         if self.unserved() > 0 {
             // Bytes a client sent past its last request (pipelined) start this one.
-            let pending = std::mem::take(&mut self.pending);
-            self.track(&pending[self.served..]);
-            self.pending = pending;
+            track(&mut self.phase, &self.pending[self.served..]);
         } else {
             // Pingora's coarse timer wheel (the one its own keep-alive wait uses): cheaper to
             // arm on every request than a tokio timer, and not armed at all when the request
