@@ -106,7 +106,9 @@ pub struct Finished<'a> {
     pub settings: &'a Settings,
     /// When it started (monotonic, for the duration).
     pub started: Instant,
-    /// The same moment on the wall clock, for the log line.
+    /// When it ended (read once by the logging phase for every step that times the request).
+    pub ended: Instant,
+    /// The start on the wall clock, for the log line.
     pub started_at: SystemTime,
     /// Its request id (moved into the log line).
     pub request_id: String,
@@ -146,7 +148,7 @@ pub struct Finished<'a> {
 /// line (when `log` is open and the settings and sampling want it).
 pub fn record(log: Option<&AccessLog>, f: Finished) {
     let settings = f.settings;
-    let elapsed = f.started.elapsed();
+    let elapsed = f.ended.saturating_duration_since(f.started);
     let route = f.route.map_or("none", |r| &**r);
     let cache = f.cache.unwrap_or("none");
     if let Some(outcome) = f.cache {

@@ -143,7 +143,12 @@ impl RequestCtx {
 
     /// What the request's metrics and log line say, now that it has ended with error `e`
     /// (if any). Moves the request id out.
-    pub fn finished<'a>(&'a mut self, session: &'a Session, e: Option<&'a Error>) -> Finished<'a> {
+    pub fn finished<'a>(
+        &'a mut self,
+        session: &'a Session,
+        e: Option<&'a Error>,
+        ended: std::time::Instant,
+    ) -> Finished<'a> {
         let request_id = std::mem::take(&mut self.request_id);
         let ctx = &*self;
         let req = session.req_header();
@@ -151,6 +156,7 @@ impl RequestCtx {
         Finished {
             settings: &ctx.config.observe,
             started: ctx.started,
+            ended,
             started_at: ctx.started_at,
             request_id,
             route: ctx.route.as_ref().map(|r| &r.name),

@@ -306,7 +306,9 @@ impl ProxyHttp for Tollgate {
             return;
         }
         upstream::ended(ctx, e);
-        tokens::settle(ctx, self.limiter.as_ref()).await;
-        request::record(self.access_log.as_ref(), ctx.finished(session, e));
+        // One clock read times the request for the token metrics and the request's own.
+        let ended = std::time::Instant::now();
+        tokens::settle(ctx, self.limiter.as_ref(), ended).await;
+        request::record(self.access_log.as_ref(), ctx.finished(session, e, ended));
     }
 }

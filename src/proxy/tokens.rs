@@ -231,7 +231,7 @@ pub fn cached_body(ctx: &mut RequestCtx, body: Option<&Bytes>, end: bool) {
 }
 
 /// `logging`: debit the usage the answer reported and count it.
-pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
+pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter, ended: std::time::Instant) {
     let Some(route) = ctx.route.clone().filter(|r| r.tokens.is_some()) else {
         return;
     };
@@ -268,7 +268,8 @@ pub async fn settle(ctx: &mut RequestCtx, limiter: &Limiter) {
         metrics::with_llm_handles(&route.name, tenant, group, model, |h| {
             if ctx.upstream_status.is_some() {
                 // Every answer of a provider is timed, whether or not it reported its usage.
-                h.duration.observe(ctx.started.elapsed().as_secs_f64());
+                h.duration
+                    .observe(ended.saturating_duration_since(ctx.started).as_secs_f64());
                 if let Some(first) = first_body {
                     h.first_token
                         .observe(first.duration_since(ctx.started).as_secs_f64());
