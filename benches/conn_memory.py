@@ -5,10 +5,13 @@ they close, for several `server.client_read_buffer` sizes (and nginx as the peer
     cargo build --release --bin tollgate
     python3 benches/conn_memory.py [--counts 1000,10000] [--buffers 65536,4096]
 
-For each proxy and each N, three kinds of connection, each measured on a fresh process:
+For each proxy and each N, four kinds of connection, each measured on a fresh process:
   idle       connected, nothing sent
   partial    an unfinished request header sent (a slowloris client)
-  kept       one request answered, then kept alive and idle
+  kept       one request answered (one connection after the other), then kept alive and idle
+  burst      as kept, but the N requests sent at once: the proxy also holds N upstream
+             requests at the same time, so the figure includes what that concurrency grows
+             (upstream connections, the keep-alive pool that survives them)
 It prints RSS (VmRSS of the proxy process) before, with the N connections open (per connection),
 and 2 s after they all closed (percent over the idle figure). Loopback only; a benchmark, not a
 test: numbers depend on the machine, and the script asserts nothing.
@@ -87,36 +90,44 @@ def settle(pid, seconds=2.0):
     return last
 
 
+def read_answer(s):
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+
+
 def open_connections(port, n, kind):
     conns = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
         if kind == "partial":
             s.sendall(b"GET /api/hello HTTP/1.1\r\nHost: a\r\nX-Slow: ")
-        elif kind == "kept":
+        elif kind in ("kept", "burst"):
             s.sendall(b"GET /api/hello HTTP/1.1\r\nHost: a\r\n\r\n")
+            if kind == "kept":
+                read_answer(s)
         conns.append(s)
-    if kind == "kept":
+    if kind == "burst":
         for s in conns:
-            data = b""
-            while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            read_answer(s)
     return conns
 
 
-def tollgate(upstream_port, read_buffer, dirpath):
+def tollgate(upstream_port, read_buffer, dirpath, pool=None, upstream_idle=None):
     port, admin = free_port(), free_port()
     conf = os.path.join(dirpath, f"tg-{read_buffer}.yaml")
+    pool_line = f", upstream_keepalive_pool: {pool}" if pool is not None else ""
+    idle_line = f", timeouts: {{ idle: {upstream_idle}s }}" if upstream_idle is not None else ""
     with open(conf, "w") as f:
         f.write(f"""listen: 127.0.0.1:{port}
 admin: {{ listen: 127.0.0.1:{admin} }}
 server: {{ client_read_buffer: {read_buffer}, grace_period: 0s, shutdown_timeout: 1s,
-          keepalive_timeout: 600s, client_body_timeout: 600s }}
+          keepalive_timeout: 600s, client_body_timeout: 600s{pool_line} }}
 observability: {{ access_log: {{ enabled: false }} }}
-upstreams: {{ app: {{ endpoints: ["127.0.0.1:{upstream_port}"] }} }}
+upstreams: {{ app: {{ endpoints: ["127.0.0.1:{upstream_port}"]{idle_line} }} }}
 routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]
 """)
     proc = subprocess.Popen([BIN, "run", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -146,7 +157,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", default="1000,10000")
     ap.add_argument("--buffers", default="65536,4096")
-    ap.add_argument("--kinds", default="idle,partial,kept")
+    ap.add_argument("--kinds", default="idle,partial,kept,burst")
+    ap.add_argument("--pool", type=int, default=None,
+                    help="tollgate's server.upstream_keepalive_pool (default: tollgate's 128; "
+                         "nginx here keeps 16)")
+    ap.add_argument("--upstream-idle", type=int, default=None, metavar="SECONDS",
+                    help="tollgate's upstream timeouts.idle (default 60 s): how long the pool "
+                         "keeps an idle upstream connection; the closed RSS is then read that "
+                         "much later too")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -171,7 +189,7 @@ def main():
                         if buf is None:
                             proc, port = nginx(up_port, d)
                         else:
-                            proc, port = tollgate(up_port, buf, d)
+                            proc, port = tollgate(up_port, buf, d, args.pool, args.upstream_idle)
                         try:
                             for _ in range(20):
                                 get(port)
@@ -180,7 +198,7 @@ def main():
                             opened = settle(proc.pid, 3.0)
                             for s in conns:
                                 s.close()
-                            time.sleep(2.0)
+                            time.sleep(2.0 + (args.upstream_idle or 0))
                             closed = settle(proc.pid)
                             per = (opened - idle) / n
                             over = 100.0 * (closed - idle) / idle

@@ -17,6 +17,7 @@
 
 use crate::config::ConnectionLimits;
 use crate::observe::metrics;
+use crate::origin_date::{DateRewrite, Write};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -228,6 +229,10 @@ pub struct HeaderDeadline {
     served: usize,
     /// The most one read ahead takes from the socket (Pingora's own first read of a request).
     read_size: usize,
+    /// A cache hit's stored `Date`, to put back in its answer's header as it is written
+    /// ([`crate::origin_date`]). Set through `&self` (Pingora lends the stream by reference);
+    /// read through `&mut self` on every write, which takes no lock.
+    date: Mutex<Option<DateRewrite>>,
 }
 
 thread_local! {
@@ -246,7 +251,18 @@ impl HeaderDeadline {
             pending: Vec::new(),
             served: 0,
             read_size: limits.read_size.max(1),
+            date: Mutex::new(None),
         }
+    }
+
+    /// Have the next answer's header carry `value` as its `Date` (a cache hit's stored one).
+    pub fn keep_date(&self, value: [u8; crate::origin_date::IMF_FIXDATE_LEN]) {
+        *self.date.lock() = Some(DateRewrite::Armed(value));
+    }
+
+    /// The `Date` rewrite, from a write (no lock taken: the write owns the stream).
+    fn date_mut(&mut self) -> &mut Option<DateRewrite> {
+        self.date.get_mut()
     }
 
     /// Bytes read ahead and not yet served.
@@ -268,6 +284,8 @@ impl HeaderDeadline {
         if *shutdown.borrow_and_update() {
             return false;
         }
+        // A date armed for an answer that was never written (an error) is not the next one's.
+        *self.date_mut() = None;
         if self.unserved() > 0 {
             // Bytes a client sent past its last request (pipelined) start this one.
             track(&mut self.phase, &self.pending[self.served..]);
@@ -501,12 +519,23 @@ impl AsyncRead for HeaderDeadline {
 
 impl AsyncWrite for HeaderDeadline {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.answer_started(buf);
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.answer_started(buf);
+        let HeaderDeadline { inner, date, .. } = this;
+        let rewrite = date.get_mut();
+        if rewrite.is_none() {
+            return Pin::new(inner).poll_write(cx, buf);
+        }
+        let n = match DateRewrite::write(rewrite, buf) {
+            Write::Plain(b) => std::task::ready!(Pin::new(inner).poll_write(cx, b))?,
+            Write::Rewritten(b) => std::task::ready!(Pin::new(inner).poll_write(cx, &b))?,
+        };
+        DateRewrite::wrote(rewrite, n);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -522,7 +551,12 @@ impl AsyncWrite for HeaderDeadline {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if self.date_mut().is_some() {
+            // A header whose date is rewritten goes through the plain write, a buffer at a time.
+            return self.poll_write(cx, first.map_or(&[], |b| &b[..]));
+        }
+        if let Some(first) = first {
             self.answer_started(first);
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)

@@ -22,6 +22,7 @@ pub mod keys_command;
 pub mod llm;
 pub mod memory;
 pub mod observe;
+pub mod origin_date;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

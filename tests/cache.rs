@@ -961,20 +961,56 @@ async fn a_304_updates_the_stored_fields_it_carries_and_the_freshness() {
     assert_eq!(origin.count(), 2);
 }
 
+/// Pingora's HTTP/1 writer stamps the current time on every answer; tollgate puts the answer's
+/// own `Date` back on the client stream (src/origin_date.rs): the origin's on a miss, the
+/// stored one on a hit, in IMF-fixdate form whatever form the origin used.
 #[tokio::test]
-#[ignore = "blocked on Pingora: its HTTP/1 and HTTP/2 servers replace Date on every response \
-            they write (pingora-core 0.9 v1/server.rs `prepare_response_header`, v2/server.rs), \
-            hits included, with no setting to keep it"]
 async fn a_hit_keeps_the_stored_date() {
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(5));
+    let made = std::time::SystemTime::now() - Duration::from_secs(5);
+    let date = httpdate::fmt_http_date(made);
     let origin_date = date.clone();
-    let origin = Upstream::scripted(move |_, _| fresh("x").header("date", &origin_date)).await;
+    let origin = Upstream::scripted(move |r, _| {
+        if r.path == "/rfc850" {
+            // The obsolete form (RFC 9110 §5.6.7) a recipient must still read.
+            let old = rfc850(made);
+            return fresh("x").header("date", &old);
+        }
+        fresh("x").header("date", &origin_date)
+    })
+    .await;
     let tg = cached(origin.addr(), "{}").start().await;
-    assert_eq!(tg.get("/d").await.cache(), "MISS");
+    let miss = tg.get("/d").await;
+    assert_eq!(miss.cache(), "MISS");
+    miss.assert_header("date", &date);
     let hit = tg.get("/d").await;
     assert_eq!(hit.cache(), "HIT");
     assert!(hit.age().unwrap() >= 5, "{hit:?}");
     hit.assert_header("date", &date);
+    for _ in 0..2 {
+        tg.get("/rfc850").await.assert_header("date", &date);
+    }
+}
+
+/// `made` in RFC 850 form (`Sunday, 06-Nov-94 08:49:37 GMT`).
+fn rfc850(made: std::time::SystemTime) -> String {
+    // From the IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
+    let fix = httpdate::fmt_http_date(made);
+    let day = match &fix[..3] {
+        "Mon" => "Monday",
+        "Tue" => "Tuesday",
+        "Wed" => "Wednesday",
+        "Thu" => "Thursday",
+        "Fri" => "Friday",
+        "Sat" => "Saturday",
+        _ => "Sunday",
+    };
+    format!(
+        "{day}, {}-{}-{} {}",
+        &fix[5..7],
+        &fix[8..11],
+        &fix[14..16],
+        &fix[17..]
+    )
 }
 
 #[tokio::test]

@@ -265,6 +265,8 @@ impl ProxyHttp for Tollgate {
             session.set_keepalive(None);
         }
         caching::add_status_headers(session, upstream_response, ctx)?;
+        // The answer keeps the `Date` it came with (a hit's stored one, the origin's).
+        crate::origin_date::keep(session, upstream_response);
         streams::on_response(upstream_response, ctx);
         tokens::from_cache(session, upstream_response, ctx);
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
