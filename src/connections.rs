@@ -201,6 +201,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
     }
 }
 
+/// Have the answer about to be written on `session`'s connection carry `value` as its `Date`
+/// ([`crate::origin_date`]). Nothing happens on a connection tollgate does not wrap (HTTP/2).
+pub fn keep_date(session: &ServerSession, value: [u8; crate::origin_date::IMF_FIXDATE_LEN]) {
+    if let Some(conn) = session
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<HeaderDeadline>())
+    {
+        conn.keep_date(value);
+    }
+}
+
 /// Where a connection is in its current request, as far as the header deadline cares.
 #[derive(Debug)]
 enum Phase {

@@ -11,7 +11,7 @@
 //! header block on its way out:
 //!
 //! - `response_filter` arms the stream with the answer's `Date`, written as an IMF-fixdate (29
-//!   bytes), when it is not the second Pingora is about to write ([`keep`]): a hit, or an
+//!   bytes), when it is not the second Pingora is about to write ([`date_to_keep`]): a hit, or an
 //!   origin whose clock or latency puts its `Date` in another second. An answer dated this
 //!   second (most of them) costs a comparison.
 //! - Pingora then writes the header with its own `Date`, also an IMF-fixdate, and the stream
@@ -22,41 +22,22 @@
 //! Pingora's session, out of reach.
 
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 /// Bytes of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form Pingora writes
 /// and the form the answer's date is put in.
 pub const IMF_FIXDATE_LEN: usize = 29;
 
-/// `response_filter`: have the client stream put `resp`'s `Date` back in place of the one
-/// Pingora will write, when they differ. Nothing happens without a `Date` that parses, or on
-/// HTTP/2.
-pub fn keep(session: &Session, resp: &ResponseHeader) {
-    let Some(date) = resp.headers.get(http::header::DATE) else {
-        return;
-    };
+/// `response_filter`: the `Date` to put back in place of the one Pingora will write, as an
+/// IMF-fixdate, when `resp` has one that parses and is not the second Pingora writes (the
+/// caller hands it to the client stream: `connections::keep_date`).
+pub fn date_to_keep(resp: &ResponseHeader) -> Option<[u8; IMF_FIXDATE_LEN]> {
+    let date = resp.headers.get(http::header::DATE)?;
     if date == pingora_core::protocols::http::date::get_cached_date() {
         // What Pingora writes anyway.
-        return;
+        return None;
     }
-    let Some(conn) = session.as_downstream().stream().and_then(|s| {
-        s.as_any()
-            .downcast_ref::<crate::connections::HeaderDeadline>()
-    }) else {
-        return;
-    };
-    let Some(date) = date
-        .to_str()
-        .ok()
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    else {
-        return;
-    };
-    let Ok(value) = <[u8; IMF_FIXDATE_LEN]>::try_from(httpdate::fmt_http_date(date).as_bytes())
-    else {
-        return;
-    };
-    conn.keep_date(value);
+    let date = httpdate::parse_http_date(date.to_str().ok()?).ok()?;
+    <[u8; IMF_FIXDATE_LEN]>::try_from(httpdate::fmt_http_date(date).as_bytes()).ok()
 }
 
 /// The `Date` value to put in the next answer's header, and how far its writing has gone.

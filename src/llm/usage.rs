@@ -1003,19 +1003,7 @@ fn plain_usage_at(obj: &[u8]) -> Option<(Found, usize)> {
         i = skip_ws(obj, i + 1);
         let end = value_end(obj, i)?;
         let value = &obj[i..end];
-        match auto_field(key) {
-            Some(field) => n[field] = Some(plain_integer(value)?),
-            None if matches!(value.first(), Some(b'"' | b'{' | b'[')) => {}
-            None => {
-                let scalar = matches!(value, b"true" | b"false" | b"null")
-                    || value
-                        .iter()
-                        .all(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'));
-                if !scalar {
-                    return None;
-                }
-            }
-        }
+        plain_member(&mut n, key, value, true)?;
         i = skip_ws(obj, end);
         match obj.get(i) {
             Some(b',') => i = skip_ws(obj, i + 1),
@@ -1023,6 +1011,36 @@ fn plain_usage_at(obj: &[u8]) -> Option<(Found, usize)> {
             _ => return None,
         }
     }
+}
+
+/// One member of a plain usage object: a count, read into `n` (a plain integer; `replace`: over
+/// one read before, as when reading forward, where the last of duplicate keys wins), or another
+/// member whose value is a string, an object, an array or a scalar. `None` for anything else.
+fn plain_member(
+    n: &mut [Option<u64>; AUTO_FIELDS.len()],
+    key: &[u8],
+    value: &[u8],
+    replace: bool,
+) -> Option<()> {
+    match auto_field(key) {
+        Some(field) => {
+            let count = plain_integer(value)?;
+            if replace || n[field].is_none() {
+                n[field] = Some(count);
+            }
+        }
+        None if matches!(value.first(), Some(b'"' | b'{' | b'[')) => {}
+        None => {
+            let scalar = matches!(value, b"true" | b"false" | b"null")
+                || value
+                    .iter()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'));
+            if !scalar {
+                return None;
+            }
+        }
+    }
+    Some(())
 }
 
 /// The index of `key` in [`AUTO_FIELDS`] (a `match`: the compiler compares lengths first).

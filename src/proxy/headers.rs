@@ -125,12 +125,14 @@ pub fn set_forwarded(
             }
         }
         crate::textfmt::push_ip(&mut value, ip);
-        let _ = req.insert_header(X_FORWARDED_FOR.clone(), value);
+        // Names as static text: Pingora copies a `HeaderName` it is given into its case map,
+        // and only borrows a `&'static str`.
+        let _ = req.insert_header("x-forwarded-for", value);
     }
-    let _ = req.insert_header("x-forwarded-proto", "http");
+    let _ = req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"));
     match host {
         Some(h) => {
-            let _ = req.insert_header(X_FORWARDED_HOST.clone(), h);
+            let _ = req.insert_header("x-forwarded-host", h);
         }
         None if req.headers.contains_key(&X_FORWARDED_HOST) => {
             req.remove_header(&X_FORWARDED_HOST);

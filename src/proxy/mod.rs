@@ -266,7 +266,9 @@ impl ProxyHttp for Tollgate {
         }
         caching::add_status_headers(session, upstream_response, ctx)?;
         // The answer keeps the `Date` it came with (a hit's stored one, the origin's).
-        crate::origin_date::keep(session, upstream_response);
+        if let Some(date) = crate::origin_date::date_to_keep(upstream_response) {
+            crate::connections::keep_date(session.as_downstream(), date);
+        }
         streams::on_response(upstream_response, ctx);
         tokens::from_cache(session, upstream_response, ctx);
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;

@@ -14,7 +14,7 @@
 //! it does not read plainly; the caller then falls back to the forward reading, so an answer
 //! this module reads gets the counts the forward reading would give.
 
-use super::{auto_field, auto_found, escaped, plain_integer, Found, AUTO_FIELDS, AUTO_KEY};
+use super::{auto_found, escaped, plain_member, Found, AUTO_FIELDS, AUTO_KEY};
 
 /// What reading backward found of the last top-level `usage` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,22 +177,8 @@ impl Back<'_> {
             if escapes {
                 return None;
             }
-            match auto_field(key) {
-                Some(field) => {
-                    let count = plain_integer(value)?;
-                    n[field].get_or_insert(count);
-                }
-                None if matches!(value[0], b'"' | b'{' | b'[') => {}
-                None => {
-                    let scalar = matches!(value, b"true" | b"false" | b"null")
-                        || value
-                            .iter()
-                            .all(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'));
-                    if !scalar {
-                        return None;
-                    }
-                }
-            }
+            // Read last first: the first count read is the last of duplicates, which wins.
+            plain_member(&mut n, key, value, false)?;
             self.ws();
             match self.peek()? {
                 b',' => {
