@@ -33,17 +33,28 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Field names listed in a `Connection` header, lower-cased, except those Pingora must keep.
-fn connection_tokens(value: &http::HeaderValue) -> Vec<String> {
-    value
-        .to_str()
-        .map(|v| {
-            v.split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .filter(|t| !t.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The field names a `Connection` header lists for removal, lower-cased: all but `close`,
+/// `keep-alive`, `upgrade` when `keep_upgrade`, and the framing fields Pingora must keep. The
+/// usual values (`keep-alive`, `close`) allocate nothing: this runs on most requests and
+/// answers.
+fn listed_fields(value: &http::HeaderValue, keep_upgrade: bool) -> Vec<String> {
+    let Ok(value) = value.to_str() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in value.split(',').map(str::trim) {
+        let kept = t.is_empty()
+            || t.eq_ignore_ascii_case("close")
+            || t.eq_ignore_ascii_case("keep-alive")
+            || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"));
+        if !kept {
+            let t = t.to_ascii_lowercase();
+            if !is_protected(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
 
 /// Remove hop-by-hop fields from a request going upstream. An upgrade request (WebSocket) keeps
@@ -52,11 +63,8 @@ pub fn strip_request_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
     // Most requests carry none of these: look before touching (removal also updates
     // Pingora's case-preserving name map).
     if let Some(conn) = req.headers.get(CONNECTION) {
-        for t in connection_tokens(conn) {
-            let keep = matches!(t.as_str(), "close" | "keep-alive" | "upgrade") || is_protected(&t);
-            if !keep {
-                req.remove_header(t.as_str());
-            }
+        for t in listed_fields(conn, true) {
+            req.remove_header(t.as_str());
         }
         if !is_upgrade {
             req.remove_header(&CONNECTION);
@@ -87,10 +95,8 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
         return;
     }
     if let Some(conn) = resp.headers.get(CONNECTION) {
-        for t in connection_tokens(conn) {
-            if !matches!(t.as_str(), "close" | "keep-alive") && !is_protected(&t) {
-                resp.remove_header(t.as_str());
-            }
+        for t in listed_fields(conn, false) {
+            resp.remove_header(t.as_str());
         }
     }
     for h in [&KEEP_ALIVE, &PROXY_CONNECTION, &UPGRADE] {
