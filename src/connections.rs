@@ -166,10 +166,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         let mut settings: Option<HttpPersistentSettings> = None;
         // One watch for the connection's waits, not a clone per request.
         let mut watch = shutdown.clone();
+        let mut awaiting = Some(AwaitingFirst::new());
         loop {
-            if !conn.next_request(&self.limits, &mut watch).await {
+            let first = awaiting.is_some();
+            if !conn.next_request(&self.limits, &mut watch, first).await {
                 return None;
             }
+            // Its request is in flight now (counted there) or over.
+            awaiting = None;
             let mut session = ServerSession::new_http1(conn);
             match settings.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
@@ -209,6 +213,36 @@ pub fn keep_date(session: &ServerSession, value: [u8; crate::origin_date::IMF_FI
         .and_then(|s| s.as_any().downcast_ref::<HeaderDeadline>())
     {
         conn.keep_date(value);
+    }
+}
+
+/// How long, once a shutdown has begun, a connection that has not sent its first request yet
+/// still gets to send it (kept-alive connections between requests are closed at once: their
+/// clients retry on a new connection).
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Connections accepted whose first request has not started yet.
+static AWAITING_FIRST_REQUEST: AtomicUsize = AtomicUsize::new(0);
+
+/// How many connections are waiting for their first request: the drain waits for them too
+/// (each for at most [`FIRST_REQUEST_GRACE`] once the shutdown has begun).
+pub fn awaiting_first_request() -> usize {
+    AWAITING_FIRST_REQUEST.load(Ordering::Relaxed)
+}
+
+/// Counts a connection in [`awaiting_first_request`] while it lives.
+struct AwaitingFirst;
+
+impl AwaitingFirst {
+    fn new() -> AwaitingFirst {
+        AWAITING_FIRST_REQUEST.fetch_add(1, Ordering::Relaxed);
+        AwaitingFirst
+    }
+}
+
+impl Drop for AwaitingFirst {
+    fn drop(&mut self) {
+        AWAITING_FIRST_REQUEST.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -284,15 +318,17 @@ impl HeaderDeadline {
     /// Waits for the next request's header and reads it whole (a few hundred bytes, kept
     /// until Pingora's session reads them): `false` when the connection is to be closed. The
     /// wait for its first byte is bounded by `keepalive_timeout` and ends at once on shutdown
-    /// (an idle connection is closed then); from that byte the header has
+    /// (an idle connection is closed then), except on a connection's `first` request, which
+    /// gets [`FIRST_REQUEST_GRACE`] more; from that byte the header has
     /// `client_header_timeout` to end (else `408`), and it may not pass what the request limits
     /// could ever accept (else `431`, without reading the rest).
     async fn next_request(
         &mut self,
         limits: &ConnectionLimits,
         shutdown: &mut ShutdownWatch,
+        first: bool,
     ) -> bool {
-        if *shutdown.borrow_and_update() {
+        if !first && *shutdown.borrow_and_update() {
             return false;
         }
         // A date armed for an answer that was never written (an error) is not the next one's.
@@ -304,14 +340,25 @@ impl HeaderDeadline {
             // Pingora's coarse timer wheel (the one its own keep-alive wait uses): cheaper to
             // arm on every request than a tokio timer, and not armed at all when the request
             // is already there.
-            let first = tokio::select! {
+            let closing = async {
+                if !*shutdown.borrow_and_update() {
+                    let _ = shutdown.changed().await;
+                }
+                if first {
+                    // Accepted just before the shutdown (or while the listening socket was
+                    // being handed to a new process): its client has had no answer it could
+                    // retry after and is about to send. Closing it now would fail that request.
+                    tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+                }
+            };
+            let read = tokio::select! {
                 read = pingora_timeout::fast_timeout::fast_timeout(
                     limits.keepalive_timeout,
                     std::future::poll_fn(|cx| self.poll_fill(cx, false)),
                 ) => read,
-                _ = shutdown.changed() => return false,
+                _ = closing => return false,
             };
-            if !matches!(first, Ok(Ok(n)) if n > 0) {
+            if !matches!(read, Ok(Ok(n)) if n > 0) {
                 return false;
             }
         }

@@ -4,7 +4,8 @@
 //!
 //! Pingora's own timeline is a fixed sleep (its grace period) and then the runtimes are cut:
 //! tollgate gives Pingora the whole deadline as its grace period, and this service ends the
-//! process early once the in-flight count (`tollgate_http_requests_in_flight`) reaches zero,
+//! process early once the in-flight count (`tollgate_http_requests_in_flight`) reaches zero
+//! and no connection accepted before the shutdown is still waiting for its first request,
 //! after a moment for the access log's writer and the fleet heartbeat's goodbye.
 
 use crate::observe::metrics;
@@ -28,7 +29,9 @@ impl BackgroundService for Drain {
         let started = Instant::now();
         loop {
             let in_flight = metrics::HTTP_REQUESTS_IN_FLIGHT.get();
-            if in_flight <= 0 {
+            // Connections accepted just before the shutdown, whose request has not come yet, are
+            // waited for too (a second at most: `connections::FIRST_REQUEST_GRACE`).
+            if in_flight <= 0 && crate::connections::awaiting_first_request() == 0 {
                 // Let the access log's writer and the heartbeat's goodbye finish.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 tracing::info!(

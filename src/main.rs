@@ -30,6 +30,11 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "conf/tollgate.yaml")]
         config: PathBuf,
+        /// Take over the listening sockets of the tollgate running on the same config (through
+        /// `server.upgrade_sock`) instead of binding them: start this one, then send the old one
+        /// SIGQUIT. No connection is refused during the swap.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file: print every problem and exit 1, or a summary and exit 0.
     Check {
@@ -192,7 +197,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             init_logging();
             let runtime = match tollgate::config::load(&config) {
                 Ok(c) => c,
@@ -201,9 +206,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            if let Err(e) = tollgate::server::check_listeners(&runtime) {
-                eprintln!("tollgate: {e}");
-                return ExitCode::from(1);
+            // An upgrade takes the ports over from the running process: they are in use.
+            if !upgrade {
+                if let Err(e) = tollgate::server::check_listeners(&runtime) {
+                    eprintln!("tollgate: {e}");
+                    return ExitCode::from(1);
+                }
+            } else {
+                tracing::info!(
+                    "waiting for the running tollgate's listening sockets on {} (send it SIGQUIT)",
+                    runtime.startup.server.upgrade_sock
+                );
             }
             tracing::info!(
                 "tollgate {} starting: {}",
@@ -225,7 +238,7 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            let mut server = match tollgate::build_server(runtime, Some(config)) {
+            let mut server = match tollgate::build_server(runtime, Some(config), upgrade) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("tollgate: {e}");

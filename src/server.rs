@@ -108,8 +108,14 @@ pub fn check_listeners(config: &RuntimeConfig) -> Result<(), String> {
 }
 
 /// Build a ready-to-run server for `config`. With `watch = Some(path)`, the file is reloaded on
-/// SIGHUP and when its content changes.
-pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::Result<Server> {
+/// SIGHUP and when its content changes. With `upgrade`, the listening sockets are taken over
+/// from the running process (Pingora's graceful upgrade, through `server.upgrade_sock`) instead
+/// of bound: the operator then sends that process SIGQUIT.
+pub fn build_server(
+    config: RuntimeConfig,
+    watch: Option<PathBuf>,
+    upgrade: bool,
+) -> std::io::Result<Server> {
     let start = &config.startup;
     crate::observe::metrics::init(&start.latency_buckets, start.status_code_label);
     let access_log = start
@@ -133,12 +139,17 @@ pub fn build_server(config: RuntimeConfig, watch: Option<PathBuf>) -> std::io::R
         grace_period_seconds: Some(ceil_secs(s.grace_period + s.shutdown_timeout)),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool,
+        upgrade_sock: s.upgrade_sock.clone(),
         ..ServerConf::default()
     };
     // The groups' `retry.attempts` (at most 10) decide retries; Pingora's own cap stays as
     // the backstop.
     conf.max_retries = 9;
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
 
     let listen = start.listen.clone();
     let admin_listen = start.admin_listen;

@@ -56,6 +56,11 @@ fn broken_configs_are_rejected_with_specific_messages() {
             &["server.client_read_buffer: must be more than 0"],
         ),
         (
+            "an empty upgrade socket path",
+            &format!("server: {{ upgrade_sock: \"\" }}\n{GOOD_TAIL}"),
+            &["server.upgrade_sock: must be a Unix socket path of 1 to 107 bytes"],
+        ),
+        (
             "a client read buffer over 1MiB",
             &format!("server: {{ client_read_buffer: 2MiB }}\n{GOOD_TAIL}"),
             &["server.client_read_buffer: must be at most 1MiB"],

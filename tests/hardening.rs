@@ -910,6 +910,77 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_at_once() {
     );
 }
 
+/// `tollgate run --upgrade` takes the listening sockets over from the running process on its
+/// SIGQUIT (Pingora's graceful upgrade): a client opening a new connection for every request
+/// all through the swap has none refused or failed, the old process drains and exits, and the
+/// new one answers afterwards.
+#[tokio::test]
+async fn a_binary_swap_with_run_upgrade_fails_no_request() {
+    let app = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let mut old = Config::new()
+        .upstream(Group::new("app", [app.addr()]))
+        .route(Route::prefix("/").name("api").to("app"))
+        .server(
+            "upgrade_sock",
+            common::config::quote(sock.to_str().unwrap()),
+        )
+        .start()
+        .await;
+    let url = old.url("/swap");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A new connection for every request: each one is accepted by whichever process holds
+    // the listening socket at that moment.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let load = tokio::spawn({
+        let (stop, url) = (stop.clone(), url.clone());
+        async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("status {}", r.status())),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    assert!(eventually(Duration::from_secs(10), || async { app.count() >= 20 }).await);
+    let new = old.upgrade(&sock).await;
+    // The old process sends its sockets, serves on for Pingora's 5 s, then drains and exits.
+    let status = old.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "old exit: {status:?}\n{}",
+        old.log()
+    );
+    let after_exit = app.count();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.count() >= after_exit + 20
+        })
+        .await,
+        "the new process does not answer:\n{}",
+        new.log()
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok >= 40, "only {ok} requests");
+    assert_eq!(new.get("/after").await.status, 200);
+}
+
 /// On SIGTERM, a kept-alive connection with nothing in flight is closed at once, and one whose
 /// request is in flight gets its answer with `Connection: close` and is then closed (not kept
 /// for another request), while the process waits for it.

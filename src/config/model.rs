@@ -431,6 +431,10 @@ pub struct ServerConfig {
     pub max_client_connections: usize,
     /// Most client connections open at once from one IP address (the TCP peer); absent: no cap.
     pub max_connections_per_ip: Option<usize>,
+    /// The Unix socket through which a process started with `tollgate run --upgrade` receives
+    /// the listening sockets of the running one (on its SIGQUIT): a binary swap without a
+    /// refused connection. Both processes must be given the same path.
+    pub upgrade_sock: String,
 }
 
 impl Default for ServerConfig {
@@ -454,6 +458,7 @@ impl Default for ServerConfig {
             client_header_timeout: ConfigDuration::from_secs(30),
             max_client_connections: 10_000,
             max_connections_per_ip: None,
+            upgrade_sock: "/tmp/tollgate_upgrade.sock".into(),
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Server {
     pub shutdown_timeout: Duration,
     /// Idle upstream connections kept.
     pub upstream_keepalive_pool: usize,
+    /// Where `run --upgrade` receives the running process's listening sockets.
+    pub upgrade_sock: String,
     /// How often the config file is checked for changes (zero: never).
     pub watch_interval: Duration,
     /// How long a changed file must stay unchanged before it is loaded.
@@ -129,6 +131,7 @@ impl Startup {
                 grace_period: s.grace_period.get(),
                 shutdown_timeout: s.shutdown_timeout.get(),
                 upstream_keepalive_pool: s.upstream_keepalive_pool,
+                upgrade_sock: s.upgrade_sock.clone(),
                 watch_interval: s.watch_interval.get(),
                 reload_settle: s.reload_settle.get(),
                 client: ClientLimits {

@@ -336,6 +336,13 @@ fn validate_server(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
             server.max_connections_per_ip == Some(0),
         ),
     ];
+    // A Unix socket path: not empty, and within the 107 bytes `sun_path` holds.
+    if server.upgrade_sock.trim().is_empty() || server.upgrade_sock.len() > 107 {
+        errors.push(ConfigError::at(
+            "server.upgrade_sock",
+            "must be a Unix socket path of 1 to 107 bytes, e.g. /tmp/tollgate_upgrade.sock",
+        ));
+    }
     if server.client_read_buffer.0 > 1024 * 1024 {
         errors.push(ConfigError::at(
             "server.client_read_buffer",

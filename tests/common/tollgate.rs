@@ -93,6 +93,53 @@ impl Tollgate {
         unreachable!()
     }
 
+    /// A graceful upgrade: start a second tollgate on this one's config with `run --upgrade`,
+    /// send this one SIGQUIT once the new one waits on `sock` (the config's
+    /// `server.upgrade_sock`), and return the new one when it holds the proxy's listening
+    /// socket.
+    pub async fn upgrade(&self, sock: &std::path::Path) -> Tollgate {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("tollgate.yaml");
+        std::fs::copy(&self.config_path, &config_path).unwrap();
+        let log_path = dir.path().join("tollgate.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--upgrade", "-c"])
+            .arg(&config_path)
+            .env("TOLLGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tollgate --upgrade");
+        let mut new = Tollgate {
+            child,
+            addr: self.addr,
+            admin: self.admin,
+            config_path,
+            log_path,
+            _dir: dir,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        // The new process listens on the upgrade socket, then waits for the old one to send.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sock.exists() {
+            if let Ok(Some(status)) = new.child.try_wait() {
+                panic!("tollgate --upgrade exited with {status}:\n{}", new.log());
+            }
+            assert!(Instant::now() < deadline, "no {sock:?}:\n{}", new.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.signal(libc::SIGQUIT);
+        if let Err(log) = new.wait_ready(Duration::from_secs(30)).await {
+            panic!(
+                "tollgate --upgrade did not take over:\n{log}\nold:\n{}",
+                self.log()
+            );
+        }
+        new
+    }
+
     async fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         let url = format!("http://{}/readyz", self.admin);
