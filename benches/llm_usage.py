@@ -146,34 +146,41 @@ def wrk(port, path, duration, conns):
     return requests, float(p99.group(1)) * scale[p99.group(2)]
 
 
+def keepalive_load(port, path, requests, conns):
+    """`requests` GETs of `path` over `conns` keep-alive connections (Python threads), each
+    answer read whole; any status but 200 stops the script."""
+    import threading
+    import http.client
+
+    def one():
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        for _ in range(requests // conns):
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                raise SystemExit(f"{path}: {r.status}")
+        c.close()
+    ts = [threading.Thread(target=one) for _ in range(conns)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
 def instructions(args):
     """`--instructions`: user-space instructions per request under callgrind, plain and tokens
     routes on one process, each answer twice. Deterministic to about 0.5%, where the CPU times
     of a shared 2-core machine move by several percent from run to run; kernel time (the same
     syscalls and bytes on both routes) is not in it, so the ratio is an upper bound on the
     share of the whole CPU per request."""
-    import threading
-    import http.client
     for tool in ("valgrind", "callgrind_control"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: apt-get install valgrind")
     n, conns = args.requests, 16
 
     def load(port, path):
-        def one():
-            c = http.client.HTTPConnection("127.0.0.1", port)
-            for _ in range(n // conns):
-                c.request("GET", path)
-                r = c.getresponse()
-                r.read()
-                if r.status != 200:
-                    raise SystemExit(f"{path}: {r.status}")
-            c.close()
-        ts = [threading.Thread(target=one) for _ in range(conns)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        keepalive_load(port, path, n, conns)
 
     def ctl(pid, *a):
         return subprocess.run(["callgrind_control", *a, str(pid)], capture_output=True,

@@ -12,13 +12,11 @@ User-space instructions only (the kernel is about half the CPU here), determinis
 A benchmark, not a test: it asserts nothing. Loopback only.
 """
 import argparse
-import http.client
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-import threading
 
 import llm_usage as L
 
@@ -28,20 +26,7 @@ REQUESTS, CONNS = 800, 16
 
 
 def load(port, path):
-    def one():
-        c = http.client.HTTPConnection("127.0.0.1", port)
-        for _ in range(REQUESTS // CONNS):
-            c.request("GET", path)
-            r = c.getresponse()
-            r.read()
-            if r.status != 200:
-                raise SystemExit(f"{path}: {r.status}")
-        c.close()
-    ts = [threading.Thread(target=one) for _ in range(CONNS)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    L.keepalive_load(port, path, REQUESTS, CONNS)
 
 
 def profile(name, cmd, port, path, d):

@@ -8,7 +8,7 @@ use crate::common::net::{free_addr, listening_socket_owned_by};
 use crate::common::{bin, metric_value, Got};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,22 @@ fn full_config(body: &str, admin_lines: &str, addr: SocketAddr, admin: SocketAdd
     out
 }
 
+/// `tollgate run -c config_path` (plus `args`), its stdout and stderr to `log_path`.
+fn spawn(config_path: &Path, log_path: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let log = std::fs::File::create(log_path).unwrap();
+    Command::new(bin())
+        .args(["run", "-c"])
+        .arg(config_path)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("TOLLGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tollgate")
+}
+
 impl Tollgate {
     /// Start tollgate on `cfg` (a [`crate::common::Config`], or YAML text without
     /// `listen`/`admin`), and wait until it is ready.
@@ -62,17 +78,7 @@ impl Tollgate {
             let config_path = dir.path().join("tollgate.yaml");
             std::fs::write(&config_path, full_config(body, admin_lines, addr, admin)).unwrap();
             let log_path = dir.path().join("tollgate.log");
-            let log = std::fs::File::create(&log_path).unwrap();
-            let child = Command::new(bin())
-                .args(["run", "-c"])
-                .arg(&config_path)
-                .envs(env.iter().copied())
-                .env("TOLLGATE_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("spawn tollgate");
+            let child = spawn(&config_path, &log_path, &[], env);
             let mut tg = Tollgate {
                 child,
                 addr,
@@ -97,21 +103,12 @@ impl Tollgate {
     /// send this one SIGQUIT once the new one waits on `sock` (the config's
     /// `server.upgrade_sock`), and return the new one when it holds the proxy's listening
     /// socket.
-    pub async fn upgrade(&self, sock: &std::path::Path) -> Tollgate {
+    pub async fn upgrade(&self, sock: &Path) -> Tollgate {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("tollgate.yaml");
         std::fs::copy(&self.config_path, &config_path).unwrap();
         let log_path = dir.path().join("tollgate.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(bin())
-            .args(["run", "--upgrade", "-c"])
-            .arg(&config_path)
-            .env("TOLLGATE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tollgate --upgrade");
+        let child = spawn(&config_path, &log_path, &["--upgrade"], &[]);
         let mut new = Tollgate {
             child,
             addr: self.addr,
