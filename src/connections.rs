@@ -274,9 +274,10 @@ pub struct HeaderDeadline {
     served: usize,
     /// The most one read ahead takes from the socket (Pingora's own first read of a request).
     read_size: usize,
-    /// A cache hit's stored `Date`, to put back in its answer's header as it is written
-    /// ([`crate::origin_date`]). Set through `&self` (Pingora lends the stream by reference);
-    /// read through `&mut self` on every write, which takes no lock.
+    /// The `Date` the next answer came with (a hit's stored one, the origin's), to put back in
+    /// its header as it is written ([`crate::origin_date`]). Set through `&self` (Pingora
+    /// lends the stream by reference); read through `&mut self` on every write, which takes no
+    /// lock.
     date: Mutex<Option<DateRewrite>>,
 }
 
@@ -300,7 +301,7 @@ impl HeaderDeadline {
         }
     }
 
-    /// Have the next answer's header carry `value` as its `Date` (a cache hit's stored one).
+    /// Have the next answer's header carry `value` as its `Date` (the one it came with).
     pub fn keep_date(&self, value: [u8; crate::origin_date::IMF_FIXDATE_LEN]) {
         *self.date.lock() = Some(DateRewrite::Armed(value));
     }
