@@ -9,6 +9,18 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Runs before `main` and before the first allocation (an ELF constructor): mimalloc reserves
+/// its arena at the first allocation, and the option must be set before that.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static COMMIT_ON_DEMAND: extern "C" fn() = {
+    extern "C" fn commit_on_demand() {
+        tollgate::memory::commit_on_demand();
+    }
+    commit_on_demand
+};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -9,6 +9,28 @@
 //! run its pending purges once a second, whatever the traffic.
 
 use std::cell::Cell;
+
+/// mimalloc's `mi_option_arena_eager_commit` (its position in v3's `mi_option_t`; the
+/// constants of `libmimalloc-sys` follow an older list).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Have mimalloc commit its arena as pages are used, not all of it up front. By default it
+/// commits eagerly on Linux (overcommit), and the kernel then backs what a thread touches with
+/// transparent huge pages: an idle tollgate held 37.6 MB resident (22.8 MB anonymous), 24.5 MB
+/// (9.8 MB) with commit on demand. Call it before the first allocation (the binary does, from
+/// an ELF constructor): the arena is reserved then. `MIMALLOC_ARENA_EAGER_COMMIT` in the
+/// environment still wins. Allocates nothing.
+pub fn commit_on_demand() {
+    extern "C" {
+        fn getenv(name: *const std::ffi::c_char) -> *mut std::ffi::c_char;
+    }
+    // SAFETY: the C library's getenv with a NUL-terminated name (std's would allocate).
+    if !unsafe { getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()) }.is_null() {
+        return;
+    }
+    // SAFETY: sets one of mimalloc's options; touches no memory of ours.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+}
 use std::time::Duration;
 
 thread_local! {
