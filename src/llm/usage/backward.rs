@@ -35,22 +35,17 @@ pub(super) fn top_usage(s: &[u8]) -> Option<(TopUsage, usize, usize)> {
     loop {
         r.ws();
         let end = r.i;
-        let usage = match r.peek()? {
+        if r.peek()? == b'{' {
             // The object's start (or an empty object): no usage key in it.
-            b'{' => return None,
-            b'}' => match r.plain_usage() {
-                Some(found) => Some(found),
-                None => {
-                    r.i = end;
-                    r.value()?;
-                    None
-                }
-            },
-            _ => {
-                r.value()?;
-                None
-            }
-        };
+            return None;
+        }
+        // An object is read as a usage object on the way; anything else (or an object that is
+        // not a plain one) is stepped over.
+        let usage = (r.peek() == Some(b'}')).then(|| r.plain_usage()).flatten();
+        if usage.is_none() {
+            r.i = end;
+            r.value()?;
+        }
         let start = r.i;
         r.expect(b':')?;
         r.ws();
@@ -59,12 +54,8 @@ pub(super) fn top_usage(s: &[u8]) -> Option<(TopUsage, usize, usize)> {
             let found = usage.map_or(TopUsage::Elsewhere(start), TopUsage::Plain);
             return Some((found, open, end));
         }
-        r.ws();
-        match r.peek()? {
-            b',' => r.i -= 1,
-            b'{' => return None,
-            _ => return None,
-        }
+        // The member before, or the object's start (then there is no usage key).
+        r.expect(b',')?;
     }
 }
 
