@@ -338,9 +338,10 @@ impl HeaderDeadline {
             // Bytes a client sent past its last request (pipelined) start this one.
             track(&mut self.phase, &self.pending[self.served..]);
         } else {
-            // Pingora's coarse timer wheel (the one its own keep-alive wait uses): cheaper to
-            // arm on every request than a tokio timer, and not armed at all when the request
-            // is already there.
+            // A tokio timer, not Pingora's coarse wheel: a cancelled tokio timer is freed with
+            // the future, while Pingora's stays in its shared map until its deadline (60 s
+            // here by default), pinning whatever allocator pages it landed in. Registered only
+            // when the read is pending (not when the request is already there).
             let closing = async {
                 if !*shutdown.borrow_and_update() {
                     let _ = shutdown.changed().await;
@@ -353,7 +354,7 @@ impl HeaderDeadline {
                 }
             };
             let read = tokio::select! {
-                read = pingora_timeout::fast_timeout::fast_timeout(
+                read = tokio::time::timeout(
                     limits.keepalive_timeout,
                     std::future::poll_fn(|cx| self.poll_fill(cx, false)),
                 ) => read,
@@ -381,7 +382,7 @@ impl HeaderDeadline {
             }
         });
         let (status, error, message, reason) =
-            match pingora_timeout::fast_timeout::fast_timeout(limits.header_timeout, rest).await {
+            match tokio::time::timeout(limits.header_timeout, rest).await {
                 Ok(Ok(true)) => return true,
                 Ok(Err(_)) => return false,
                 Ok(Ok(false)) => (
