@@ -46,11 +46,12 @@ LABEL io.tollgate.image="rootfs-stage"
 
 FROM scratch
 COPY --from=rootfs /out/ /
-# OpenSSL reads the bundle from here (Redis over TLS, TLS upstreams). conf/tollgate.yaml takes
+# No SSL_CERT_FILE: tollgate then trusts the hashed CA directory /etc/ssl/certs, read a
+# certificate at a time when a handshake needs it (Redis over TLS, TLS upstreams), instead of
+# parsing the whole bundle into every TLS context (src/trust_store.rs). conf/tollgate.yaml takes
 # its listeners from TOLLGATE_LISTEN and TOLLGATE_ADMIN_LISTEN (loopback by default): in a
 # container, every interface of the container's network namespace.
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-    TOLLGATE_LOG=info \
+ENV TOLLGATE_LOG=info \
     TOLLGATE_LISTEN=0.0.0.0:8080 \
     TOLLGATE_ADMIN_LISTEN=0.0.0.0:9901
 LABEL org.opencontainers.image.title="tollgate" \

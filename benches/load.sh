@@ -1240,6 +1240,27 @@ ratio() { # name-a name-b [rps|cpu]
     }'
 }
 
+# Resident memory (VmRSS, MiB) of the process(es) whose CPU is charged to a target (nginx: its
+# workers, not the master), read once the start checks are done (idle) and after the last round.
+declare -A RSS_IDLE=() RSS_LOADED=()
+rss_mib() { # target -> MiB
+    local pid kib total=0
+    for pid in $(cpu_pids "$1"); do
+        kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+        total=$((total + ${kib:-0}))
+    done
+    awk -v k="$total" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+rss_ratio() { # name-a name-b -> "R idle, R after the load"
+    if [[ -z ${RSS_LOADED[$1]:-} || -z ${RSS_LOADED[$2]:-} ]]; then
+        echo "n/a (needs both $1 and $2 in TARGETS)"
+        return
+    fi
+    awk -v ai="${RSS_IDLE[$1]}" -v bi="${RSS_IDLE[$2]}" -v al="${RSS_LOADED[$1]}" -v bl="${RSS_LOADED[$2]}" 'BEGIN {
+        if (bi + 0 == 0 || bl + 0 == 0) { print "n/a (no memory figure)" } else { printf "%.2f idle, %.2f after the load\n", ai / bi, al / bl }
+    }'
+}
+
 # ---------------------------------------------------------------- start everything
 RUN=()
 SKIPPED=()
@@ -1298,6 +1319,7 @@ for t in "${RUN[@]}"; do
 done
 
 # ---------------------------------------------------------------- load
+for t in "${RUN[@]}"; do RSS_IDLE[$t]=$(rss_mib "$t"); done
 # Rounds are interleaved (round 1: every target, round 2: every target, ...) so slow
 # drifts of the machine hit all targets alike; the report shows medians over rounds.
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -1305,6 +1327,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         run_load "$t" "$round"
     done
 done
+for t in "${RUN[@]}"; do RSS_LOADED[$t]=$(rss_mib "$t"); done
 for t in "${RUN[@]}"; do
     aggregate "$t"
 done
@@ -1574,17 +1597,28 @@ if ((ROUNDS > 1)); then
     done
 fi
 echo
+echo "Resident memory (VmRSS, MiB; nginx and direct: the workers), idle after the start checks / after the last round:"
+echo
+echo "| target | idle | after the load |"
+echo "|---|---:|---:|"
+for t in "${RUN[@]}"; do
+    echo "| $t | ${RSS_IDLE[$t]} | ${RSS_LOADED[$t]} |"
+done
+echo
 if [[ $SCENARIO == gzip ]]; then
     echo "tollgate/nginx rps ratio: $(ratio tollgate nginx)"
     echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu)"
+    echo "tollgate/nginx resident memory: $(rss_ratio tollgate nginx)"
     echo "tollgate/direct rps ratio: $(ratio tollgate direct)"
 elif [[ $SCENARIO == cache-gzip ]]; then
     echo "tollgate/nginx rps ratio: $(ratio tollgate nginx) (above 1: tollgate serves more gzip-encoded cache hits per second)"
     echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu) (below 1: tollgate spends less CPU per gzip-encoded hit; nginx gzips every hit, tollgate serves the stored gzip variant)"
+    echo "tollgate/nginx resident memory: $(rss_ratio tollgate nginx)"
     echo "tollgate/direct rps ratio: $(ratio tollgate direct) (for scale only: direct serves the file uncompressed)"
 elif [[ $SCENARIO == cache ]]; then
     echo "tollgate/nginx rps ratio: $(ratio tollgate nginx) (goal: >= 1.00, at least nginx proxy_cache hits)"
     echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu) (above 1: tollgate spends more CPU per cache hit)"
+    echo "tollgate/nginx resident memory: $(rss_ratio tollgate nginx)"
     echo "tollgate/direct rps ratio: $(ratio tollgate direct) (direct: the upstream answering from a config string)"
 else
     echo "tollgate/nginx rps ratio: $(ratio tollgate nginx)"
@@ -1592,6 +1626,8 @@ else
     echo "tollgate/direct rps ratio: $(ratio tollgate direct)"
     echo "tollgate/nginx CPU per request: $(ratio tollgate nginx cpu)"
     echo "tollgate/pingora CPU per request: $(ratio tollgate pingora cpu)"
+    echo "tollgate/nginx resident memory: $(rss_ratio tollgate nginx)"
+    echo "tollgate/pingora resident memory: $(rss_ratio tollgate pingora)"
     echo "tollgate/tollgate-quiet rps ratio: $(ratio tollgate tollgate-quiet)"
     echo "tollgate/tollgate-quiet CPU per request: $(ratio tollgate tollgate-quiet cpu)"
     echo "tollgate-limits/tollgate rps ratio: $(ratio tollgate-limits tollgate)"

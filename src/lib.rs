@@ -30,6 +30,7 @@ pub mod route;
 pub mod server;
 pub mod tenant;
 pub mod textfmt;
+pub mod trust_store;
 pub mod upstream;
 
 pub use server::build_server;

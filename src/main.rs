@@ -210,7 +210,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config, upgrade } => {
+            // Before any thread or TLS context exists: both read the environment it sets.
+            let trust = tollgate::trust_store::use_hashed_directory();
             init_logging();
+            if let tollgate::trust_store::TrustStore::Hashed(dirs) = &trust {
+                tracing::info!(
+                    "TLS trust: CA certificates looked up in {} as needed (SSL_CERT_FILE is unset; set it to a bundle to load that whole file instead)",
+                    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
+                );
+            }
             let runtime = match tollgate::config::load(&config) {
                 Ok(c) => c,
                 Err(errors) => {

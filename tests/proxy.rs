@@ -402,6 +402,52 @@ async fn tls_upstream_with_sni_and_verification_switch() {
     assert_eq!(secure.count(), 1);
 }
 
+/// With `SSL_CERT_FILE` unset, tollgate trusts the hashed CA directory, looked up as a handshake
+/// needs it (src/trust_store.rs): a CA there under its subject hash verifies the upstream; the
+/// same directory without the hashed name does not.
+#[tokio::test]
+async fn tls_trust_comes_from_the_hashed_directory_when_no_file_is_named() {
+    let secure = Upstream::start_tls("tls").await;
+    let cert = secure.tls_certificate();
+    let pem = cert.to_pem().unwrap();
+    let hashed = tempfile::tempdir().unwrap();
+    let name = format!("{:08x}.0", cert.subject_name_hash());
+    std::fs::write(hashed.path().join(&name), &pem).unwrap();
+    let unhashed = tempfile::tempdir().unwrap();
+    std::fs::write(unhashed.path().join("upstream.pem"), &pem).unwrap();
+    let config = |dir: &std::path::Path| {
+        Config::new()
+            .upstream(Group::new("strict", [secure.addr()]).tls("{ sni: localhost }"))
+            .route(Route::prefix("/").to("strict"))
+            .env("SSL_CERT_FILE", "")
+            .env("SSL_CERT_DIR", dir.to_str().unwrap())
+    };
+
+    let tg = config(hashed.path()).start().await;
+    let r = tg.get("/x").await;
+    assert_eq!(
+        r.status,
+        200,
+        "the CA under its hash name is trusted: {}",
+        tg.log()
+    );
+    assert!(
+        tg.log().contains(&format!(
+            "TLS trust: CA certificates looked up in {}",
+            hashed.path().display()
+        )),
+        "{}",
+        tg.log()
+    );
+    drop(tg);
+
+    // Not under its hash name: OpenSSL's default bundle is read instead, without this CA.
+    let tg = config(unhashed.path()).start().await;
+    tg.get("/x").await.assert_status(502);
+    assert!(!tg.log().contains("TLS trust:"), "{}", tg.log());
+    assert_eq!(secure.count(), 1);
+}
+
 #[tokio::test]
 async fn admin_endpoints_health_ready_metrics() {
     let app = Upstream::start().await;

@@ -150,6 +150,8 @@ pub struct Upstream {
     shared: Arc<Shared>,
     sse_tx: mpsc::UnboundedSender<String>,
     task: tokio::task::JoinHandle<()>,
+    /// The self-signed certificate of a [`Upstream::start_tls`] upstream, as X509.
+    cert: Option<openssl::x509::X509>,
 }
 
 impl Upstream {
@@ -177,6 +179,7 @@ impl Upstream {
             shared,
             sse_tx,
             task,
+            cert: None,
         }
     }
 
@@ -196,7 +199,8 @@ impl Upstream {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         use hyper_util::service::TowerToHyperService;
         let (shared, sse_tx) = shared(name);
-        let acceptor = Arc::new(self_signed_acceptor());
+        let (acceptor, cert) = self_signed_acceptor();
+        let acceptor = Arc::new(acceptor);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = router(shared.clone());
@@ -231,7 +235,16 @@ impl Upstream {
             shared,
             sse_tx,
             task,
+            cert: Some(cert),
         }
+    }
+
+    /// The certificate of an upstream from [`Upstream::start_tls`] (self-signed, so its own
+    /// CA).
+    pub fn tls_certificate(&self) -> &openssl::x509::X509 {
+        self.cert
+            .as_ref()
+            .expect("an upstream from Upstream::start_tls")
     }
 
     /// `127.0.0.1:PORT`.
@@ -467,7 +480,7 @@ async fn upload(
 }
 
 /// A TLS acceptor with a throwaway self-signed certificate for `localhost` (EC P-256, 1 day).
-fn self_signed_acceptor() -> openssl::ssl::SslAcceptor {
+fn self_signed_acceptor() -> (openssl::ssl::SslAcceptor, openssl::x509::X509) {
     use openssl::asn1::Asn1Time;
     use openssl::bn::{BigNum, MsbOption};
     use openssl::ec::{EcGroup, EcKey};
@@ -506,5 +519,5 @@ fn self_signed_acceptor() -> openssl::ssl::SslAcceptor {
     let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
     acc.set_private_key(&key).unwrap();
     acc.set_certificate(&cert).unwrap();
-    acc.build()
+    (acc.build(), cert)
 }
