@@ -1516,6 +1516,7 @@ else
     echo "- body: $EXPECTED_LEN-byte JSON, HTTP/1.1 keep-alive, all on 127.0.0.1"
 fi
 echo "- machine: nproc=$(nproc), $(uname -sr), $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}')"
+echo "- SSL_CERT_FILE: ${SSL_CERT_FILE:-unset} (set, tollgate reads that whole CA file into its TLS contexts at start, about 3 MB resident; unset, it looks certificates up in the hashed directory: docs/operations.md#tls-trust-store)"
 REV=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git rev')
 if [[ $REV != 'no git rev' ]] && ! git -C "$REPO_ROOT" diff --quiet HEAD 2>/dev/null; then REV+="-dirty"; fi
 if [[ -n $BIN ]]; then
