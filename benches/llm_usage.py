@@ -89,17 +89,24 @@ def answers(dirpath):
 
 
 def nginx(dirpath):
+    """nginx serving the two answers of `answers(dirpath)`."""
+    return nginx_with(dirpath, "nginx", lambda port: f"""server {{ listen 127.0.0.1:{port}; root {dirpath};
+    location = /chat.json {{ default_type application/json; }}
+    location = /stream.sse {{ default_type text/event-stream; }} }}""")
+
+
+def nginx_with(dirpath, name, http_body):
+    """An nginx (one worker, no logs, temp files under `dirpath`) whose `http` block holds
+    `http_body(port)`, on a free port: (process, port)."""
     port = free_port()
-    conf = os.path.join(dirpath, "nginx.conf")
+    conf = os.path.join(dirpath, f"{name}.conf")
     with open(conf, "w") as f:
-        f.write(f"""worker_processes 1; daemon off; pid {dirpath}/nginx.pid; error_log /dev/null;
+        f.write(f"""worker_processes 1; daemon off; pid {dirpath}/{name}.pid; error_log /dev/null;
 events {{ worker_connections 4096; }}
 http {{ access_log off; client_body_temp_path {dirpath}; proxy_temp_path {dirpath};
   fastcgi_temp_path {dirpath}; uwsgi_temp_path {dirpath}; scgi_temp_path {dirpath};
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port}; root {dirpath};
-    location = /chat.json {{ default_type application/json; }}
-    location = /stream.sse {{ default_type text/event-stream; }} }} }}
+  keepalive_requests 100000000;
+  {http_body(port)} }}
 """)
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
     proc = subprocess.Popen([nginx_bin, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -38,22 +38,9 @@ assert len(BODY) == 45
 
 
 def upstream(d):
-    port = L.free_port()
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 1; daemon off; pid {d}/nginx.pid; error_log /dev/null;
-events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};
-  fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-  keepalive_requests 100000000;
-  server {{ listen 127.0.0.1:{port};
+    return L.nginx_with(d, "upstream", lambda port: f"""server {{ listen 127.0.0.1:{port};
     location / {{ default_type application/json; add_header Cache-Control "max-age=300";
-      return 200 '{BODY}'; }} }} }}
-""")
-    proc = subprocess.Popen(["nginx", "-c", conf], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    L.wait_port(port)
-    return proc, port
+      return 200 '{BODY}'; }} }}""")
 
 
 class NginxProxy:
@@ -61,21 +48,9 @@ class NginxProxy:
     `pid` is the worker's (where the CPU goes); terminate() stops the master."""
 
     def __init__(self, d, up_port):
-        self.port = L.free_port()
-        conf = os.path.join(d, "proxy.conf")
-        with open(conf, "w") as f:
-            f.write(f"""worker_processes 1; daemon off; pid {d}/proxy.pid; error_log /dev/null;
-events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};
-  fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-  keepalive_requests 100000000;
-  upstream app {{ server 127.0.0.1:{up_port}; keepalive 32; }}
-  server {{ listen 127.0.0.1:{self.port}; location / {{ proxy_pass http://app;
-    proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
-""")
-        self.master = subprocess.Popen(["nginx", "-c", conf], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-        L.wait_port(self.port)
+        self.master, self.port = L.nginx_with(d, "proxy", lambda port: f"""upstream app {{ server 127.0.0.1:{up_port}; keepalive 32; }}
+  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app;
+    proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
         workers = subprocess.run(["pgrep", "-P", str(self.master.pid)], capture_output=True,
                                  text=True).stdout.split()
         self.pid = int(workers[0])
