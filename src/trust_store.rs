@@ -13,7 +13,8 @@
 //! (`/etc/ssl/certs/<subject hash>.0`, which `update-ca-certificates` maintains), where
 //! OpenSSL looks an issuer up when a handshake needs it, and keeps what it loaded. So when the
 //! operator has named no file (`SSL_CERT_FILE` unset) and such a directory exists, tollgate
-//! sets `SSL_CERT_FILE=/dev/null` and trust comes from the directory alone. A certificate
+//! sets `SSL_CERT_FILE=/dev/null` and trust comes from the directory (after any of
+//! `SSL_CERT_DIR`'s own). A certificate
 //! appended to the bundle by hand, without `update-ca-certificates` or `c_rehash`, is then
 //! not trusted: setting `SSL_CERT_FILE` to the bundle gives the whole-file behaviour back.
 
@@ -32,7 +33,11 @@ pub enum TrustStore {
 }
 
 /// Decide from the values of `SSL_CERT_FILE` and `SSL_CERT_DIR` and the system's candidate
-/// directories (used when `SSL_CERT_DIR` is unset).
+/// directories.
+///
+/// The system's hashed directories stand in for the bundle, so there must be one. An
+/// operator's `SSL_CERT_DIR` comes first and is kept: with OpenSSL's defaults it adds to the
+/// bundle, and here it adds to the system's directory, which holds the same certificates.
 pub fn choose(
     cert_file: Option<&OsStr>,
     cert_dir: Option<&OsStr>,
@@ -41,16 +46,20 @@ pub fn choose(
     if cert_file.is_some_and(|f| !f.is_empty()) {
         return TrustStore::Chosen;
     }
-    let dirs: Vec<PathBuf> = match cert_dir.filter(|d| !d.is_empty()) {
-        Some(list) => std::env::split_paths(list).collect(),
-        None => candidates.to_vec(),
-    };
-    let hashed: Vec<PathBuf> = dirs.into_iter().filter(|d| has_hashed_names(d)).collect();
-    if hashed.is_empty() {
-        TrustStore::Bundle
-    } else {
-        TrustStore::Hashed(hashed)
+    let system: Vec<&PathBuf> = candidates.iter().filter(|d| has_hashed_names(d)).collect();
+    if system.is_empty() {
+        return TrustStore::Bundle;
     }
+    let mut dirs: Vec<PathBuf> = cert_dir
+        .filter(|d| !d.is_empty())
+        .map(|list| std::env::split_paths(list).collect())
+        .unwrap_or_default();
+    for dir in system {
+        if !dirs.contains(dir) {
+            dirs.push(dir.clone());
+        }
+    }
+    TrustStore::Hashed(dirs)
 }
 
 /// Whether `dir` holds at least one certificate under OpenSSL's hashed name: eight hex digits,
@@ -149,11 +158,27 @@ mod tests {
     }
 
     #[test]
-    fn ssl_cert_dir_overrides_the_candidates() {
+    fn an_operators_directories_come_first_and_the_systems_follow() {
         let mine = dir_with(&["0a1b2c3d.0"]);
         let system = dir_with(&["5ad8a5d6.0"]);
-        let list = std::env::join_paths([mine.path(), Path::new("/nonexistent")]).unwrap();
+        let list =
+            std::env::join_paths([mine.path(), Path::new("/nonexistent"), system.path()]).unwrap();
         let got = choose(None, Some(&list), &[system.path().to_path_buf()]);
-        assert_eq!(got, TrustStore::Hashed(vec![mine.path().to_path_buf()]));
+        assert_eq!(
+            got,
+            TrustStore::Hashed(vec![
+                mine.path().to_path_buf(),
+                PathBuf::from("/nonexistent"),
+                system.path().to_path_buf()
+            ])
+        );
+        // An operator's hashed directory alone does not stand in for the system's bundle.
+        let plain = dir_with(&["ca-certificates.crt"]);
+        let got = choose(
+            None,
+            Some(mine.path().as_os_str()),
+            &[plain.path().to_path_buf()],
+        );
+        assert_eq!(got, TrustStore::Bundle);
     }
 }
