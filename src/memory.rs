@@ -9,6 +9,7 @@
 //! run its pending purges once a second, whatever the traffic.
 
 use std::cell::Cell;
+use std::time::Duration;
 
 /// mimalloc's `mi_option_arena_eager_commit` (its position in v3's `mi_option_t`; the
 /// constants of `libmimalloc-sys` follow an older list).
@@ -31,7 +32,6 @@ pub fn commit_on_demand() {
     // SAFETY: sets one of mimalloc's options; touches no memory of ours.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
 }
-use std::time::Duration;
 
 thread_local! {
     static COLLECTING: Cell<bool> = const { Cell::new(false) };

@@ -145,8 +145,8 @@ pub fn build_server(
         // cancelled timer of the wheel stays in its shared map until its deadline (60 s on
         // the defaults), and the ones left by a burst of connections pinned 4.5 MB of freed
         // memory for that long (benches/conn_memory.py: +20.6% over idle a minute after
-        // 10,000 connections closed; +4% with tokio's). Instructions per request did not move
-        // (benches/pingora_profile.py).
+        // 10,000 kept-alive connections closed; +5.7% with tokio's). Instructions per request
+        // did not move (benches/pingora_profile.py).
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
